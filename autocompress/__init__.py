@@ -1,0 +1,33 @@
+"""autocompress: find the best way to compress a trained PyTorch model for a target machine.
+
+    compressed = autocompress.apply_policy(model, Policy.quantize(8, 8), train_loader)
+    report = autocompress.evaluate({"fp32": model, "int8": compressed}, test_loader)
+    print(report.table())
+    autocompress.export(compressed, "deploy/")
+"""
+
+from autocompress.core import CompressedModel, Finetune, ModelError, apply_policy, compressible_layers
+from autocompress.evaluate import Report, evaluate
+from autocompress.export import export
+from evaluators.target import LatencyConfig, Target
+from policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompressedModel",
+    "Finetune",
+    "LatencyConfig",
+    "LayerPolicy",
+    "LayerQuant",
+    "ModelError",
+    "Policy",
+    "PolicyError",
+    "Report",
+    "Target",
+    "TensorQuant",
+    "apply_policy",
+    "compressible_layers",
+    "evaluate",
+    "export",
+]

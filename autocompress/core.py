@@ -1,0 +1,270 @@
+"""The compression core: a trained model and a Policy in, a compressed copy out.
+
+``apply_policy`` never touches the user's model: it traces a deep copy with torch.fx,
+folds BatchNorm into the convolutions it quantizes, inserts fake quantizers where
+OpenVINO needs them to run every quantized Conv/Linear on INT8 kernels, calibrates
+them and fine-tunes (quantization-aware training).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import operator
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import fx, nn
+from torch.nn.utils import fusion, parametrize
+
+from autocompress.quantization import FakeQuantizer
+from autocompress.training import train
+from policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
+
+COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_ADDS = {operator.add, operator.iadd, torch.add}
+_POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_POOL_FUNCTIONS = {nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d, torch.mean}
+
+
+class ModelError(ValueError):
+    """The model cannot be compressed as given (untraceable, nothing to compress, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Finetune:
+    """How long and how hard to fine-tune after compression (quantization-aware training)."""
+
+    epochs: float = 1.0
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    max_steps: int | None = None
+    seed: int | None = 0
+
+
+@dataclasses.dataclass
+class CompressedModel:
+    """A compressed copy of the user's model with the policy that made it."""
+
+    module: fx.GraphModule
+    policy: Policy
+    layers: dict[str, LayerPolicy]
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension
+    history: dict[str, Any]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolic trace of a copy of ``model``; a clear error when it cannot be traced."""
+    try:
+        return fx.symbolic_trace(copy.deepcopy(model))
+    except Exception as error:  # fx raises many types (TraceError, TypeError, ...)
+        raise ModelError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}). "
+            "Remove Python control flow that depends on tensor values from forward(), "
+            "or wrap that part in a leaf module."
+        ) from error
+
+
+def compressible_layers(model: nn.Module) -> list[str]:
+    """Names of the layers a policy can address (Conv and Linear modules), in order."""
+    return [name for name, module in model.named_modules() if isinstance(module, COMPRESSIBLE)]
+
+
+def apply_policy(
+    model: nn.Module,
+    policy: Policy,
+    train_loader: Iterable | None = None,
+    *,
+    finetune: Finetune | None = Finetune(),
+    loss_fn: Callable | None = None,
+    calibration_batches: int = 8,
+    calibration_loader: Iterable | None = None,
+) -> CompressedModel:
+    """Compress a copy of ``model`` as ``policy`` says and fine-tune it on ``train_loader``.
+
+    calibration_loader defaults to train_loader; finetune=None skips fine-tuning
+    (post-training quantization). The user's model is never modified.
+    """
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a policies.Policy, got {type(policy).__name__}; load JSON with Policy.load(path)")
+    layers = check_policy(model, policy)
+    calibration_loader = calibration_loader if calibration_loader is not None else train_loader
+    history: dict[str, Any] = {}
+
+    was_training = model.training
+    graph_module = trace(model.eval())
+    model.train(was_training)
+    quantized = {name: lp.quantization for name, lp in layers.items() if lp.quantization is not None}
+    if quantized:
+        if calibration_loader is None:
+            raise ValueError("quantization needs data to calibrate activation ranges: pass train_loader or calibration_loader")
+        started = time.perf_counter()
+        _fold_batchnorm(graph_module, quantized)
+        insert_quantizers(graph_module, quantized, aux=policy.default.quantization)
+        input_shape = calibrate(graph_module, calibration_loader, calibration_batches)
+        history["calibration_seconds"] = time.perf_counter() - started
+    else:
+        input_shape = _first_input_shape(train_loader or calibration_loader)
+
+    if finetune is not None and train_loader is not None and finetune.epochs > 0:
+        history["finetune"] = train(
+            graph_module,
+            train_loader,
+            epochs=finetune.epochs,
+            lr=finetune.lr,
+            optimizer=finetune.optimizer,
+            weight_decay=finetune.weight_decay,
+            loss_fn=loss_fn,
+            max_steps=finetune.max_steps,
+            seed=finetune.seed,
+        )
+    graph_module.eval()
+    return CompressedModel(graph_module, policy, layers, input_shape, history)
+
+
+# -- graph surgery --------------------------------------------------------------
+
+
+def _fold_batchnorm(gm: fx.GraphModule, quantized: dict[str, LayerQuant]) -> None:
+    """Fold eval-mode BatchNorm into each quantized conv it follows.
+
+    Weights are then quantized as OpenVINO will run them (it folds BN before INT8 too),
+    so what is fine-tuned is what is deployed.
+    """
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        producer = node.args[0]
+        if not (isinstance(producer, fx.Node) and producer.op == "call_module" and producer.target in quantized):
+            continue
+        conv = modules[producer.target]
+        if not isinstance(conv, nn.Conv2d) or len(producer.users) != 1:
+            continue
+        fused = fusion.fuse_conv_bn_eval(conv.eval(), modules[node.target].eval())
+        _set_module(gm, producer.target, fused)
+        node.replace_all_uses_with(producer)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def insert_quantizers(gm: fx.GraphModule, quantized: dict[str, LayerQuant], aux: LayerQuant | None) -> None:
+    """Weight quantizers on every quantized layer; activation quantizers on their inputs.
+
+    One activation quantizer per (tensor, spec), shared by all consumers, as OpenVINO
+    expects. With ``aux`` (the policy default), the inputs of residual adds and average
+    pools are quantized too, as NNCF does, so the whole residual path stays in INT8.
+    """
+    modules = dict(gm.named_modules())
+    container = nn.ModuleDict()
+    gm.add_submodule("activation_quantizers", container)
+    shared: dict[tuple[str, TensorQuant], fx.Node] = {}
+
+    def quantize_input(consumer: fx.Node, value: Any, spec: TensorQuant) -> None:
+        if not (isinstance(value, fx.Node) and spec.enabled):
+            return
+        key = (value.name, spec)
+        if key not in shared:
+            name = f"{value.name}_q" if not any(k[0] == value.name for k in shared) else f"{value.name}_q{len(shared)}"
+            container[name] = FakeQuantizer(spec, "activation")
+            with gm.graph.inserting_after(value):
+                shared[key] = gm.graph.call_module(f"activation_quantizers.{name}", (value,))
+        consumer.replace_input_with(value, shared[key])
+
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target in quantized:
+            quant = quantized[node.target]
+            layer = modules[node.target]
+            if quant.weights.enabled:
+                weight_quantizer = FakeQuantizer(quant.weights, "weight", layer.weight.shape[0])
+                weight_quantizer.init_from_weight(layer.weight)
+                parametrize.register_parametrization(layer, "weight", weight_quantizer)
+            quantize_input(node, node.args[0], quant.activations)
+        elif aux is not None and _is_add(node):
+            for value in node.args[:2]:
+                quantize_input(node, value, aux.activations)
+        elif aux is not None and _is_avg_pool(node, modules):
+            quantize_input(node, node.args[0], aux.activations)
+    gm.graph.lint()
+    gm.recompile()
+
+
+def calibrate(gm: fx.GraphModule, loader: Iterable, batches: int) -> tuple[int, ...]:
+    """Run ``batches`` batches through the model to set activation ranges; returns the input shape."""
+    activation_quantizers = [m for m in gm.modules() if isinstance(m, FakeQuantizer) and m.role == "activation"]
+    for quantizer in activation_quantizers:
+        quantizer.observe()
+    input_shape = None
+    gm.eval()
+    with torch.no_grad():
+        for index, batch in enumerate(loader):
+            if index >= batches:
+                break
+            inputs = _inputs_of(batch)
+            input_shape = tuple(inputs.shape[1:])
+            gm(inputs)
+    if input_shape is None:
+        raise ValueError("the calibration loader yielded no batch; pass a non-empty loader")
+    for quantizer in activation_quantizers:
+        quantizer.finish_calibration()
+    return input_shape
+
+
+def _inputs_of(batch: Any) -> torch.Tensor:
+    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"loader batches must be tensors or (inputs, targets) pairs, got {type(inputs).__name__}")
+    return inputs
+
+
+def _first_input_shape(loader: Iterable | None) -> tuple[int, ...]:
+    if loader is None:
+        raise ValueError("pass train_loader so the input shape is known")
+    for batch in loader:
+        return tuple(_inputs_of(batch).shape[1:])
+    raise ValueError("the loader yielded no batch; pass a non-empty loader")
+
+
+def _is_add(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target in _ADDS:
+        return all(isinstance(arg, fx.Node) for arg in node.args[:2])
+    return node.op == "call_method" and node.target in ("add", "add_") and isinstance(node.args[1], fx.Node)
+
+
+def _is_avg_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _POOL_MODULES)
+    return node.op == "call_function" and node.target in _POOL_FUNCTIONS
+
+
+def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent_name, _, child = target.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    setattr(parent, child, module)
+
+
+def quantizers(module: nn.Module) -> Iterable[tuple[str, FakeQuantizer]]:
+    """All fake quantizers in a compressed module, with their qualified names."""
+    return ((name, m) for name, m in module.named_modules() if isinstance(m, FakeQuantizer))
+
+
+def check_policy(model: nn.Module, policy: Policy) -> dict[str, LayerPolicy]:
+    """Resolve a policy against a model without compressing; raises PolicyError on mismatch."""
+    names = compressible_layers(model)
+    if not names:
+        raise ModelError(f"{type(model).__name__} has no Conv or Linear layer to compress")
+    for pattern in policy.overrides:
+        module = dict(model.named_modules()).get(pattern)
+        if module is not None and not isinstance(module, COMPRESSIBLE):
+            raise PolicyError(
+                f"override {pattern!r} names a {type(module).__name__}; policies apply to "
+                f"{', '.join(c.__name__ for c in COMPRESSIBLE)} layers: {', '.join(names)}"
+            )
+    return policy.resolve(names)

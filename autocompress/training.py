@@ -1,0 +1,148 @@
+"""Training, prediction and evaluation helpers shared by the zoo and compression passes."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+__all__ = ["Metric", "top1_accuracy", "predict", "evaluate_torch", "train"]
+
+# Metrics take numpy (logits, targets) so one metric scores torch and OpenVINO outputs alike.
+Metric = Callable[[np.ndarray, np.ndarray], float]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_FINAL_LOSS_WINDOW = 20
+
+
+def top1_accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Fraction in [0, 1] of rows whose argmax equals the target."""
+    logits = np.asarray(logits)
+    targets = np.asarray(targets).reshape(-1)
+    if len(targets) == 0:
+        raise ValueError("top1_accuracy: no samples")
+    preds = logits.reshape(len(targets), -1).argmax(axis=1)
+    return float((preds == targets).mean())
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``model`` over ``loader``; return concatenated (logits, targets) as numpy."""
+    was_training = model.training
+    model.eval()
+    logits: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    try:
+        for inputs, target in loader:
+            logits.append(model(inputs).detach().cpu().numpy())
+            targets.append(target.cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not logits:
+        raise ValueError("predict: loader yielded no batches")
+    return np.concatenate(logits), np.concatenate(targets)
+
+
+def evaluate_torch(model: nn.Module, loader: DataLoader, metric: Metric = top1_accuracy) -> float:
+    """Score ``model`` on ``loader`` with ``metric`` (default top-1 accuracy)."""
+    logits, targets = predict(model, loader)
+    return float(metric(logits, targets))
+
+
+def _make_optimizer(
+    name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    raise ValueError(f"unknown optimizer {name!r}; allowed: adam, sgd")
+
+
+def train(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    epochs: float = 1,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    loss_fn: LossFn | None = None,
+    max_steps: int | None = None,
+    seed: int | None = 0,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+) -> dict[str, float | int]:
+    """Fine-tune ``model`` in place and return {"steps", "final_loss", "seconds"}.
+
+    ``epochs`` may be fractional (0.5 = half the batches of one pass). The LR
+    follows a cosine schedule over the total number of steps, which ``max_steps``
+    caps. ``loss_fn(outputs, targets)`` defaults to cross-entropy; ``extra_loss()``
+    (e.g. a sparsity or distillation regulariser) is added each step. ``seed``
+    seeds torch before training (None leaves the global RNG alone). The model is
+    left in eval mode.
+    """
+    if epochs <= 0:
+        raise ValueError(f"epochs must be > 0, got {epochs}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
+    try:
+        batches_per_epoch = len(loader)
+    except TypeError:  # iterable-style dataset without __len__
+        raise ValueError("train: loader must have a length (map-style dataset)") from None
+    if batches_per_epoch == 0:
+        raise ValueError("train: loader is empty (0 batches); check the dataset and batch_size")
+
+    total_steps = max(1, math.ceil(epochs * batches_per_epoch))
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("train: model has no trainable parameters")
+    opt = _make_optimizer(optimizer, params, lr, weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+
+    recent: deque[float] = deque(maxlen=_FINAL_LOSS_WINDOW)
+    step = 0
+    start = time.perf_counter()
+    model.train()
+    try:
+        while step < total_steps:
+            steps_before = step
+            for inputs, targets in loader:
+                outputs = model(inputs)
+                loss = loss_fn(outputs, targets)
+                if extra_loss is not None:
+                    loss = loss + extra_loss()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise ValueError(
+                        f"train: loss became {value} at step {step + 1}/{total_steps} "
+                        f"(lr={sched.get_last_lr()[0]:.3g}); try a lower learning rate"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                recent.append(value)
+                step += 1
+                if step >= total_steps:
+                    break
+            if step == steps_before:  # len() lied; avoid spinning forever
+                raise ValueError("train: loader yielded no batches")
+    finally:
+        model.eval()
+    return {
+        "steps": step,
+        "final_loss": float(np.mean(recent)),
+        "seconds": time.perf_counter() - start,
+    }

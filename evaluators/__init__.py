@@ -1,0 +1,1 @@
+"""Evaluators: accuracy, size and latency of compressed models."""

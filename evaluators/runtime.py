@@ -1,0 +1,148 @@
+"""Evaluators that run the exported model: OpenVINO accuracy and latency, ONNX Runtime latency.
+
+All runtime work happens in one child process per call (evaluators.child): OpenVINO and
+torch in one long-lived process have aborted at exit on this machine.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from evaluators.artifact import ExportedModel, Measurement
+from evaluators.child import run_jobs, unwrap
+from evaluators.target import LatencyConfig, Target
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+
+def _top1(logits: np.ndarray, targets: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == targets.reshape(-1)).mean())
+
+
+class Dataset:
+    """Held-out data as arrays, materialised once from a loader of (inputs, targets) batches."""
+
+    def __init__(self, loader: Iterable) -> None:
+        inputs, targets = [], []
+        for batch in loader:
+            if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+                raise TypeError("evaluation loaders must yield (inputs, targets) batches")
+            inputs.append(np.asarray(batch[0], dtype=np.float32))
+            targets.append(np.asarray(batch[1]))
+        if not inputs:
+            raise ValueError("the evaluation loader yielded no batch; pass a non-empty loader")
+        self.inputs = np.concatenate(inputs)
+        self.targets = np.concatenate(targets)
+        self._file: Path | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def inputs_file(self) -> Path:
+        if self._file is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="autocompress-data-")
+            self._file = Path(self._tmp.name) / "inputs.npy"
+            np.save(self._file, self.inputs)
+        return self._file
+
+
+class OpenVINOAccuracy:
+    """The metric of the EXPORTED model run by OpenVINO: what is deployed is what is measured."""
+
+    name = "openvino"
+
+    def __init__(self, data: Dataset | Iterable, metric: Metric | None = None, target: Target = Target(), batch_size: int = 250):
+        self.data = data if isinstance(data, Dataset) else Dataset(data)
+        self.metric = metric or _top1
+        self.target = target
+        self.batch_size = batch_size
+
+    def __call__(self, model: ExportedModel) -> Measurement:
+        with tempfile.TemporaryDirectory(prefix="autocompress-logits-") as tmp:
+            outputs = Path(tmp) / "logits.npy"
+            job = {
+                "op": "infer",
+                "args": {
+                    "xml_path": str(model.ir_path),
+                    "inputs_npy": str(self.data.inputs_file()),
+                    "outputs_npy": str(outputs),
+                    "target": self.target.to_dict(),
+                    "batch_size": self.batch_size,
+                },
+            }
+            unwrap(run_jobs([job])[0])
+            logits = np.load(outputs)
+        return {"accuracy": _finite(self.metric(logits, self.data.targets), "metric"), "samples": len(self.data.targets)}
+
+
+class OpenVINOLatency:
+    """Median OpenVINO latency on ``target`` over alternating measurement rounds."""
+
+    name = "latency"
+
+    def __init__(self, target: Target = Target(), config: LatencyConfig = LatencyConfig()):
+        self.target = target
+        self.config = config
+
+    def __call__(self, model: ExportedModel) -> Measurement:
+        return self.compare({"model": model})["model"]
+
+    def compare(self, models: Mapping[str, ExportedModel]) -> dict[str, Measurement]:
+        """Measure several models in alternating rounds; adds each one's ratio to the first."""
+        names = list(models)
+        job = {
+            "op": "measure_latency",
+            "args": {
+                "xml_paths": [str(models[n].ir_path) for n in names],
+                "target": self.target.to_dict(),
+                "config": self.config.to_dict(),
+            },
+        }
+        return _per_model(names, unwrap(run_jobs([job])[0]))
+
+
+class OnnxRuntimeLatency:
+    """Median ONNX Runtime (CPU) latency of the ONNX file, same protocol as OpenVINOLatency."""
+
+    name = "onnxruntime"
+
+    def __init__(self, threads: int | None = None, config: LatencyConfig = LatencyConfig()):
+        self.threads = threads
+        self.config = config
+
+    def __call__(self, model: ExportedModel) -> Measurement:
+        return self.compare({"model": model})["model"]
+
+    def compare(self, models: Mapping[str, ExportedModel]) -> dict[str, Measurement]:
+        names = list(models)
+        job = {
+            "op": "measure_ort_latency",
+            "args": {
+                "onnx_paths": [str(models[n].onnx_path) for n in names],
+                "threads": self.threads,
+                "config": self.config.to_dict(),
+            },
+        }
+        return _per_model(names, unwrap(run_jobs([job])[0]))
+
+
+def _per_model(names: list[str], result: dict[str, Any]) -> dict[str, Measurement]:
+    per_model = result["models"]
+    ratios = result.get("ratios_to_first")
+    out = {}
+    for index, name in enumerate(names):
+        measurement = dict(per_model[index])
+        measurement.pop("path", None)
+        if ratios is not None:
+            measurement["ratio_to_first"] = ratios[index]
+        out[name] = measurement
+    return out
+
+
+def _finite(value: float, what: str) -> float:
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"the {what} returned {value}; it must return a finite number")
+    return value

@@ -1,0 +1,373 @@
+"""OpenVINO / ONNX Runtime side of the evaluators, run in a child process.
+
+    python -m evaluators.runtime_worker REQUEST.json RESPONSE.json
+
+REQUEST is {"jobs": [{"op": OP, "args": {...}}, ...]}; RESPONSE gets {"results": [...]}, one entry per job
+in order.  A job that raises gives {"op", "error": "ExcType: message", "traceback"} and the later jobs still run.
+
+This module must never import torch: a process mixing torch training with several compiled OpenVINO models
+has aborted at exit on this machine, so everything runtime-related lives here and `evaluators.child.run_jobs`
+starts it in a fresh interpreter.  Keep `evaluators/__init__.py` free of eager torch imports too (`-m` imports it).
+
+All functions take and return plain, JSON-friendly data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from evaluators.target import LatencyConfig, Target
+
+# Layer types whose runtime precision tells whether the heavy compute ran in int8 / bf16 / f32.
+COMPUTE_LAYER_TYPES = ("Convolution", "GroupConvolution", "Deconvolution", "MatMul", "FullyConnected")
+
+_OV = None
+_ORT = None
+
+
+def _ov():
+    """Import openvino once, without letting its telemetry write ~/intel.
+
+    Importing openvino initialises openvino_telemetry (via openvino.tools.ovc), which creates ~/intel/{stats,
+    openvino_ga_cid}.  There is no opt-out environment variable; the telemetry is declared off in CI
+    (disable_in_ci=True checks CI=true), so CI is set for the duration of the import only.
+    """
+    global _OV
+    if _OV is None:
+        old = os.environ.get("CI")
+        os.environ["CI"] = "true"
+        try:
+            import openvino
+        finally:
+            if old is None:
+                os.environ.pop("CI", None)
+            else:
+                os.environ["CI"] = old
+        _OV = openvino
+    return _OV
+
+
+def _ort():
+    """Import onnxruntime once; its telemetry writes $XDG_CACHE_HOME/Microsoft (default ~/.cache) at import."""
+    global _ORT
+    if _ORT is None:
+        if not os.environ.get("XDG_CACHE_HOME"):
+            os.environ["XDG_CACHE_HOME"] = os.path.join(tempfile.gettempdir(), "autocompress-runtime-cache")
+        import onnxruntime
+
+        onnxruntime.disable_telemetry_events()
+        onnxruntime.set_default_logger_severity(3)
+        _ORT = onnxruntime
+    return _ORT
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _read_with_batch(core, xml_path: str, batch: int):
+    """Read a one-input model and make its input static with batch `batch` (reshaping only if needed)."""
+    model = core.read_model(xml_path)
+    if len(model.inputs) != 1:
+        raise ValueError(f"expected a model with one input, got {len(model.inputs)}")
+    ps = model.inputs[0].get_partial_shape()
+    if any(d.is_dynamic for d in list(ps)[1:]):
+        raise ValueError(f"model input shape {ps} is dynamic beyond the batch dim; "
+                         "convert with convert_to_ir(input_shape=...)")
+    shape = [int(batch)] + [int(d.get_length()) for d in list(ps)[1:]]
+    if ps.is_dynamic or int(ps[0].get_length()) != batch:
+        model.reshape(shape)
+    return model, shape
+
+
+def _type_name(t) -> str:
+    return t.to_string() if hasattr(t, "to_string") else str(t)
+
+
+def _runtime_precision(compiled) -> dict[str, dict[str, int]]:
+    summary: dict[str, dict[str, int]] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if "layerType" not in rt or "runtimePrecision" not in rt:
+            continue
+        layer = rt["layerType"].astype(str)
+        if layer not in COMPUTE_LAYER_TYPES:
+            continue
+        prec = rt["runtimePrecision"].astype(str)
+        summary.setdefault(layer, {})
+        summary[layer][prec] = summary[layer].get(prec, 0) + 1
+    return summary
+
+
+def _fixed_input(shape: list[int], seed: int, inputs_npy: str | None) -> np.ndarray:
+    if inputs_npy is None:
+        return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    data = np.load(inputs_npy).astype(np.float32, copy=False)
+    if list(data.shape[1:]) != list(shape[1:]):
+        raise ValueError(f"inputs {inputs_npy} have sample shape {list(data.shape[1:])}, model expects {shape[1:]}")
+    reps = -(-shape[0] // data.shape[0])
+    return np.ascontiguousarray(np.concatenate([data] * reps)[: shape[0]] if reps > 1 else data[: shape[0]])
+
+
+def _timed_round(run, min_iterations: int, min_seconds: float) -> tuple[float, int]:
+    """One round: at least min_iterations calls and at least min_seconds. Returns (seconds per call, calls)."""
+    n = 0
+    clock = time.perf_counter
+    t0 = clock()
+    while True:
+        run()
+        n += 1
+        if n >= min_iterations and clock() - t0 >= min_seconds:
+            break
+    return (clock() - t0) / n, n
+
+
+def _alternating_rounds(runs: list, cfg: LatencyConfig) -> tuple[list[list[float]], list[int]]:
+    """Warm every model up, then cfg.rounds rounds over all models, rotating the order each round."""
+    for run in runs:
+        for _ in range(cfg.warmup_iterations):
+            run()
+    k = len(runs)
+    per_round = [[0.0] * cfg.rounds for _ in range(k)]
+    iterations = [0] * k
+    for r in range(cfg.rounds):
+        for i in [(r + j) % k for j in range(k)]:
+            sec, n = _timed_round(runs[i], cfg.min_iterations, cfg.min_seconds)
+            per_round[i][r] = sec * 1e3
+            iterations[i] += n
+    return per_round, iterations
+
+
+def _summaries(per_round: list[list[float]], iterations: list[int]) -> tuple[list[dict], list[float] | None]:
+    out = []
+    for rounds_ms, n in zip(per_round, iterations):
+        med = statistics.median(rounds_ms)
+        out.append({
+            "median_ms": med,
+            "min_ms": min(rounds_ms),
+            "max_ms": max(rounds_ms),
+            "spread": (max(rounds_ms) - min(rounds_ms)) / med if med > 0 else 0.0,
+            "rounds_ms": rounds_ms,
+            "iterations": n,
+        })
+    ratios = None
+    if len(per_round) > 1:
+        first = per_round[0]
+        ratios = [statistics.median(a / b for a, b in zip(ms, first)) for ms in per_round]
+    return out, ratios
+
+
+# --------------------------------------------------------------------------------------------- jobs
+
+
+def runtime_info() -> dict:
+    """Versions and the time this process spent importing openvino."""
+    t0 = time.perf_counter()
+    ov = _ov()
+    return {
+        "openvino": ov.get_version(),
+        "python": sys.version.split()[0],
+        "pid": os.getpid(),
+        "openvino_import_seconds": time.perf_counter() - t0,
+        "devices": ov.Core().available_devices,
+        "torch_imported": "torch" in sys.modules,
+    }
+
+
+def convert_to_ir(onnx_path: str, xml_path: str, input_shape: list[int], compress_to_fp16: bool = False) -> dict:
+    """ONNX -> OpenVINO IR with a static input shape (dynamic shapes cost FP32 2-8 %, INT8 20-50 % here).
+
+    openvino.convert_model (not Core.read_model) runs the offline transformations that fold
+    QDQ weights into int8 constants: the .bin is ~4x smaller for an INT8 model.
+    """
+    ov = _ov()
+    t0 = time.perf_counter()
+    model = ov.convert_model(onnx_path, input=[int(d) for d in input_shape])
+    if len(model.inputs) != 1:
+        raise ValueError(f"expected a model with one input, got {len(model.inputs)}")
+    os.makedirs(os.path.dirname(os.path.abspath(xml_path)), exist_ok=True)
+    ov.save_model(model, xml_path, compress_to_fp16=bool(compress_to_fp16))
+    seconds = time.perf_counter() - t0
+    bin_path = os.path.splitext(xml_path)[0] + ".bin"
+    return {
+        "xml": xml_path,
+        "bin_bytes": os.path.getsize(bin_path) if os.path.exists(bin_path) else 0,
+        "xml_bytes": os.path.getsize(xml_path),
+        "seconds": seconds,
+    }
+
+
+def infer(xml_path: str, inputs_npy: str, outputs_npy: str, target: dict | None = None, batch_size: int = 256) -> dict:
+    """Run the IR on all inputs (N, ...) float32 in batches, save the first output (logits) to outputs_npy.
+
+    The model is reshaped to batch min(batch_size, N); the last partial batch is zero-padded and the padding
+    dropped, so one compiled model serves every batch.  Uses target's device and config (precision hint
+    included), so accuracy is measured on what is deployed.
+    """
+    ov = _ov()
+    tgt = Target.from_dict(target or {})
+    t0 = time.perf_counter()
+    data = np.load(inputs_npy).astype(np.float32, copy=False)
+    n = int(data.shape[0])
+    if n == 0:
+        raise ValueError(f"{inputs_npy} holds no samples")
+    core = ov.Core()
+    bs = max(1, min(int(batch_size), n))
+    model, shape = _read_with_batch(core, xml_path, bs)
+    if list(data.shape[1:]) != shape[1:]:
+        raise ValueError(f"inputs {inputs_npy} have sample shape {list(data.shape[1:])}, model expects {shape[1:]}")
+    compiled = core.compile_model(model, tgt.device, tgt.ov_config())
+    request = compiled.create_infer_request()
+    outs = []
+    for start in range(0, n, bs):
+        chunk = data[start:start + bs]
+        m = chunk.shape[0]
+        if m < bs:
+            chunk = np.concatenate([chunk, np.zeros((bs - m,) + chunk.shape[1:], np.float32)])
+        request.infer({0: np.ascontiguousarray(chunk)})
+        outs.append(np.array(request.get_output_tensor(0).data[:m], copy=True))
+    logits = np.concatenate(outs)
+    os.makedirs(os.path.dirname(os.path.abspath(outputs_npy)), exist_ok=True)
+    np.save(outputs_npy, logits)
+    return {"n": n, "seconds": time.perf_counter() - t0, "batch_size": bs, "output_shape": list(logits.shape)}
+
+
+def measure_latency(xml_paths: list[str], target: dict | None = None, config: dict | None = None,
+                    inputs_npy: str | None = None) -> dict:
+    """Latency of one or more IRs, measured in alternating rounds (see LatencyConfig).
+
+    Every model is compiled with target.ov_config() on target.device at batch target.batch and driven through
+    one infer request with a fixed input (seeded random, or the first rows of inputs_npy).
+    """
+    ov = _ov()
+    tgt = Target.from_dict(target or {})
+    cfg = LatencyConfig.from_dict(config or {})
+    if isinstance(xml_paths, str) or not xml_paths:
+        raise ValueError("xml_paths must be a non-empty list of paths")
+    core = ov.Core()
+    runs, info, keep = [], [], []
+    for path in xml_paths:
+        t0 = time.perf_counter()
+        model, shape = _read_with_batch(core, path, tgt.batch)
+        compiled = core.compile_model(model, tgt.device, tgt.ov_config())
+        compile_s = time.perf_counter() - t0
+        request = compiled.create_infer_request()
+        x = _fixed_input(shape, cfg.seed, inputs_npy)
+        tensor = ov.Tensor(x)  # shares x's memory: keep x alive
+        request.set_input_tensor(tensor)
+        keep.append((compiled, x, tensor))
+        runs.append(request.infer)
+        info.append({
+            "xml": path,
+            "input_shape": shape,
+            "compile_seconds": compile_s,
+            "inference_precision": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "runtime_precision": _runtime_precision(compiled),
+        })
+    per_round, iterations = _alternating_rounds(runs, cfg)
+    stats, ratios = _summaries(per_round, iterations)
+    models = [{**meta, **s} for meta, s in zip(info, stats)]
+    out: dict[str, Any] = {"models": models, "target": tgt.to_dict(), "config": cfg.to_dict()}
+    if ratios is not None:
+        out["ratios_to_first"] = ratios
+    return out
+
+
+def measure_ort_latency(onnx_paths: list[str], threads: int | None = None, config: dict | None = None,
+                        inputs_npy: str | None = None, batch: int = 1) -> dict:
+    """The same alternating-round protocol with onnxruntime (CPUExecutionProvider)."""
+    ort = _ort()
+    cfg = LatencyConfig.from_dict(config or {})
+    if isinstance(onnx_paths, str) or not onnx_paths:
+        raise ValueError("onnx_paths must be a non-empty list of paths")
+    runs, info = [], []
+    for path in onnx_paths:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads) if threads else 0
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        t0 = time.perf_counter()
+        sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        create_s = time.perf_counter() - t0
+        inp = sess.get_inputs()[0]
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        shape[0] = int(batch)
+        feed = {inp.name: _fixed_input(shape, cfg.seed, inputs_npy)}
+        runs.append(lambda sess=sess, feed=feed: sess.run(None, feed))
+        info.append({"onnx": path, "input_shape": shape, "session_seconds": create_s})
+    per_round, iterations = _alternating_rounds(runs, cfg)
+    stats, ratios = _summaries(per_round, iterations)
+    out: dict[str, Any] = {
+        "models": [{**meta, **s} for meta, s in zip(info, stats)],
+        "threads": threads,
+        "config": cfg.to_dict(),
+        "onnxruntime": ort.__version__,
+    }
+    if ratios is not None:
+        out["ratios_to_first"] = ratios
+    return out
+
+
+OPS = {
+    "runtime_info": runtime_info,
+    "convert_to_ir": convert_to_ir,
+    "infer": infer,
+    "measure_latency": measure_latency,
+    "measure_ort_latency": measure_ort_latency,
+}
+
+
+def run_job(job: dict) -> dict:
+    op = job.get("op") if isinstance(job, dict) else None
+    try:
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}; allowed: {sorted(OPS)}")
+        args = job.get("args") or {}
+        if not isinstance(args, dict):
+            raise ValueError(f"args of {op} must be an object, got {type(args).__name__}")
+        return OPS[op](**args)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, the next jobs still run
+        return {"op": op, "error": f"{type(exc).__name__}: {exc}".strip(), "traceback": traceback.format_exc()}
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) != 2:
+        print("usage: python -m evaluators.runtime_worker REQUEST.json RESPONSE.json", file=sys.stderr)
+        return 2
+    request_path, response_path = argv
+    with open(request_path, encoding="utf-8") as f:
+        request = json.load(f)
+    jobs = request.get("jobs", []) if isinstance(request, dict) else None
+    if not isinstance(jobs, list):
+        print(f"{request_path}: expected {{\"jobs\": [...]}}", file=sys.stderr)
+        return 2
+    results = [_jsonable(run_job(job)) for job in jobs]
+    tmp = response_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"results": results}, f)
+    os.replace(tmp, response_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

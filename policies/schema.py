@@ -1,0 +1,246 @@
+"""Compression policies: plain, versioned, frozen data.
+
+A policy says *what* to do to each layer; the compression core (``autocompress.core``)
+says *how*. Policies are validated when built and when loaded from JSON, so a typo or an
+out-of-range value is reported with the path of the bad field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Literal, Mapping
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+POLICY_FORMAT = "autocompress.policy"
+POLICY_VERSION = 1
+
+_STRICT = ConfigDict(extra="forbid")
+
+Bits = Annotated[int, Field(ge=1, le=8)]
+RangeInit = Literal["minmax", "percentile", "mse"]
+Binarization = Literal["xnor", "dorefa", "scale_threshold"]
+WEIGHT_BINARIZATIONS = ("xnor", "dorefa")
+ACTIVATION_BINARIZATIONS = ("scale_threshold",)
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be built, loaded or applied; the message names the field."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TensorQuant:
+    """How one tensor (a layer's weights or its input activations) is quantized.
+
+    bits: 1..8, or None to keep the tensor in float. 1 bit needs ``binarize``.
+    symmetric: zero point fixed at 0 (activations that are never negative use the
+        unsigned range automatically); asymmetric learns an offset.
+    per_channel: one scale per output channel (weights) instead of one per tensor.
+    range_init: how calibration picks the range: "minmax", "percentile" (clip to the
+        given percentile of the observed values) or "mse" (clip that minimises the
+        quantization error).
+    learn_scale: train the scale during fine-tuning (LSQ for weights, a PACT-style
+        learned clipping range for activations).
+    binarize: "xnor" (sign times per-filter mean |w|) or "dorefa" (sign times the
+        tensor's mean |w|) for weights, "scale_threshold" for activations, as in the
+        NNCF paper. Only with bits=1.
+    """
+
+    bits: Bits | None = 8
+    symmetric: bool = True
+    per_channel: bool = False
+    range_init: RangeInit = "minmax"
+    percentile: Annotated[float, Field(gt=50.0, le=100.0)] = 99.99
+    learn_scale: bool = False
+    binarize: Binarization | None = None
+
+    def __post_init__(self) -> None:
+        if self.bits == 1 and self.binarize is None:
+            raise ValueError(
+                "bits=1 needs binarize: 'xnor' or 'dorefa' for weights, "
+                "'scale_threshold' for activations"
+            )
+        if self.binarize is not None and self.bits != 1:
+            raise ValueError(f"binarize={self.binarize!r} needs bits=1, got bits={self.bits}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.bits is not None
+
+    def short(self) -> str:
+        if self.bits is None:
+            return "float"
+        if self.binarize:
+            return f"binary({self.binarize})"
+        parts = [f"{self.bits}b", "sym" if self.symmetric else "asym"]
+        parts.append("per-channel" if self.per_channel else "per-tensor")
+        parts.append(self.range_init if self.range_init != "percentile" else f"p{self.percentile:g}")
+        if self.learn_scale:
+            parts.append("learned")
+        return " ".join(parts)
+
+
+DEFAULT_WEIGHTS = TensorQuant(bits=8, symmetric=True, per_channel=True)
+DEFAULT_ACTIVATIONS = TensorQuant(bits=8, symmetric=False, per_channel=False)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class LayerQuant:
+    """Quantization of one Conv/Linear layer: its weights and its input activations."""
+
+    weights: TensorQuant = DEFAULT_WEIGHTS
+    activations: TensorQuant = DEFAULT_ACTIVATIONS
+
+    def __post_init__(self) -> None:
+        if self.weights.binarize not in (None, *WEIGHT_BINARIZATIONS):
+            raise ValueError(
+                f"weights.binarize={self.weights.binarize!r} is for activations; "
+                f"weights allow {WEIGHT_BINARIZATIONS}"
+            )
+        if self.activations.binarize not in (None, *ACTIVATION_BINARIZATIONS):
+            raise ValueError(
+                f"activations.binarize={self.activations.binarize!r} is for weights; "
+                f"activations allow {ACTIVATION_BINARIZATIONS}"
+            )
+
+    def short(self) -> str:
+        return f"W[{self.weights.short()}] A[{self.activations.short()}]"
+
+
+@dataclass(frozen=True, config=_STRICT)
+class LayerPolicy:
+    """Everything the policy says about one layer. ``quantization=None`` keeps it float."""
+
+    quantization: LayerQuant | None = None
+
+    def short(self) -> str:
+        return self.quantization.short() if self.quantization else "float"
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Policy:
+    """A whole-model compression policy: a default plus per-layer overrides.
+
+    ``overrides`` maps a module name (as in ``model.named_modules()``) or an fnmatch
+    pattern (``"layer1.*"``) to the LayerPolicy for the layers it matches. An exact
+    name wins over patterns; among patterns, the one listed last wins.
+    """
+
+    default: LayerPolicy = LayerPolicy()
+    overrides: dict[str, LayerPolicy] = dataclasses.field(default_factory=dict)
+    format: Literal["autocompress.policy"] = POLICY_FORMAT
+    version: Literal[1] = POLICY_VERSION
+
+    # -- construction ---------------------------------------------------------
+    @classmethod
+    def quantize(
+        cls,
+        weight_bits: int | None = 8,
+        activation_bits: int | None = 8,
+        overrides: Mapping[str, LayerPolicy] | None = None,
+    ) -> "Policy":
+        """Uniform WxAy quantization of every Conv/Linear layer (the common case)."""
+        quant = LayerQuant(
+            weights=dataclasses.replace(DEFAULT_WEIGHTS, bits=weight_bits),
+            activations=dataclasses.replace(DEFAULT_ACTIVATIONS, bits=activation_bits),
+        )
+        return cls(default=LayerPolicy(quantization=quant), overrides=dict(overrides or {}))
+
+    # -- resolution -----------------------------------------------------------
+    def for_layer(self, name: str) -> LayerPolicy:
+        if name in self.overrides:
+            return self.overrides[name]
+        chosen = self.default
+        for pattern, layer_policy in self.overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                chosen = layer_policy
+        return chosen
+
+    def resolve(self, layer_names: Iterable[str]) -> dict[str, LayerPolicy]:
+        """Per-layer policies for these layers; every override must match one of them."""
+        names = list(layer_names)
+        for pattern in self.overrides:
+            if pattern not in names and not fnmatch.filter(names, pattern):
+                raise PolicyError(
+                    f"override {pattern!r} matches no compressible layer. "
+                    f"Compressible layers: {', '.join(names)}. Use a module name from "
+                    "model.named_modules() or an fnmatch pattern such as 'layer1.*'."
+                )
+        return {name: self.for_layer(name) for name in names}
+
+    # -- serialisation --------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _ADAPTER.dump_python(self, mode="json")
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+        if not isinstance(data, Mapping):
+            raise PolicyError(f"a policy must be a JSON object, got {type(data).__name__}")
+        if data.get("format", POLICY_FORMAT) != POLICY_FORMAT:
+            raise PolicyError(f"not an autocompress policy: format={data.get('format')!r}, expected {POLICY_FORMAT!r}")
+        if data.get("version", POLICY_VERSION) != POLICY_VERSION:
+            raise PolicyError(
+                f"policy version {data.get('version')!r} is not supported; this autocompress reads version {POLICY_VERSION}"
+            )
+        try:
+            return _ADAPTER.validate_python(dict(data))
+        except ValidationError as error:
+            raise PolicyError(_explain(error)) from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Policy":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PolicyError(f"policy is not valid JSON: {error}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Policy":
+        path = Path(path)
+        if not path.is_file():
+            raise PolicyError(f"policy file {str(path)!r} does not exist")
+        try:
+            return cls.from_json(path.read_text())
+        except PolicyError as error:
+            raise PolicyError(f"{path}: {error}") from None
+
+    def describe(self, layer_names: Iterable[str] | None = None) -> str:
+        """Human-readable summary; with layer names, one line per layer as resolved."""
+        lines = [f"Policy v{self.version}", f"  default: {self.default.short()}"]
+        if layer_names is None:
+            lines += [f"  {pattern}: {lp.short()}" for pattern, lp in self.overrides.items()]
+        else:
+            resolved = self.resolve(layer_names)
+            width = max((len(n) for n in resolved), default=0)
+            lines += [f"  {name:<{width}}  {lp.short()}" for name, lp in resolved.items()]
+        return "\n".join(lines)
+
+
+_ADAPTER = TypeAdapter(Policy)
+
+
+def _explain(error: ValidationError) -> str:
+    """One line per problem: the dotted path of the field, what was wrong, what is allowed."""
+    lines = []
+    for problem in error.errors():
+        location = ".".join(str(part) for part in problem["loc"] if part not in ("function-after",))
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "unexpected_keyword_argument":
+            message = "unknown field (check the spelling; see policies.schema for the allowed fields)"
+        value = problem.get("input")
+        shown = f" (got {value!r})" if value is not None and not isinstance(value, Mapping) else ""
+        lines.append(f"{location or '<policy>'}: {message}{shown}")
+    return "invalid policy:\n  " + "\n  ".join(lines)

@@ -1,0 +1,243 @@
+"""The OpenVINO / ONNX Runtime worker: runs in a child process that never imports torch.
+
+torch is used here only to build and export tiny ONNX models and reference outputs; every runtime call goes
+through evaluators.child.run_jobs.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evaluators.child import run_jobs, unwrap
+from evaluators.target import LatencyConfig, Target
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = {"warmup_iterations": 3, "rounds": 3, "min_iterations": 10, "min_seconds": 0.01}
+F32 = {"precision_hint": "f32"}
+
+
+class SmallNet(nn.Module):
+    """Conv net for [N,1,28,28]; with quant=True, 8-bit fake-quant (QDQ) on every conv input and weight."""
+
+    def __init__(self, quant: bool = False):
+        super().__init__()
+        self.quant = quant
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, stride=2)
+        self.fc = nn.Linear(32 * 14 * 14, 10)
+
+    def _conv(self, conv: nn.Conv2d, x, signed: bool):
+        w = conv.weight
+        if self.quant:
+            if signed:
+                x = torch.fake_quantize_per_tensor_affine(x, 4.0 / 127, 0, -128, 127)
+            else:
+                x = torch.fake_quantize_per_tensor_affine(x, 4.0 / 255, 0, 0, 255)
+            scale = (w.detach().abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-8)
+            zero = torch.zeros(w.shape[0], dtype=torch.int32)
+            w = torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -128, 127)
+        return F.conv2d(x, w, conv.bias, conv.stride, conv.padding)
+
+    def forward(self, x):
+        x = F.relu(self._conv(self.conv1, x, signed=True))
+        x = F.relu(self._conv(self.conv2, x, signed=False))
+        return self.fc(torch.flatten(x, 1))
+
+
+def _export(model: nn.Module, path: str) -> str:
+    with warnings.catch_warnings():  # the legacy (TorchScript) exporter warns on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model.eval(), (torch.randn(1, 1, 28, 28),), path, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "batch"}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """fp32 and QDQ ONNX models, converted to static-shape IR in one worker call."""
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    fp32 = SmallNet()
+    qdq = SmallNet(quant=True)
+    qdq.load_state_dict(fp32.state_dict())
+    paths = {"fp32_onnx": _export(fp32, str(d / "fp32.onnx")), "qdq_onnx": _export(qdq, str(d / "qdq.onnx"))}
+    paths["fp32_xml"], paths["qdq_xml"] = str(d / "fp32.xml"), str(d / "qdq.xml")
+    results = run_jobs([
+        {"op": "convert_to_ir", "args": {"onnx_path": paths["fp32_onnx"], "xml_path": paths["fp32_xml"],
+                                         "input_shape": [1, 1, 28, 28]}},
+        {"op": "convert_to_ir", "args": {"onnx_path": paths["qdq_onnx"], "xml_path": paths["qdq_xml"],
+                                         "input_shape": [1, 1, 28, 28]}},
+    ])
+    paths["convert"] = [unwrap(r) for r in results]
+    return {"dir": d, "fp32": fp32, "qdq": qdq, **paths}
+
+
+def _parameter_shape(xml_path: str) -> str:
+    for layer in ET.parse(xml_path).getroot().iter("layer"):
+        if layer.get("type") == "Parameter":
+            return layer.find("data").get("shape")
+    raise AssertionError("no Parameter layer")
+
+
+def _constant_types(xml_path: str) -> set[str]:
+    return {layer.find("data").get("element_type") for layer in ET.parse(xml_path).getroot().iter("layer")
+            if layer.get("type") == "Const"}
+
+
+# ------------------------------------------------------------------------------------------- Target
+
+
+def test_target_roundtrip_and_ov_config():
+    t = Target(threads=2, precision_hint="bf16", batch=4)
+    assert Target.from_dict(t.to_dict()) == t
+    assert t.ov_config() == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "2",
+                             "INFERENCE_PRECISION_HINT": "bf16"}
+    assert Target().ov_config() == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    assert LatencyConfig.from_dict(LatencyConfig(rounds=7).to_dict()).rounds == 7
+
+
+@pytest.mark.parametrize("bad, field", [({"precison_hint": "f32"}, "precison_hint"),
+                                        ({"precision_hint": "int8"}, "precision_hint"),
+                                        ({"threads": 0}, "threads"), ({"batch": True}, "batch"),
+                                        ({"device": ""}, "device")])
+def test_target_validation(bad, field):
+    with pytest.raises(ValueError, match=field):
+        Target.from_dict(bad)
+    with pytest.raises(ValueError, match="min_seconds"):
+        LatencyConfig.from_dict({"min_seconds": -1})
+
+
+# ------------------------------------------------------------------------------------------- worker
+
+
+def test_worker_never_imports_torch(models):
+    code = textwrap.dedent(f"""
+        import sys
+        from evaluators import runtime_worker as w
+        w.measure_latency([{models['fp32_xml']!r}], {{}}, {FAST!r})
+        w.measure_ort_latency([{models['fp32_onnx']!r}], 1, {FAST!r})
+        assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    info = unwrap(run_jobs([{"op": "runtime_info", "args": {}}])[0])  # the `-m` path (package __init__ too)
+    assert info["torch_imported"] is False
+
+
+def test_convert_to_ir_is_static(models):
+    for key in ("fp32", "qdq"):
+        res = models["convert"][0 if key == "fp32" else 1]
+        assert res["bin_bytes"] > 0 and res["xml_bytes"] > 0 and res["seconds"] > 0
+        assert _parameter_shape(models[f"{key}_xml"]) == "1,1,28,28"
+    # save_model stores the fake-quantized conv weights as int8 constants; the fp32 IR keeps f32 (no fp16)
+    assert _constant_types(models["qdq_xml"]) >= {"i8", "f32"}
+    assert "i8" not in _constant_types(models["fp32_xml"]) and "f16" not in _constant_types(models["fp32_xml"])
+
+
+def test_infer_matches_torch_with_remainder(models, tmp_path):
+    x = np.random.default_rng(1).standard_normal((37, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    results = run_jobs([
+        {"op": "infer", "args": {"xml_path": models["fp32_xml"], "inputs_npy": str(tmp_path / "x.npy"),
+                                 "outputs_npy": str(tmp_path / "y16.npy"), "target": F32, "batch_size": 16}},
+        {"op": "infer", "args": {"xml_path": models["fp32_xml"], "inputs_npy": str(tmp_path / "x.npy"),
+                                 "outputs_npy": str(tmp_path / "y256.npy"), "target": F32}},
+        {"op": "infer", "args": {"xml_path": models["qdq_xml"], "inputs_npy": str(tmp_path / "x.npy"),
+                                 "outputs_npy": str(tmp_path / "q.npy"), "target": F32, "batch_size": 16}},
+    ])
+    r16, r256, rq = (unwrap(r) for r in results)
+    assert r16["n"] == 37 and r16["batch_size"] == 16 and r256["batch_size"] == 37
+    with torch.no_grad():
+        ref = models["fp32"](torch.from_numpy(x)).numpy()
+        ref_q = models["qdq"](torch.from_numpy(x)).numpy()
+    for name in ("y16", "y256"):
+        y = np.load(tmp_path / f"{name}.npy")
+        assert y.shape == (37, 10)
+        np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-4)
+    # int8 kernels vs torch's float emulation of fake quant: same argmax nearly everywhere
+    q = np.load(tmp_path / "q.npy")
+    assert q.shape == (37, 10) and (q.argmax(1) == ref_q.argmax(1)).mean() >= 0.9
+
+
+def test_measure_latency_alternating_rounds(models):
+    res = unwrap(run_jobs([{"op": "measure_latency", "args": {
+        "xml_paths": [models["fp32_xml"], models["qdq_xml"]], "target": {**F32, "threads": 2}, "config": FAST}}])[0])
+    assert res["target"]["precision_hint"] == "f32" and res["config"]["rounds"] == 3
+    fp32, qdq = res["models"]
+    for m in (fp32, qdq):
+        assert m["median_ms"] > 0 and m["min_ms"] <= m["median_ms"] <= m["max_ms"]
+        assert len(m["rounds_ms"]) == 3 and m["iterations"] >= 3 * FAST["min_iterations"]
+        assert m["spread"] >= 0
+    assert res["ratios_to_first"][0] == pytest.approx(1.0)
+    assert res["ratios_to_first"][1] > 0
+    assert fp32["runtime_precision"]["Convolution"] == {"f32": 2}
+    assert fp32["runtime_precision"]["FullyConnected"] == {"f32": 1}
+    assert set(qdq["runtime_precision"]["Convolution"]) <= {"u8", "i8"}, qdq["runtime_precision"]
+    assert fp32["inference_precision"] == "f32"
+
+
+def test_measure_latency_batch_and_inputs(models, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((3, 1, 28, 28), np.float32))
+    res = unwrap(run_jobs([{"op": "measure_latency", "args": {
+        "xml_paths": [models["fp32_xml"]], "target": {"batch": 4}, "config": FAST,
+        "inputs_npy": str(tmp_path / "x.npy")}}])[0])
+    assert res["models"][0]["input_shape"] == [4, 1, 28, 28] and "ratios_to_first" not in res
+
+
+def test_ort_latency(models):
+    res = unwrap(run_jobs([{"op": "measure_ort_latency", "args": {
+        "onnx_paths": [models["fp32_onnx"], models["qdq_onnx"]], "threads": 2, "config": FAST}}])[0])
+    assert [m["median_ms"] > 0 for m in res["models"]] == [True, True]
+    assert len(res["models"][1]["rounds_ms"]) == 3 and res["ratios_to_first"][0] == pytest.approx(1.0)
+
+
+def test_job_error_does_not_stop_later_jobs(tmp_path):
+    results = run_jobs([
+        {"op": "infer", "args": {"xml_path": str(tmp_path / "missing.xml"), "inputs_npy": str(tmp_path / "no.npy"),
+                                 "outputs_npy": str(tmp_path / "y.npy")}},
+        {"op": "no_such_op", "args": {}},
+        {"op": "runtime_info", "args": {}},
+    ])
+    assert len(results) == 3
+    assert results[0]["error"].startswith("FileNotFoundError") and "Traceback" in results[0]["traceback"]
+    with pytest.raises(RuntimeError, match="infer failed in the OpenVINO worker: FileNotFoundError"):
+        unwrap(results[0])
+    assert "unknown op" in results[1]["error"]
+    assert unwrap(results[2])["openvino"]
+
+
+def _fake_worker(tmp_path, monkeypatch, body: str) -> None:
+    (tmp_path / "fake_worker.py").write_text(textwrap.dedent(body))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr("evaluators.child.WORKER_MODULE", "fake_worker")
+
+
+def test_crashing_child_raises_readable_error(tmp_path, monkeypatch):
+    _fake_worker(tmp_path, monkeypatch, """
+        import os, sys
+        print("boom: corrupted size vs. prev_size", file=sys.stderr, flush=True)
+        os._exit(134)
+    """)
+    with pytest.raises(RuntimeError, match=r"(?s)exited with code 134.*corrupted size"):
+        run_jobs([{"op": "runtime_info", "args": {}}])
+
+
+def test_hanging_child_times_out(tmp_path, monkeypatch):
+    _fake_worker(tmp_path, monkeypatch, """
+        import sys, time
+        print("still compiling", file=sys.stderr, flush=True)
+        time.sleep(30)
+    """)
+    with pytest.raises(RuntimeError, match="timed out after 1"):
+        run_jobs([], timeout=1)
