@@ -170,6 +170,7 @@ def insert_quantizers(gm: fx.GraphModule, quantized: dict[str, LayerQuant], aux:
     def quantize_input(consumer: fx.Node, value: Any, spec: TensorQuant) -> None:
         if not (isinstance(value, fx.Node) and spec.enabled):
             return
+        consumer, value = _hoist_above_passthrough(consumer, value, modules)
         key = (value.name, spec)
         if key not in shared:
             name = f"{value.name}_q" if not any(k[0] == value.name for k in shared) else f"{value.name}_q{len(shared)}"
@@ -194,6 +195,29 @@ def insert_quantizers(gm: fx.GraphModule, quantized: dict[str, LayerQuant], aux:
             quantize_input(node, node.args[0], aux.activations)
     gm.graph.lint()
     gm.recompile()
+
+
+_PASSTHROUGH_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Identity)
+_PASSTHROUGH_FUNCTIONS = {torch.flatten, torch.reshape, nn.functional.max_pool2d}
+_PASSTHROUGH_METHODS = {"view", "reshape", "flatten"}
+
+
+def _hoist_above_passthrough(consumer: fx.Node, value: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node, fx.Node]:
+    """Move a quantizer above max-pooling and reshapes that only feed this consumer.
+
+    Quantization commutes with them exactly (they select or move values), and OpenVINO
+    then runs the pooling in INT8 too; NNCF's quantizer propagation does the same.
+    """
+    while len(value.users) == 1 and isinstance(value.args[0] if value.args else None, fx.Node):
+        passthrough = (
+            (value.op == "call_module" and isinstance(modules.get(value.target), _PASSTHROUGH_MODULES))
+            or (value.op == "call_function" and value.target in _PASSTHROUGH_FUNCTIONS)
+            or (value.op == "call_method" and value.target in _PASSTHROUGH_METHODS)
+        )
+        if not passthrough:
+            break
+        consumer, value = value, value.args[0]
+    return consumer, value
 
 
 def calibrate(gm: fx.GraphModule, loader: Iterable, batches: int) -> tuple[int, ...]:

@@ -89,14 +89,18 @@ class OpenVINOLatency:
     def __call__(self, model: ExportedModel) -> Measurement:
         return self.compare({"model": model})["model"]
 
-    def compare(self, models: Mapping[str, ExportedModel]) -> dict[str, Measurement]:
-        """Measure several models in alternating rounds; adds each one's ratio to the first."""
+    def compare(self, models: Mapping[str, ExportedModel], targets: Mapping[str, Target] | None = None) -> dict[str, Measurement]:
+        """Measure several models in alternating rounds; adds each one's ratio to the first.
+
+        ``targets`` overrides the target per model name (e.g. one IR at f32 and at bf16).
+        """
         names = list(models)
+        targets = targets or {}
         job = {
             "op": "measure_latency",
             "args": {
                 "xml_paths": [str(models[n].ir_path) for n in names],
-                "target": self.target.to_dict(),
+                "target": [targets.get(n, self.target).to_dict() for n in names],
                 "config": self.config.to_dict(),
             },
         }

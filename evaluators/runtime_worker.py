@@ -239,21 +239,25 @@ def infer(xml_path: str, inputs_npy: str, outputs_npy: str, target: dict | None 
     return {"n": n, "seconds": time.perf_counter() - t0, "batch_size": bs, "output_shape": list(logits.shape)}
 
 
-def measure_latency(xml_paths: list[str], target: dict | None = None, config: dict | None = None,
+def measure_latency(xml_paths: list[str], target: dict | list[dict] | None = None, config: dict | None = None,
                     inputs_npy: str | None = None) -> dict:
     """Latency of one or more IRs, measured in alternating rounds (see LatencyConfig).
 
-    Every model is compiled with target.ov_config() on target.device at batch target.batch and driven through
-    one infer request with a fixed input (seeded random, or the first rows of inputs_npy).
+    Every model is compiled with its target's ov_config() on its device at its batch and driven through one
+    infer request with a fixed input (seeded random, or the first rows of inputs_npy). ``target`` is one target
+    for all models or a list with one per model (e.g. the same IR at f32 and at bf16, compared fairly).
     """
     ov = _ov()
-    tgt = Target.from_dict(target or {})
-    cfg = LatencyConfig.from_dict(config or {})
     if isinstance(xml_paths, str) or not xml_paths:
         raise ValueError("xml_paths must be a non-empty list of paths")
+    targets = target if isinstance(target, list) else [target] * len(xml_paths)
+    if len(targets) != len(xml_paths):
+        raise ValueError(f"got {len(targets)} targets for {len(xml_paths)} models; pass one target or one per model")
+    targets = [Target.from_dict(t or {}) for t in targets]
+    cfg = LatencyConfig.from_dict(config or {})
     core = ov.Core()
     runs, info, keep = [], [], []
-    for path in xml_paths:
+    for path, tgt in zip(xml_paths, targets):
         t0 = time.perf_counter()
         model, shape = _read_with_batch(core, path, tgt.batch)
         compiled = core.compile_model(model, tgt.device, tgt.ov_config())
@@ -266,6 +270,7 @@ def measure_latency(xml_paths: list[str], target: dict | None = None, config: di
         runs.append(request.infer)
         info.append({
             "xml": path,
+            "target": tgt.to_dict(),
             "input_shape": shape,
             "compile_seconds": compile_s,
             "inference_precision": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
@@ -274,7 +279,7 @@ def measure_latency(xml_paths: list[str], target: dict | None = None, config: di
     per_round, iterations = _alternating_rounds(runs, cfg)
     stats, ratios = _summaries(per_round, iterations)
     models = [{**meta, **s} for meta, s in zip(info, stats)]
-    out: dict[str, Any] = {"models": models, "target": tgt.to_dict(), "config": cfg.to_dict()}
+    out: dict[str, Any] = {"models": models, "config": cfg.to_dict()}
     if ratios is not None:
         out["ratios_to_first"] = ratios
     return out

@@ -173,8 +173,9 @@ def test_infer_matches_torch_with_remainder(models, tmp_path):
 def test_measure_latency_alternating_rounds(models):
     res = unwrap(run_jobs([{"op": "measure_latency", "args": {
         "xml_paths": [models["fp32_xml"], models["qdq_xml"]], "target": {**F32, "threads": 2}, "config": FAST}}])[0])
-    assert res["target"]["precision_hint"] == "f32" and res["config"]["rounds"] == 3
+    assert res["config"]["rounds"] == 3
     fp32, qdq = res["models"]
+    assert fp32["target"]["precision_hint"] == qdq["target"]["precision_hint"] == "f32"
     for m in (fp32, qdq):
         assert m["median_ms"] > 0 and m["min_ms"] <= m["median_ms"] <= m["max_ms"]
         assert len(m["rounds_ms"]) == 3 and m["iterations"] >= 3 * FAST["min_iterations"]
@@ -185,6 +186,18 @@ def test_measure_latency_alternating_rounds(models):
     assert fp32["runtime_precision"]["FullyConnected"] == {"f32": 1}
     assert set(qdq["runtime_precision"]["Convolution"]) <= {"u8", "i8"}, qdq["runtime_precision"]
     assert fp32["inference_precision"] == "f32"
+
+
+def test_measure_latency_takes_one_target_per_model(models):
+    res = unwrap(run_jobs([{"op": "measure_latency", "args": {
+        "xml_paths": [models["fp32_xml"], models["fp32_xml"]],
+        "target": [F32, {"precision_hint": "bf16"}], "config": FAST}}])[0])
+    f32, bf16 = res["models"]
+    assert f32["inference_precision"] == "f32" and bf16["inference_precision"] == "bf16"
+    assert bf16["runtime_precision"]["Convolution"] == {"bf16": 2}
+    with pytest.raises(RuntimeError, match="got 3 targets for 2 models"):
+        unwrap(run_jobs([{"op": "measure_latency", "args": {
+            "xml_paths": [models["fp32_xml"]] * 2, "target": [F32] * 3, "config": FAST}}])[0])
 
 
 def test_measure_latency_batch_and_inputs(models, tmp_path):
