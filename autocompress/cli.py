@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from autocompress.core import Finetune, ModelError, apply_policy
+from autocompress.core import Finetune, ModelError, apply_policy, compressible_layers
 from autocompress.data import DATASETS, load_dataset, make_loaders
 from autocompress.evaluate import evaluate
 from autocompress.zoo import parse_model_spec, pretrained
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs after compression")
     parser.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
-    parser.add_argument("--baseline-epochs", type=int, default=3, help="training epochs of the cached baseline")
+    parser.add_argument("--baseline-epochs", type=int, default=8, help="training epochs of the cached baseline")
     parser.add_argument("--threads", type=int, default=None, help="OpenVINO inference threads (default: runtime)")
     parser.add_argument("--precision", choices=["f32", "bf16"], default=None, help="precision hint for float layers")
     parser.add_argument("--rounds", type=int, default=5, help="alternating latency rounds")
@@ -85,22 +85,22 @@ def _evaluate(args) -> int:
     return _report({"baseline": model, "compressed": compressed}, test_loader, target, args)
 
 
-def demo_policies() -> dict[str, Policy]:
-    """W8A8 everywhere, and a mixed policy: 4-bit weights inside the residual stages,
-    8-bit at the stem and classifier (the layers most sensitive to quantization)."""
+def demo_policies(layers: list[str]) -> dict[str, Policy]:
+    """W8A8 everywhere, and a mixed policy: 4-bit weights in the inner layers, 8-bit in
+    the first and last (the layers most sensitive to quantization)."""
     four_bit = LayerPolicy(
         quantization=LayerQuant(weights=TensorQuant(bits=4, per_channel=True, range_init="mse", learn_scale=True))
     )
     return {
         "w8a8": Policy.quantize(8, 8),
-        "mixed_w4_w8": Policy(default=Policy.quantize(8, 8).default, overrides={"layer*.conv*": four_bit}),
+        "mixed_w4_w8": Policy.quantize(8, 8, overrides={name: four_bit for name in layers[1:-1]}),
     }
 
 
 def _demo(args) -> int:
     model, train_loader, test_loader, target = _setup(args)
     models: dict = {"fp32": model}
-    for name, policy in demo_policies().items():
+    for name, policy in demo_policies(compressible_layers(model)).items():
         models[name] = _compress(model, policy, train_loader, args, name)
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)

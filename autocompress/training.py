@@ -12,11 +12,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = ["Metric", "top1_accuracy", "predict", "evaluate_torch", "train"]
+__all__ = ["Metric", "LossFn", "ExtraLoss", "top1_accuracy", "predict", "evaluate_torch", "train"]
 
 # Metrics take numpy (logits, targets) so one metric scores torch and OpenVINO outputs alike.
 Metric = Callable[[np.ndarray, np.ndarray], float]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# extra_loss(inputs, outputs): sees the batch so distillation (teacher on the same
+# inputs) fits, while regularisers (sparsity, weight penalties) may ignore both.
+ExtraLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _FINAL_LOSS_WINDOW = 20
 
@@ -76,14 +79,14 @@ def train(
     loss_fn: LossFn | None = None,
     max_steps: int | None = None,
     seed: int | None = 0,
-    extra_loss: Callable[[], torch.Tensor] | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> dict[str, float | int]:
     """Fine-tune ``model`` in place and return {"steps", "final_loss", "seconds"}.
 
     ``epochs`` may be fractional (0.5 = half the batches of one pass). The LR
     follows a cosine schedule over the total number of steps, which ``max_steps``
-    caps. ``loss_fn(outputs, targets)`` defaults to cross-entropy; ``extra_loss()``
-    (e.g. a sparsity or distillation regulariser) is added each step. ``seed``
+    caps. ``loss_fn(outputs, targets)`` defaults to cross-entropy; ``extra_loss(inputs,
+    outputs)`` (e.g. distillation or a sparsity penalty) is added each step. ``seed``
     seeds torch before training (None leaves the global RNG alone). The model is
     left in eval mode.
     """
@@ -122,7 +125,7 @@ def train(
                 outputs = model(inputs)
                 loss = loss_fn(outputs, targets)
                 if extra_loss is not None:
-                    loss = loss + extra_loss()
+                    loss = loss + extra_loss(inputs, outputs)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise ValueError(

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from autocompress import Finetune, LatencyConfig, Target, apply_policy, compressible_layers, export
+from autocompress.cli import demo_policies
 from autocompress.data import load_dataset, make_loaders
 from autocompress.zoo import pretrained
 from evaluators.artifact import ExportedModel
@@ -38,7 +39,7 @@ MODELS = {
 
 def policies(layers: list[str]) -> dict[str, Policy]:
     """First and last layers stay 8-bit in the low-bit policies: they are the most sensitive."""
-    first, last, inner = layers[0], layers[-1], layers[1:-1]
+    first, last = layers[0], layers[-1]
 
     def uniform(bits: int, learn: bool = False) -> LayerPolicy:
         return LayerPolicy(
@@ -48,10 +49,10 @@ def policies(layers: list[str]) -> dict[str, Policy]:
             )
         )
 
-    w4 = LayerPolicy(quantization=LayerQuant(weights=TensorQuant(bits=4, per_channel=True, range_init="mse", learn_scale=True)))
+    demo = demo_policies(layers)
     return {
-        "ours W8A8": Policy.quantize(8, 8),
-        "ours mixed (4-bit inner W)": Policy(default=uniform(8), overrides={name: w4 for name in inner}),
+        "ours W8A8": demo["w8a8"],
+        "ours mixed (4-bit inner W)": demo["mixed_w4_w8"],
         "ours W4A4 (learned)": Policy(default=uniform(4, learn=True), overrides={first: uniform(8), last: uniform(8)}),
         "ours W6A6": Policy(default=uniform(6), overrides={first: uniform(8), last: uniform(8)}),
     }
@@ -148,7 +149,7 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated from {list(MODELS)}")
-    parser.add_argument("--baseline-epochs", type=int, default=3)
+    parser.add_argument("--baseline-epochs", type=int, default=8)
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1, help="OpenVINO inference threads (1 = least noise on a shared machine)")
     parser.add_argument("--rounds", type=int, default=7)

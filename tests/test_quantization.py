@@ -198,3 +198,16 @@ def test_learned_scales_move_during_finetuning(cnn, digits_loaders):
     before = ptq.module.conv2.parametrizations.weight[0].scale
     after = qat.module.conv2.parametrizations.weight[0].scale
     assert not torch.allclose(before, after)
+
+
+def test_quantizers_sit_above_max_pool_and_flatten(cnn, digits_loaders):
+    # Quantization commutes with max-pool and reshapes; placing it above them lets
+    # OpenVINO run the pooling in INT8 (the placement NNCF picks).
+    compressed = apply_policy(cnn, Policy.quantize(8, 8), digits_loaders[0], finetune=None)
+    graph = compressed.module.graph
+    pool = next(n for n in graph.nodes if n.target == "pool")
+    flatten = next(n for n in graph.nodes if n.op == "call_function" and n.target is torch.flatten)
+    assert pool.args[0].target.startswith("activation_quantizers.")
+    assert flatten.args[0].target.startswith("activation_quantizers.")
+    fc = next(n for n in graph.nodes if n.target == "fc")
+    assert fc.args[0] is flatten

@@ -95,13 +95,14 @@ def test_custom_loss_and_extra_loss(loaders) -> None:
         calls["loss"] += 1
         return nn.functional.cross_entropy(outputs, targets)
 
-    def extra() -> torch.Tensor:
+    def extra(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         calls["extra"] += 1
+        assert inputs.shape[1:] == (1, 8, 8) and outputs.shape == (len(inputs), 10)
         return 1e-4 * sum(p.abs().sum() for p in model.parameters())
 
     base = train(model, train_loader, max_steps=4, loss_fn=loss_fn)
     assert calls["loss"] == 4
-    stats = train(model, train_loader, max_steps=4, extra_loss=lambda: torch.tensor(100.0))
+    stats = train(model, train_loader, max_steps=4, extra_loss=lambda i, o: torch.tensor(100.0))
     assert stats["final_loss"] > 100 > base["final_loss"]
     train(model, train_loader, max_steps=2, extra_loss=extra)
     assert calls["extra"] == 2
@@ -121,7 +122,7 @@ def test_nan_loss_raises_with_step(loaders) -> None:
         train(model, train_loader, epochs=1, loss_fn=flaky_loss)
     assert not model.training
     with pytest.raises(ValueError, match="inf"):
-        train(model, train_loader, max_steps=2, extra_loss=lambda: torch.tensor(math.inf))
+        train(model, train_loader, max_steps=2, extra_loss=lambda i, o: torch.tensor(math.inf))
 
 
 def test_bad_arguments() -> None:
