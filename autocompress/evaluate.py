@@ -12,10 +12,11 @@ from torch import nn
 
 from autocompress.core import CompressedModel
 from autocompress.export import export
-from autocompress.training import Metric, evaluate_torch, top1_accuracy
+from autocompress.training import Metric, top1_accuracy
 from evaluators.artifact import ExportedModel
 from evaluators.runtime import Dataset, OnnxRuntimeLatency, OpenVINOAccuracy, OpenVINOLatency
 from evaluators.size import ModelSize
+from evaluators.torch_side import TorchAccuracy
 from evaluators.target import LatencyConfig, Target
 
 Candidate = nn.Module | CompressedModel | ExportedModel
@@ -96,11 +97,12 @@ def evaluate(
         }
         rows: dict[str, dict[str, Any]] = {name: {} for name in exported}
         accuracy = OpenVINOAccuracy(data, metric=metric, target=target)
+        torch_accuracy = TorchAccuracy(data, metric=metric)
         size = ModelSize()
         for name, artifact in exported.items():
             rows[name]["accuracy"] = accuracy(artifact)["accuracy"]
             if artifact.module is not None:
-                rows[name]["torch_accuracy"] = evaluate_torch(artifact.module, test_loader, metric)
+                rows[name]["torch_accuracy"] = torch_accuracy(artifact)["accuracy"]
             rows[name].update(size(artifact))
         for name, measured in OpenVINOLatency(target, latency).compare(exported).items():
             rows[name].update(_latency_fields(measured))
