@@ -80,13 +80,15 @@ def train(
     max_steps: int | None = None,
     seed: int | None = 0,
     extra_loss: ExtraLoss | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float | int]:
     """Fine-tune ``model`` in place and return {"steps", "final_loss", "seconds"}.
 
     ``epochs`` may be fractional (0.5 = half the batches of one pass). The LR
     follows a cosine schedule over the total number of steps, which ``max_steps``
     caps. ``loss_fn(outputs, targets)`` defaults to cross-entropy; ``extra_loss(inputs,
-    outputs)`` (e.g. distillation or a sparsity penalty) is added each step. ``seed``
+    outputs)`` (e.g. distillation or a sparsity penalty) is added each step;
+    ``on_step(step, total_steps)`` runs before each step (e.g. a sparsity schedule). ``seed``
     seeds torch before training (None leaves the global RNG alone). The model is
     left in eval mode.
     """
@@ -122,6 +124,8 @@ def train(
         while step < total_steps:
             steps_before = step
             for inputs, targets in loader:
+                if on_step is not None:
+                    on_step(step, total_steps)
                 outputs = model(inputs)
                 loss = loss_fn(outputs, targets)
                 if extra_loss is not None:

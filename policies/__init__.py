@@ -9,6 +9,8 @@ from policies.schema import (
     LayerQuant,
     Policy,
     PolicyError,
+    Pruning,
+    Sparsity,
     TensorQuant,
 )
 
@@ -21,5 +23,7 @@ __all__ = [
     "LayerQuant",
     "Policy",
     "PolicyError",
+    "Pruning",
+    "Sparsity",
     "TensorQuant",
 ]

@@ -111,20 +111,76 @@ class LayerQuant:
         return f"W[{self.weights.short()}] A[{self.activations.short()}]"
 
 
-@dataclass(frozen=True, config=_STRICT)
-class LayerPolicy:
-    """Everything the policy says about one layer. ``quantization=None`` keeps it float."""
+Criterion = Literal["l1", "l2", "geometric_median", "bn_scale", "taylor"]
+Schedule = Literal["constant", "polynomial", "exponential"]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
-    quantization: LayerQuant | None = None
+
+@dataclass(frozen=True, config=_STRICT)
+class Pruning:
+    """Structured pruning: remove a fraction of a layer's output channels, physically.
+
+    Layers coupled through the graph (a residual add, a depthwise conv, a concat) form a
+    group that is pruned together, with importance summed over the group; all layers of
+    a group must ask for the same ratio.
+    criterion: "l1"/"l2" filter norm, "geometric_median" (FPGM: filters closest to the
+    others are redundant), "bn_scale" (|gamma| of the following BatchNorm), "taylor"
+    (first-order Taylor |w * dL/dw|, needs data).
+    """
+
+    ratio: Fraction
+    criterion: Criterion = "l1"
 
     def short(self) -> str:
-        return self.quantization.short() if self.quantization else "float"
+        return f"prune {self.ratio:.0%} {self.criterion}"
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Sparsity:
+    """Unstructured sparsity: zero a fraction of a layer's weights (masks, same shapes).
+
+    method: "magnitude" (smallest |w| zeroed, the level ramped by ``schedule`` during
+    fine-tuning) or "l0" (learned hard-concrete gates with an L0 penalty, as the
+    regularization-based sparsity of the NNCF paper).
+    block: (rows, cols) zeroes whole blocks of a Linear weight by block norm
+    (Condensa's BlockPrune); magnitude only.
+    OpenVINO runs sparse weights dense on CPU: this buys size, not latency.
+    """
+
+    level: Fraction
+    method: Literal["magnitude", "l0"] = "magnitude"
+    schedule: Schedule = "polynomial"
+    block: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.block is not None and self.method != "magnitude":
+            raise ValueError(f"block sparsity needs method='magnitude', got method={self.method!r}")
+
+    def short(self) -> str:
+        block = f" block{self.block[0]}x{self.block[1]}" if self.block else ""
+        return f"sparse {self.level:.0%} {self.method}{block}"
+
+
+@dataclass(frozen=True, config=_STRICT)
+class LayerPolicy:
+    """Everything the policy says about one layer; all None keeps it as it is, in float."""
+
+    quantization: LayerQuant | None = None
+    pruning: Pruning | None = None
+    sparsity: Sparsity | None = None
+
+    def short(self) -> str:
+        parts = [self.quantization.short() if self.quantization else "float"]
+        parts += [part.short() for part in (self.pruning, self.sparsity) if part is not None]
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True, config=_STRICT)
 class Policy:
     """A whole-model compression policy: a default plus per-layer overrides.
 
+    ``pinned`` names layers (or patterns) whose output channels must be kept; the
+    model's output layer is always kept.
     ``overrides`` maps a module name (as in ``model.named_modules()``) or an fnmatch
     pattern (``"layer1.*"``) to the LayerPolicy for the layers it matches. An exact
     name wins over patterns; among patterns, the one listed last wins.
@@ -132,6 +188,7 @@ class Policy:
 
     default: LayerPolicy = LayerPolicy()
     overrides: dict[str, LayerPolicy] = dataclasses.field(default_factory=dict)
+    pinned: tuple[str, ...] = ()  # layers whose output channels are never pruned
     format: Literal["autocompress.policy"] = POLICY_FORMAT
     version: Literal[1] = POLICY_VERSION
 
