@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -66,9 +66,11 @@ def _compress(model, policy: Policy, train_loader, args, label: str):
     return compressed
 
 
-def _report(models: dict, test_loader, target: Target, args) -> int:
+def _report(models: dict, test_loader, target: Target, args, targets: dict | None = None) -> int:
     started = time.perf_counter()
-    report = evaluate(models, test_loader, target=target, latency=LatencyConfig(rounds=args.rounds), workdir=args.out)
+    report = evaluate(
+        models, test_loader, target=target, targets=targets, latency=LatencyConfig(rounds=args.rounds), workdir=args.out
+    )
     print(f"measured in {time.perf_counter() - started:.1f} s\n")
     print(report.table())
     if args.out is not None:
@@ -99,13 +101,15 @@ def demo_policies(layers: list[str]) -> dict[str, Policy]:
 
 def _demo(args) -> int:
     model, train_loader, test_loader, target = _setup(args)
-    models: dict = {"fp32": model}
+    # The same float model twice: at true FP32 and at the runtime's default (bf16 on CPUs with it).
+    models: dict = {"fp32 (f32)": model, "fp32 (default)": model}
+    targets = {"fp32 (f32)": dataclasses.replace(target, precision_hint="f32")}
     for name, policy in demo_policies(compressible_layers(model)).items():
         models[name] = _compress(model, policy, train_loader, args, name)
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
             policy.save(args.out / f"policy_{name}.json")
-    return _report(models, test_loader, target, args)
+    return _report(models, test_loader, target, args, targets)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,17 @@ class Finetune:
     weight_decay: float = 0.0
     max_steps: int | None = None
     seed: int | None = 0
+    prune_steps: int = 1  # iterative pruning: reach the ratios in this many steps
+    recovery_epochs: float = 0.0  # fine-tuning between pruning steps
+    rewind_lr: float | None = None  # learning-rate rewinding: recover at this (training) lr
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.recovery_epochs < 0:
+            raise ValueError(f"Finetune epochs must be >= 0, got epochs={self.epochs}, recovery_epochs={self.recovery_epochs}")
+        if self.prune_steps < 1:
+            raise ValueError(f"Finetune.prune_steps must be >= 1, got {self.prune_steps}")
+        if self.lr <= 0 or (self.rewind_lr is not None and self.rewind_lr <= 0):
+            raise ValueError(f"learning rates must be > 0, got lr={self.lr}, rewind_lr={self.rewind_lr}")
 
 
 @dataclasses.dataclass
@@ -87,44 +98,114 @@ def apply_policy(
 ) -> CompressedModel:
     """Compress a copy of ``model`` as ``policy`` says and fine-tune it on ``train_loader``.
 
-    calibration_loader defaults to train_loader; finetune=None skips fine-tuning
-    (post-training quantization). The user's model is never modified.
+    Order: structured pruning (channels physically removed, optionally in several steps
+    with recovery fine-tuning), then BatchNorm folding, sparsity masks and fake
+    quantizers, calibration, and one fine-tuning run in which sparsity ramps up and
+    quantization is trained (QAT). calibration_loader defaults to train_loader;
+    finetune=None skips fine-tuning (post-training compression). The user's model is
+    never modified.
     """
     if not isinstance(policy, Policy):
         raise TypeError(f"policy must be a policies.Policy, got {type(policy).__name__}; load JSON with Policy.load(path)")
     layers = check_policy(model, policy)
     calibration_loader = calibration_loader if calibration_loader is not None else train_loader
+    input_shape = _first_input_shape(train_loader if train_loader is not None else calibration_loader)
     history: dict[str, Any] = {}
 
     was_training = model.training
-    graph_module = trace(model.eval())
-    model.train(was_training)
+    model.eval()
+    try:
+        if any(lp.pruning is not None for lp in layers.values()):
+            working = _prune_stepwise(model, policy, layers, input_shape, train_loader, finetune, loss_fn, history)
+        else:
+            working = model
+        graph_module = trace(working)
+    finally:
+        model.train(was_training)
+
     quantized = {name: lp.quantization for name, lp in layers.items() if lp.quantization is not None}
     if quantized:
         if calibration_loader is None:
             raise ValueError("quantization needs data to calibrate activation ranges: pass train_loader or calibration_loader")
-        started = time.perf_counter()
         _fold_batchnorm(graph_module, quantized)
+    sparse = {name: lp.sparsity for name, lp in layers.items() if lp.sparsity is not None}
+    controller = None
+    if sparse:
+        from autocompress.sparsity import SparsityController  # TEMP until module lands
+
+        controller = SparsityController(graph_module, sparse)
+        controller.attach()  # before the quantizers: weights are quantize(mask(w))
+    if quantized:
+        started = time.perf_counter()
         insert_quantizers(graph_module, quantized, aux=policy.default.quantization)
-        input_shape = calibrate(graph_module, calibration_loader, calibration_batches)
+        calibrate(graph_module, calibration_loader, calibration_batches)
         history["calibration_seconds"] = time.perf_counter() - started
-    else:
-        input_shape = _first_input_shape(train_loader or calibration_loader)
 
     if finetune is not None and train_loader is not None and finetune.epochs > 0:
-        history["finetune"] = train(
+        history["finetune"] = _finetune(
             graph_module,
             train_loader,
-            epochs=finetune.epochs,
-            lr=finetune.lr,
-            optimizer=finetune.optimizer,
-            weight_decay=finetune.weight_decay,
-            loss_fn=loss_fn,
-            max_steps=finetune.max_steps,
-            seed=finetune.seed,
+            finetune,
+            loss_fn,
+            extra_loss=controller.extra_loss if controller else None,
+            on_step=controller.on_step if controller else None,
         )
+    if controller is not None:
+        history["sparsity"] = controller.finalize()
     graph_module.eval()
     return CompressedModel(graph_module, policy, layers, input_shape, history)
+
+
+def _finetune(module: nn.Module, loader: Iterable, finetune: Finetune, loss_fn, lr: float | None = None, **hooks) -> dict:
+    return train(
+        module,
+        loader,
+        epochs=finetune.epochs,
+        lr=lr if lr is not None else finetune.lr,
+        optimizer=finetune.optimizer,
+        weight_decay=finetune.weight_decay,
+        loss_fn=loss_fn,
+        max_steps=finetune.max_steps,
+        seed=finetune.seed,
+        **hooks,
+    )
+
+
+def _prune_stepwise(
+    model: nn.Module,
+    policy: Policy,
+    layers: dict[str, LayerPolicy],
+    input_shape: tuple[int, ...],
+    data: Iterable | None,
+    finetune: Finetune | None,
+    loss_fn: Callable | None,
+    history: dict[str, Any],
+) -> nn.Module:
+    """Thin the model to the policy's ratios in ``finetune.prune_steps`` equal steps.
+
+    Between steps the narrower model recovers for ``recovery_epochs`` (at ``rewind_lr``
+    when set: learning-rate rewinding, else at the fine-tuning lr). Returns a copy.
+    """
+    from autocompress.pruning import prune, pruning_groups, resolve_group_ratios  # TEMP until module lands
+
+    example = torch.zeros(1, *input_shape)
+    groups = pruning_groups(model, example, policy.pinned)
+    targets = resolve_group_ratios(groups, layers, policy.pinned)
+    original = {group.name: group.channels for group in groups}
+    steps = finetune.prune_steps if finetune is not None else 1
+    pruned, current = model, dict(original)
+    for step in range(1, steps + 1):
+        ratios = {}
+        for name, (ratio, criterion) in targets.items():
+            keep = max(1, round(original[name] * (1 - ratio * step / steps)))
+            ratios[name] = (1 - keep / current[name], criterion)
+        pruned = prune(pruned, ratios, example, data=data, loss_fn=loss_fn, pinned=policy.pinned)
+        current = {group.name: group.channels for group in pruning_groups(pruned, example, policy.pinned)}
+        if step < steps and finetune is not None and finetune.recovery_epochs > 0 and data is not None:
+            recovery = dataclasses.replace(finetune, epochs=finetune.recovery_epochs)
+            _finetune(pruned, data, recovery, loss_fn, lr=finetune.rewind_lr)
+    history["pruning"] = {name: {"channels": original[name], "kept": current[name]} for name in targets}
+    return pruned
 
 
 # -- graph surgery --------------------------------------------------------------
@@ -250,7 +331,10 @@ def _inputs_of(batch: Any) -> torch.Tensor:
 
 def _first_input_shape(loader: Iterable | None) -> tuple[int, ...]:
     if loader is None:
-        raise ValueError("pass train_loader so the input shape is known")
+        raise ValueError(
+            "apply_policy needs data: pass train_loader (it calibrates quantizers, fine-tunes "
+            "and gives the input shape) or calibration_loader"
+        )
     for batch in loader:
         return tuple(_inputs_of(batch).shape[1:])
     raise ValueError("the loader yielded no batch; pass a non-empty loader")

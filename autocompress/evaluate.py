@@ -40,7 +40,7 @@ class Report:
         return json.dumps(self.to_dict(), indent=2)
 
     def table(self) -> str:
-        header = ["model", "accuracy (OV)", "accuracy (torch)", "latency ms", "spread", "speedup", "IR KiB", "params"]
+        header = ["model", "accuracy (OV)", "accuracy (torch)", "latency ms", "spread", "speedup", "IR weights KiB", "params"]
         lines = [header]
         for name, row in self.rows.items():
             lines.append(
@@ -51,16 +51,18 @@ class Report:
                     f"{row['latency_ms']:.4f}",
                     f"{row['latency_spread']:.0%}",
                     f"{row['speedup']:.2f}x",
-                    f"{row['ir_bytes'] / 1024:.1f}",
+                    f"{row['ir_weights_bytes'] / 1024:.1f}",
                     f"{row.get('parameters', 0):,}",
                 ]
             )
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
         rendered = ["  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)) for line in lines]
         rendered.insert(1, "  ".join("-" * w for w in widths))
+        hints = {name: row.get("precision_hint") for name, row in self.rows.items()}
+        overridden = ", ".join(f"{name}: {hint}" for name, hint in hints.items() if hint != self.target.precision_hint)
         note = (
             f"target: {self.target.device}, threads={self.target.threads or 'default'}, batch={self.target.batch}, "
-            f"precision={self.target.precision_hint or 'runtime default'}; latency = median of "
+            f"precision={self.target.precision_hint or 'runtime default'}{f' ({overridden})' if overridden else ''}; latency = median of "
             f"{self.latency_config.rounds} alternating rounds; speedup vs the first row"
         )
         return "\n".join(rendered + [note])
@@ -71,6 +73,7 @@ def evaluate(
     test_loader: Iterable,
     *,
     target: Target = Target(),
+    targets: Mapping[str, Target] | None = None,
     metric: Metric | None = None,
     latency: LatencyConfig = LatencyConfig(),
     workdir: str | Path | None = None,
@@ -81,8 +84,10 @@ def evaluate(
     ratios are fair on a noisy machine), optional ONNX Runtime latency, and size.
 
     ``models``: one model or {name: model}; the first is the reference for speedups.
+    ``targets`` overrides ``target`` per model name (e.g. the FP32 baseline at "f32").
     Exported files go to ``workdir`` (a temporary directory when omitted).
     """
+    targets = dict(targets or {})
     candidates = dict(models) if isinstance(models, Mapping) else {"model": models}
     if not candidates:
         raise ValueError("evaluate needs at least one model")
@@ -96,15 +101,16 @@ def evaluate(
             for name, m in candidates.items()
         }
         rows: dict[str, dict[str, Any]] = {name: {} for name in exported}
-        accuracy = OpenVINOAccuracy(data, metric=metric, target=target)
         torch_accuracy = TorchAccuracy(data, metric=metric)
         size = ModelSize()
         for name, artifact in exported.items():
+            accuracy = OpenVINOAccuracy(data, metric=metric, target=targets.get(name, target))
             rows[name]["accuracy"] = accuracy(artifact)["accuracy"]
+            rows[name]["precision_hint"] = targets.get(name, target).precision_hint
             if artifact.module is not None:
                 rows[name]["torch_accuracy"] = torch_accuracy(artifact)["accuracy"]
             rows[name].update(size(artifact))
-        for name, measured in OpenVINOLatency(target, latency).compare(exported).items():
+        for name, measured in OpenVINOLatency(target, latency).compare(exported, targets).items():
             rows[name].update(_latency_fields(measured))
         if onnxruntime:
             for name, measured in OnnxRuntimeLatency(target.threads, latency).compare(exported).items():

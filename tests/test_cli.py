@@ -26,7 +26,7 @@ def test_evaluate_prints_baseline_and_compressed(tmp_path, capsys, cnn):
 def test_demo_runs_on_small_settings(tmp_path, capsys, cnn):
     assert main(["demo", "--out", str(tmp_path), *FAST]) == 0
     printed = capsys.readouterr().out
-    for name in ("fp32", "w8a8", "mixed_w4_w8"):
+    for name in ("fp32 (f32)", "fp32 (default)", "w8a8", "mixed_w4_w8"):
         assert any(line.startswith(name + " ") for line in printed.splitlines()), name
     assert Policy.load(tmp_path / "policy_w8a8.json") == Policy.quantize(8, 8)
 
