@@ -3,6 +3,7 @@
 from policies.schema import (
     DEFAULT_ACTIVATIONS,
     DEFAULT_WEIGHTS,
+    Distillation,
     POLICY_FORMAT,
     POLICY_VERSION,
     LayerPolicy,
@@ -11,12 +12,14 @@ from policies.schema import (
     PolicyError,
     Pruning,
     Sparsity,
+    Student,
     TensorQuant,
 )
 
 __all__ = [
     "DEFAULT_ACTIVATIONS",
     "DEFAULT_WEIGHTS",
+    "Distillation",
     "POLICY_FORMAT",
     "POLICY_VERSION",
     "LayerPolicy",
@@ -25,5 +28,6 @@ __all__ = [
     "PolicyError",
     "Pruning",
     "Sparsity",
+    "Student",
     "TensorQuant",
 ]

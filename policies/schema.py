@@ -176,6 +176,43 @@ class LayerPolicy:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class Student:
+    """A smaller student network to distill the model into.
+
+    family: a registered student family (autocompress.distillation.student_families());
+        "resnet" derives students from the zoo ResNet teacher.
+    params: the family's parameters, e.g. {"width": [0.5, 0.5, 0.25], "blocks": [1, 1, 1],
+        "kernel_size": 3} for "resnet" (width multipliers per stage, blocks per stage).
+    init_from_teacher: copy the teacher's weights where shapes allow, keeping the most
+        important filters (L1) — a warm start.
+    ensemble: train this many students (different seeds) and export their averaged
+        logits as one graph.
+    """
+
+    family: str
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    init_from_teacher: bool = True
+    ensemble: Annotated[int, Field(ge=1, le=8)] = 1
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Distillation:
+    """Knowledge distillation from the original model (the teacher) during fine-tuning.
+
+    loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
+           + (1 - alpha) * task loss + hint_weight * feature loss
+    The feature (hint) loss matches intermediate features through learned 1x1
+    projections (FitNets). Used when the policy has a student; with ``always`` it also
+    guides pruning/quantization fine-tuning of the model itself.
+    """
+
+    temperature: Annotated[float, Field(gt=0.0)] = 4.0
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+    hint_weight: Annotated[float, Field(ge=0.0)] = 0.0
+    always: bool = False
+
+
+@dataclass(frozen=True, config=_STRICT)
 class Policy:
     """A whole-model compression policy: a default plus per-layer overrides.
 
@@ -189,6 +226,8 @@ class Policy:
     default: LayerPolicy = LayerPolicy()
     overrides: dict[str, LayerPolicy] = dataclasses.field(default_factory=dict)
     pinned: tuple[str, ...] = ()  # layers whose output channels are never pruned
+    student: Student | None = None  # distill into this student first, then prune/quantize it
+    distillation: Distillation = Distillation()
     format: Literal["autocompress.policy"] = POLICY_FORMAT
     version: Literal[1] = POLICY_VERSION
 
@@ -276,7 +315,15 @@ class Policy:
 
     def describe(self, layer_names: Iterable[str] | None = None) -> str:
         """Human-readable summary; with layer names, one line per layer as resolved."""
-        lines = [f"Policy v{self.version}", f"  default: {self.default.short()}"]
+        lines = [f"Policy v{self.version}"]
+        if self.student is not None:
+            student = self.student
+            params = ", ".join(f"{k}={v}" for k, v in student.params.items())
+            ensemble = f" x{student.ensemble}" if student.ensemble > 1 else ""
+            lines.append(f"  student: {student.family}({params}){ensemble}, KD T={self.distillation.temperature:g} alpha={self.distillation.alpha:g}")
+        if self.pinned:
+            lines.append(f"  pinned: {', '.join(self.pinned)}")
+        lines.append(f"  default: {self.default.short()}")
         if layer_names is None:
             lines += [f"  {pattern}: {lp.short()}" for pattern, lp in self.overrides.items()]
         else:

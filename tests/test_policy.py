@@ -84,3 +84,29 @@ def test_describe_lists_each_layer_as_resolved():
     assert "W[4b sym per-channel mse]" in lines["layer1.0.conv1"]
     assert lines["layer1.0.conv2"].endswith("float")
     assert "W[8b" in lines["fc"]
+
+
+def test_pruning_sparsity_and_student_round_trip_and_validate():
+    from policies import Distillation, Pruning, Sparsity, Student
+
+    policy = Policy(
+        default=LayerPolicy(pruning=Pruning(ratio=0.5, criterion="taylor"), sparsity=Sparsity(level=0.9, schedule="exponential")),
+        overrides={"fc": LayerPolicy(sparsity=Sparsity(level=0.5, block=(4, 4)))},
+        pinned=("conv1",),
+        student=Student(family="resnet", params={"width": [0.5, 0.5, 0.25], "blocks": [1, 1, 1]}),
+        distillation=Distillation(temperature=2.0, alpha=0.7),
+    )
+    assert Policy.from_json(policy.to_json()) == policy
+    text = policy.describe()
+    assert "student: resnet(width=[0.5, 0.5, 0.25], blocks=[1, 1, 1]), KD T=2 alpha=0.7" in text
+    assert "prune 50% taylor, sparse 90% magnitude" in text and "pinned: conv1" in text
+    for bad, message in [
+        ({"default": {"pruning": {"ratio": 1.0}}}, "pruning.ratio: Input should be less than 1"),
+        ({"default": {"pruning": {"ratio": -0.1}}}, "pruning.ratio: Input should be greater than or equal to 0"),
+        ({"default": {"pruning": {"ratio": 0.5, "criterion": "random"}}}, "pruning.criterion: Input should be 'l1'"),
+        ({"default": {"sparsity": {"level": 0.5, "method": "l0", "block": [2, 2]}}}, "block sparsity needs method='magnitude'"),
+        ({"distillation": {"temperature": 0}}, "distillation.temperature: Input should be greater than 0"),
+        ({"student": {"family": "resnet", "ensemble": 0}}, "student.ensemble: Input should be greater than or equal to 1"),
+    ]:
+        with pytest.raises(PolicyError, match=message):
+            Policy.from_dict(bad)
