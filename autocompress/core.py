@@ -8,7 +8,6 @@ them and fine-tunes (quantization-aware training).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import operator
 import time
@@ -18,18 +17,16 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import fusion, parametrize
 
+from autocompress.graph import COMPRESSIBLE, ModelError, compressible_layers, inputs_of, trace
+from autocompress.pruning import prune, pruning_groups, resolve_group_ratios
 from autocompress.quantization import FakeQuantizer
+from autocompress.sparsity import SparsityController
 from autocompress.training import train
 from policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 
-COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _ADDS = {operator.add, operator.iadd, torch.add}
 _POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _POOL_FUNCTIONS = {nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d, torch.mean}
-
-
-class ModelError(ValueError):
-    """The model cannot be compressed as given (untraceable, nothing to compress, ...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +40,7 @@ class Finetune:
     max_steps: int | None = None
     seed: int | None = 0
     prune_steps: int = 1  # iterative pruning: reach the ratios in this many steps
-    recovery_epochs: float = 0.0  # fine-tuning between pruning steps
+    recovery_epochs: float = 0.0  # float fine-tuning after each pruning step
     rewind_lr: float | None = None  # learning-rate rewinding: recover at this (training) lr
 
     def __post_init__(self) -> None:
@@ -67,23 +64,6 @@ class CompressedModel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolic trace of a copy of ``model``; a clear error when it cannot be traced."""
-    try:
-        return fx.symbolic_trace(copy.deepcopy(model))
-    except Exception as error:  # fx raises many types (TraceError, TypeError, ...)
-        raise ModelError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}). "
-            "Remove Python control flow that depends on tensor values from forward(), "
-            "or wrap that part in a leaf module."
-        ) from error
-
-
-def compressible_layers(model: nn.Module) -> list[str]:
-    """Names of the layers a policy can address (Conv and Linear modules), in order."""
-    return [name for name, module in model.named_modules() if isinstance(module, COMPRESSIBLE)]
 
 
 def apply_policy(
@@ -131,8 +111,6 @@ def apply_policy(
     sparse = {name: lp.sparsity for name, lp in layers.items() if lp.sparsity is not None}
     controller = None
     if sparse:
-        from autocompress.sparsity import SparsityController  # TEMP until module lands
-
         controller = SparsityController(graph_module, sparse)
         controller.attach()  # before the quantizers: weights are quantize(mask(w))
     if quantized:
@@ -183,11 +161,10 @@ def _prune_stepwise(
 ) -> nn.Module:
     """Thin the model to the policy's ratios in ``finetune.prune_steps`` equal steps.
 
-    Between steps the narrower model recovers for ``recovery_epochs`` (at ``rewind_lr``
-    when set: learning-rate rewinding, else at the fine-tuning lr). Returns a copy.
+    After each step the narrower float model recovers for ``recovery_epochs`` (at
+    ``rewind_lr`` when set: learning-rate rewinding, else at the fine-tuning lr), so
+    quantizers are later calibrated on a recovered network. Returns a copy.
     """
-    from autocompress.pruning import prune, pruning_groups, resolve_group_ratios  # TEMP until module lands
-
     example = torch.zeros(1, *input_shape)
     groups = pruning_groups(model, example, policy.pinned)
     targets = resolve_group_ratios(groups, layers, policy.pinned)
@@ -201,7 +178,7 @@ def _prune_stepwise(
             ratios[name] = (1 - keep / current[name], criterion)
         pruned = prune(pruned, ratios, example, data=data, loss_fn=loss_fn, pinned=policy.pinned)
         current = {group.name: group.channels for group in pruning_groups(pruned, example, policy.pinned)}
-        if step < steps and finetune is not None and finetune.recovery_epochs > 0 and data is not None:
+        if finetune is not None and finetune.recovery_epochs > 0 and data is not None:
             recovery = dataclasses.replace(finetune, epochs=finetune.recovery_epochs)
             _finetune(pruned, data, recovery, loss_fn, lr=finetune.rewind_lr)
     history["pruning"] = {name: {"channels": original[name], "kept": current[name]} for name in targets}
@@ -312,7 +289,7 @@ def calibrate(gm: fx.GraphModule, loader: Iterable, batches: int) -> tuple[int, 
         for index, batch in enumerate(loader):
             if index >= batches:
                 break
-            inputs = _inputs_of(batch)
+            inputs = inputs_of(batch)
             input_shape = tuple(inputs.shape[1:])
             gm(inputs)
     if input_shape is None:
@@ -322,13 +299,6 @@ def calibrate(gm: fx.GraphModule, loader: Iterable, batches: int) -> tuple[int, 
     return input_shape
 
 
-def _inputs_of(batch: Any) -> torch.Tensor:
-    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"loader batches must be tensors or (inputs, targets) pairs, got {type(inputs).__name__}")
-    return inputs
-
-
 def _first_input_shape(loader: Iterable | None) -> tuple[int, ...]:
     if loader is None:
         raise ValueError(
@@ -336,7 +306,7 @@ def _first_input_shape(loader: Iterable | None) -> tuple[int, ...]:
             "and gives the input shape) or calibration_loader"
         )
     for batch in loader:
-        return tuple(_inputs_of(batch).shape[1:])
+        return tuple(inputs_of(batch).shape[1:])
     raise ValueError("the loader yielded no batch; pass a non-empty loader")
 
 

@@ -2,7 +2,6 @@
 
 import onnx
 import pytest
-import torch
 from torch import nn
 
 import autocompress
