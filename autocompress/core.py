@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import fusion, parametrize
 
+from autocompress.distillation import DistillationLoss, Ensemble, build_student, distill, init_from_teacher
 from autocompress.graph import COMPRESSIBLE, ModelError, compressible_layers, inputs_of, trace
 from autocompress.pruning import prune, pruning_groups, resolve_group_ratios
 from autocompress.quantization import FakeQuantizer
@@ -39,17 +40,24 @@ class Finetune:
     weight_decay: float = 0.0
     max_steps: int | None = None
     seed: int | None = 0
+    distill_epochs: float = 3.0  # training of a policy's student by distillation
+    distill_lr: float = 1e-3
     prune_steps: int = 1  # iterative pruning: reach the ratios in this many steps
     recovery_epochs: float = 0.0  # float fine-tuning after each pruning step
     rewind_lr: float | None = None  # learning-rate rewinding: recover at this (training) lr
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.recovery_epochs < 0:
-            raise ValueError(f"Finetune epochs must be >= 0, got epochs={self.epochs}, recovery_epochs={self.recovery_epochs}")
+        if min(self.epochs, self.recovery_epochs, self.distill_epochs) < 0:
+            raise ValueError(
+                f"Finetune epochs must be >= 0, got epochs={self.epochs}, "
+                f"recovery_epochs={self.recovery_epochs}, distill_epochs={self.distill_epochs}"
+            )
         if self.prune_steps < 1:
             raise ValueError(f"Finetune.prune_steps must be >= 1, got {self.prune_steps}")
-        if self.lr <= 0 or (self.rewind_lr is not None and self.rewind_lr <= 0):
-            raise ValueError(f"learning rates must be > 0, got lr={self.lr}, rewind_lr={self.rewind_lr}")
+        if min(self.lr, self.distill_lr, self.rewind_lr or 1.0) <= 0:
+            raise ValueError(
+                f"learning rates must be > 0, got lr={self.lr}, distill_lr={self.distill_lr}, rewind_lr={self.rewind_lr}"
+            )
 
 
 @dataclasses.dataclass
@@ -78,7 +86,10 @@ def apply_policy(
 ) -> CompressedModel:
     """Compress a copy of ``model`` as ``policy`` says and fine-tune it on ``train_loader``.
 
-    Order: structured pruning (channels physically removed, optionally in several steps
+    Order (KD -> prune -> QAT): with ``policy.student``, a student is built from the
+    model (the teacher), warm-started from its weights and trained by distillation for
+    ``finetune.distill_epochs``; the per-layer policy then applies to the student, whose
+    later fine-tuning keeps the distillation loss. Then structured pruning (channels physically removed, optionally in several steps
     with recovery fine-tuning), then BatchNorm folding, sparsity masks and fake
     quantizers, calibration, and one fine-tuning run in which sparsity ramps up and
     quantization is trained (QAT). calibration_loader defaults to train_loader;
@@ -87,7 +98,6 @@ def apply_policy(
     """
     if not isinstance(policy, Policy):
         raise TypeError(f"policy must be a policies.Policy, got {type(policy).__name__}; load JSON with Policy.load(path)")
-    layers = check_policy(model, policy)
     calibration_loader = calibration_loader if calibration_loader is not None else train_loader
     input_shape = _first_input_shape(train_loader if train_loader is not None else calibration_loader)
     history: dict[str, Any] = {}
@@ -95,10 +105,15 @@ def apply_policy(
     was_training = model.training
     model.eval()
     try:
+        teacher, working = None, model
+        if policy.student is not None:
+            teacher = model
+            working = _distilled_student(model, policy, input_shape, train_loader, finetune, loss_fn, history)
+        elif policy.distillation.always:
+            teacher = model
+        layers = check_policy(working, policy)
         if any(lp.pruning is not None for lp in layers.values()):
-            working = _prune_stepwise(model, policy, layers, input_shape, train_loader, finetune, loss_fn, history)
-        else:
-            working = model
+            working = _prune_stepwise(working, policy, layers, input_shape, train_loader, finetune, loss_fn, history)
         graph_module = trace(working)
     finally:
         model.train(was_training)
@@ -120,18 +135,72 @@ def apply_policy(
         history["calibration_seconds"] = time.perf_counter() - started
 
     if finetune is not None and train_loader is not None and finetune.epochs > 0:
+        task_loss, extra_losses = loss_fn, []
+        if teacher is not None:  # KD throughout: the compressed student keeps learning from the teacher
+            kd = DistillationLoss(teacher, dataclasses.replace(policy.distillation, hint_weight=0.0), task_loss=loss_fn)
+            task_loss = kd.loss_fn
+            extra_losses.append(kd.extra_loss)
+        if controller is not None:
+            extra_losses.append(controller.extra_loss)
         history["finetune"] = _finetune(
             graph_module,
             train_loader,
             finetune,
-            loss_fn,
-            extra_loss=controller.extra_loss if controller else None,
+            task_loss,
+            extra_loss=_sum_losses(extra_losses),
             on_step=controller.on_step if controller else None,
         )
     if controller is not None:
         history["sparsity"] = controller.finalize()
     graph_module.eval()
     return CompressedModel(graph_module, policy, layers, input_shape, history)
+
+
+def _sum_losses(losses: list[Callable]) -> Callable | None:
+    if not losses:
+        return None
+    if len(losses) == 1:
+        return losses[0]
+    return lambda inputs, outputs: sum(loss(inputs, outputs) for loss in losses)
+
+
+def _distilled_student(
+    teacher: nn.Module,
+    policy: Policy,
+    input_shape: tuple[int, ...],
+    data: Iterable | None,
+    finetune: Finetune | None,
+    loss_fn: Callable | None,
+    history: dict[str, Any],
+) -> nn.Module:
+    """Build the policy's student (or ensemble), warm-start it, and distill into it.
+
+    Ensemble members get different seeds; only the first is initialised from the
+    teacher, so the members do not start (and stay) identical.
+    """
+    spec = policy.student
+    example = torch.zeros(1, *input_shape)
+    members = []
+    for index in range(spec.ensemble):
+        torch.manual_seed(index)
+        member = build_student(teacher, spec, example_input=example)
+        if spec.init_from_teacher and index == 0:
+            history["init_from_teacher"] = init_from_teacher(member, teacher, example, data=data)
+        members.append(member)
+    student = members[0] if len(members) == 1 else Ensemble(members)
+    if finetune is not None and data is not None and finetune.distill_epochs > 0:
+        history["distillation"] = distill(
+            teacher,
+            student,
+            data,
+            distillation=policy.distillation,
+            epochs=finetune.distill_epochs,
+            lr=finetune.distill_lr,
+            optimizer=finetune.optimizer,
+            seed=finetune.seed,
+            task_loss=loss_fn,
+        )
+    return student.eval()
 
 
 def _finetune(module: nn.Module, loader: Iterable, finetune: Finetune, loss_fn, lr: float | None = None, **hooks) -> dict:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils.flop_counter import FlopCounterMode
 
 from evaluators.artifact import ExportedModel, Measurement
 
@@ -11,7 +13,7 @@ FLOAT_BITS = 32
 
 
 class ModelSize:
-    """Size of an exported model.
+    """Size of an exported model, and its FLOPs per sample.
 
     Disk sizes come from the files. With the torch module attached, it also counts
     parameters, non-zeros (after masks) and bits-weighted bytes: a weight whose
@@ -30,7 +32,20 @@ class ModelSize:
         }
         if model.module is not None:
             result.update(parameter_stats(model.module))
+            result["flops"] = count_flops(model.module, (1, *model.input_shape[1:]))
         return result
+
+
+def count_flops(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Floating-point operations of one forward pass (torch's FlopCounterMode; a MAC counts 2)."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(torch.zeros(input_shape))
+    finally:
+        module.train(was_training)
+    return int(counter.get_total_flops())
 
 
 def parameter_stats(module: nn.Module) -> Measurement:

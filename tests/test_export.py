@@ -107,3 +107,12 @@ def test_unexportable_model_gets_a_clear_error(tmp_path):
 def test_public_api_is_importable():
     for name in autocompress.__all__:
         assert hasattr(autocompress, name), name
+
+
+def test_flops_follow_width_squared():
+    from autocompress.zoo import ResNet20
+    from evaluators.size import count_flops
+
+    narrow = count_flops(ResNet20(in_channels=1, width=1.0), (1, 1, 28, 28))
+    wide = count_flops(ResNet20(in_channels=1, width=2.0), (1, 1, 28, 28))
+    assert 3.6 < wide / narrow < 4.1  # convs scale with width^2; the stem and fc less

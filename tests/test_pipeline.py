@@ -105,3 +105,30 @@ def test_finetune_settings_are_validated():
         Finetune(lr=0)
     with pytest.raises(ValueError, match="epochs must be >= 0"):
         Finetune(epochs=-1)
+
+
+def test_student_policy_distills_then_prunes_then_quantizes(resnet, digits_loaders, tmp_path):
+    from policies import Student
+
+    train, _, test = digits_loaders
+    int8 = Policy.quantize(8, 8).default.quantization
+    policy = Policy(
+        student=Student(family="resnet", params={"width": 0.5, "blocks": [1, 1, 1]}),
+        default=LayerPolicy(quantization=int8, pruning=Pruning(ratio=0.25)),
+        overrides={"fc": LayerPolicy(quantization=int8)},
+    )
+    finetune = Finetune(epochs=0.5, lr=1e-3, distill_epochs=1, recovery_epochs=0.5, rewind_lr=1e-2)
+    compressed = apply_policy(resnet, policy, train, finetune=finetune)
+    assert {"init_from_teacher", "distillation", "pruning", "finetune"} <= set(compressed.history)
+    student_stem = round(resnet.conv1.out_channels * 0.5)
+    assert compressed.module.conv1.out_channels == round(student_stem * 0.75)
+    assert "layer1.1.conv1" not in compressed.layers  # one block per stage
+    report = evaluate({"kd-prune-int8": compressed}, test, latency=QUICK)
+    assert set(report["kd-prune-int8"]["runtime_precision"]["Convolution"]) <= {"u8", "i8"}
+
+
+def test_student_family_must_fit_the_teacher(cnn, digits_loaders):
+    from policies import Student
+
+    with pytest.raises(Exception, match="ResNet20"):
+        apply_policy(cnn, Policy(student=Student(family="resnet")), digits_loaders[0], finetune=None)
