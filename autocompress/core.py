@@ -41,7 +41,7 @@ class Finetune:
     max_steps: int | None = None
     seed: int | None = 0
     distill_epochs: float = 3.0  # training of a policy's student by distillation
-    distill_lr: float = 1e-3
+    distill_lr: float = 1e-2  # students start far from converged: a high lr pays off at short budgets
     prune_steps: int = 1  # iterative pruning: reach the ratios in this many steps
     recovery_epochs: float = 0.0  # float fine-tuning after each pruning step
     rewind_lr: float | None = None  # learning-rate rewinding: recover at this (training) lr

@@ -16,6 +16,7 @@ Latency depends on the shapes only, so it is measured once per ratio (L1-pruned 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
         root = Path(tmp)
         fp32 = export(model, root / "dense", input_shape=splits.input_shape)
-        dense_int8 = export(apply_policy(model, Policy.quantize(8, 8), train, finetune=finetune), root / "dense-int8")
+        qat = Finetune(epochs=0.5, lr=1e-4)  # QAT of a trained model wants a small lr
+        dense_int8 = export(apply_policy(model, Policy.quantize(8, 8), train, finetune=qat), root / "dense-int8")
         timed = {"dense FP32": fp32, "dense INT8": dense_int8}
         targets = {"dense FP32": f32, "dense INT8": default}
         accuracy_rows = []
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     timed[f"pruned {ratio:.0%} FP32"] = exported
                     targets[f"pruned {ratio:.0%} FP32"] = f32
                     # prune -> recover (float, same budget) -> calibrate -> short QAT
-                    prune_then_qat = Finetune(epochs=0.5, lr=1e-4, recovery_epochs=args.finetune_epochs, rewind_lr=args.lr)
+                    prune_then_qat = dataclasses.replace(qat, recovery_epochs=args.finetune_epochs, rewind_lr=args.lr)
                     int8 = apply_policy(model, pruning_policy(ratio, criterion, quantize=True), train, finetune=prune_then_qat)
                     timed[f"pruned {ratio:.0%} INT8"] = export(int8, root / f"{criterion}-{ratio}-int8")
                     targets[f"pruned {ratio:.0%} INT8"] = default
