@@ -105,15 +105,19 @@ def apply_policy(
     was_training = model.training
     model.eval()
     try:
-        teacher, working = None, model
+        working = model
         if policy.student is not None:
-            teacher = model
             working = _distilled_student(model, policy, input_shape, train_loader, finetune, loss_fn, history)
-        elif policy.distillation.always:
-            teacher = model
+        # KD throughout: later fine-tuning (recovery, QAT) keeps learning from the teacher.
+        kd_later = policy.distillation.always or (policy.student is not None and policy.distillation.throughout)
+        kd = DistillationLoss(model, dataclasses.replace(policy.distillation, hint_weight=0.0), task_loss=loss_fn) if kd_later else None
+        task_loss = kd.loss_fn if kd else loss_fn
         layers = check_policy(working, policy)
         if any(lp.pruning is not None for lp in layers.values()):
-            working = _prune_stepwise(working, policy, layers, input_shape, train_loader, finetune, loss_fn, history)
+            working = _prune_stepwise(
+                working, policy, layers, input_shape, train_loader, finetune, loss_fn, history,
+                recovery_losses={"loss_fn": task_loss, "extra_loss": kd.extra_loss if kd else None},
+            )
         graph_module = trace(working)
     finally:
         model.train(was_training)
@@ -135,11 +139,7 @@ def apply_policy(
         history["calibration_seconds"] = time.perf_counter() - started
 
     if finetune is not None and train_loader is not None and finetune.epochs > 0:
-        task_loss, extra_losses = loss_fn, []
-        if teacher is not None:  # KD throughout: the compressed student keeps learning from the teacher
-            kd = DistillationLoss(teacher, dataclasses.replace(policy.distillation, hint_weight=0.0), task_loss=loss_fn)
-            task_loss = kd.loss_fn
-            extra_losses.append(kd.extra_loss)
+        extra_losses = [kd.extra_loss] if kd else []
         if controller is not None:
             extra_losses.append(controller.extra_loss)
         history["finetune"] = _finetune(
@@ -227,12 +227,15 @@ def _prune_stepwise(
     finetune: Finetune | None,
     loss_fn: Callable | None,
     history: dict[str, Any],
+    recovery_losses: dict[str, Callable | None],
 ) -> nn.Module:
     """Thin the model to the policy's ratios in ``finetune.prune_steps`` equal steps.
 
     After each step the narrower float model recovers for ``recovery_epochs`` (at
-    ``rewind_lr`` when set: learning-rate rewinding, else at the fine-tuning lr), so
-    quantizers are later calibrated on a recovered network. Returns a copy.
+    ``rewind_lr`` when set: learning-rate rewinding, else at the fine-tuning lr) with
+    ``recovery_losses`` (the KD loss when distilling throughout), so quantizers are
+    later calibrated on a recovered network. ``loss_fn`` scores Taylor importance.
+    Returns a copy.
     """
     example = torch.zeros(1, *input_shape)
     groups = pruning_groups(model, example, policy.pinned)
@@ -249,7 +252,7 @@ def _prune_stepwise(
         current = {group.name: group.channels for group in pruning_groups(pruned, example, policy.pinned)}
         if finetune is not None and finetune.recovery_epochs > 0 and data is not None:
             recovery = dataclasses.replace(finetune, epochs=finetune.recovery_epochs)
-            _finetune(pruned, data, recovery, loss_fn, lr=finetune.rewind_lr)
+            _finetune(pruned, data, recovery, recovery_losses["loss_fn"], lr=finetune.rewind_lr, extra_loss=recovery_losses["extra_loss"])
     history["pruning"] = {name: {"channels": original[name], "kept": current[name]} for name in targets}
     return pruned
 

@@ -202,13 +202,16 @@ class Distillation:
     loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
            + (1 - alpha) * task loss + hint_weight * feature loss
     The feature (hint) loss matches intermediate features through learned 1x1
-    projections (FitNets). Used when the policy has a student; with ``always`` it also
-    guides pruning/quantization fine-tuning of the model itself.
+    projections (FitNets). Used when the policy has a student; ``throughout`` keeps the
+    (logit) KD loss in the later stages too (pruning recovery and QAT) instead of
+    switching to the task loss; ``always`` also distills into the model itself when
+    there is no student (the original model is the teacher of its pruned/quantized copy).
     """
 
     temperature: Annotated[float, Field(gt=0.0)] = 4.0
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
     hint_weight: Annotated[float, Field(ge=0.0)] = 0.0
+    throughout: bool = True
     always: bool = False
 
 
