@@ -350,25 +350,23 @@ def _hoist_above_passthrough(consumer: fx.Node, value: fx.Node, modules: dict[st
     return consumer, value
 
 
-def calibrate(gm: fx.GraphModule, loader: Iterable, batches: int) -> tuple[int, ...]:
-    """Run ``batches`` batches through the model to set activation ranges; returns the input shape."""
+def calibrate(gm: fx.GraphModule, loader: Iterable, batches: int) -> None:
+    """Run up to ``batches`` batches through the model to set activation ranges."""
     activation_quantizers = [m for m in gm.modules() if isinstance(m, FakeQuantizer) and m.role == "activation"]
     for quantizer in activation_quantizers:
         quantizer.observe()
-    input_shape = None
+    seen = 0
     gm.eval()
     with torch.no_grad():
-        for index, batch in enumerate(loader):
-            if index >= batches:
+        for batch in loader:
+            if seen >= batches:
                 break
-            inputs = inputs_of(batch)
-            input_shape = tuple(inputs.shape[1:])
-            gm(inputs)
-    if input_shape is None:
+            gm(inputs_of(batch))
+            seen += 1
+    if seen == 0:
         raise ValueError("the calibration loader yielded no batch; pass a non-empty loader")
     for quantizer in activation_quantizers:
         quantizer.finish_calibration()
-    return input_shape
 
 
 def _first_input_shape(loader: Iterable | None) -> tuple[int, ...]:
@@ -410,8 +408,9 @@ def check_policy(model: nn.Module, policy: Policy) -> dict[str, LayerPolicy]:
     names = compressible_layers(model)
     if not names:
         raise ModelError(f"{type(model).__name__} has no Conv or Linear layer to compress")
+    modules = dict(model.named_modules())
     for pattern in policy.overrides:
-        module = dict(model.named_modules()).get(pattern)
+        module = modules.get(pattern)
         if module is not None and not isinstance(module, COMPRESSIBLE):
             raise PolicyError(
                 f"override {pattern!r} names a {type(module).__name__}; policies apply to "
