@@ -4,11 +4,14 @@
     report = autocompress.evaluate({"fp32": model, "int8": compressed}, test_loader)
     print(report.table())
     autocompress.export(compressed, "deploy/")
+
+    result = autocompress.search(model, train_loader, val_loader, test_loader=test_loader)
 """
 
 from autocompress.core import CompressedModel, Finetune, ModelError, apply_policy, compressible_layers
 from autocompress.evaluate import Report, evaluate
 from autocompress.export import export
+from autocompress.search import SearchResult, resume, search
 from evaluators.target import LatencyConfig, Target
 from policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 
@@ -24,10 +27,13 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Report",
+    "SearchResult",
     "Target",
     "TensorQuant",
     "apply_policy",
     "compressible_layers",
     "evaluate",
     "export",
+    "resume",
+    "search",
 ]

@@ -83,6 +83,7 @@ def apply_policy(
     loss_fn: Callable | None = None,
     calibration_batches: int = 8,
     calibration_loader: Iterable | None = None,
+    on_finetune_step: Callable[[str, int, int, nn.Module], None] | None = None,
 ) -> CompressedModel:
     """Compress a copy of ``model`` as ``policy`` says and fine-tune it on ``train_loader``.
 
@@ -95,6 +96,10 @@ def apply_policy(
     quantization is trained (QAT). calibration_loader defaults to train_loader;
     finetune=None skips fine-tuning (post-training compression). The user's model is
     never modified.
+
+    ``on_finetune_step(stage, step, total_steps, module)`` runs before each step of the
+    pruning recovery (stage "recovery") and of the final fine-tuning ("finetune"), e.g.
+    to watch accuracy and stop a hopeless candidate early by raising.
     """
     if not isinstance(policy, Policy):
         raise TypeError(f"policy must be a policies.Policy, got {type(policy).__name__}; load JSON with Policy.load(path)")
@@ -117,6 +122,7 @@ def apply_policy(
             working = _prune_stepwise(
                 working, policy, layers, input_shape, train_loader, finetune, loss_fn, history,
                 recovery_losses={"loss_fn": task_loss, "extra_loss": kd.extra_loss if kd else None},
+                on_step=on_finetune_step,
             )
         graph_module = trace(working)
     finally:
@@ -148,12 +154,24 @@ def apply_policy(
             finetune,
             task_loss,
             extra_loss=_sum_losses(extra_losses),
-            on_step=controller.on_step if controller else None,
+            on_step=_step_hooks(graph_module, "finetune", controller.on_step if controller else None, on_finetune_step),
         )
     if controller is not None:
         history["sparsity"] = controller.finalize()
     graph_module.eval()
     return CompressedModel(graph_module, policy, layers, input_shape, history)
+
+
+def _step_hooks(module: nn.Module, stage: str, schedule: Callable | None, user: Callable | None) -> Callable | None:
+    if user is None:
+        return schedule
+
+    def on_step(step: int, total: int) -> None:
+        if schedule is not None:
+            schedule(step, total)
+        user(stage, step, total, module)
+
+    return on_step
 
 
 def _sum_losses(losses: list[Callable]) -> Callable | None:
@@ -228,6 +246,7 @@ def _prune_stepwise(
     loss_fn: Callable | None,
     history: dict[str, Any],
     recovery_losses: dict[str, Callable | None],
+    on_step: Callable | None = None,
 ) -> nn.Module:
     """Thin the model to the policy's ratios in ``finetune.prune_steps`` equal steps.
 
@@ -252,7 +271,10 @@ def _prune_stepwise(
         current = {group.name: group.channels for group in pruning_groups(pruned, example, policy.pinned)}
         if finetune is not None and finetune.recovery_epochs > 0 and data is not None:
             recovery = dataclasses.replace(finetune, epochs=finetune.recovery_epochs)
-            _finetune(pruned, data, recovery, recovery_losses["loss_fn"], lr=finetune.rewind_lr, extra_loss=recovery_losses["extra_loss"])
+            _finetune(
+                pruned, data, recovery, recovery_losses["loss_fn"], lr=finetune.rewind_lr,
+                extra_loss=recovery_losses["extra_loss"], on_step=_step_hooks(pruned, "recovery", None, on_step),
+            )
     history["pruning"] = {name: {"channels": original[name], "kept": current[name]} for name in targets}
     return pruned
 

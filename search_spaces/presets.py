@@ -1,0 +1,127 @@
+"""Preset search spaces, built from the compression core's analysis of one model.
+
+    quantization  per layer: weight bits {8, 6, 4, float}, activation bits {8, 6, float}
+    sparsity      per layer: unstructured sparsity 0..0.9 (no speed-up on CPUs; size in non-zeros)
+    pruning       per group of coupled layers: channel ratio 0..0.75; global criterion
+    distillation  student width and depth; INT8 or float
+    joint         quantization + pruning, per layer / per group
+    compact       the joint knobs as global values: 4 dimensions, for small budgets
+
+Per-layer knobs come from ``compressible_layers``; pruning ratios are per group from
+``pruning_groups`` (coupled layers share one ratio, so every sampled policy is valid).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from autocompress.distillation import build_student, student_families
+from autocompress.graph import ModelError, compressible_layers
+from autocompress.pruning import pruning_groups
+from policies import Policy, PolicyError, Student
+from search_spaces.space import Dimension, SearchSpace, SpaceError
+
+PRESETS = ("quantization", "sparsity", "pruning", "distillation", "joint", "compact")
+
+WEIGHT_BITS = (8, 6, 4, None)
+ACTIVATION_BITS = (8, 6, None)
+SEARCHED_CRITERIA = ("l1", "l2", "geometric_median", "taylor")
+MAX_PRUNING_RATIO = 0.75
+PRUNING_STEP = 0.125
+STUDENT_WIDTHS = (0.25, 0.5, 0.75)
+STUDENT_BLOCKS = (1, 2, 3)
+
+
+def build_space(
+    model: nn.Module,
+    preset: str = "joint",
+    *,
+    example_input: torch.Tensor,
+    base: Policy | None = None,
+) -> SearchSpace:
+    """The ``preset`` space for ``model``; ``base`` holds what every candidate keeps
+    (e.g. pinned layers), and its pinned layers are left out of the pruning dimensions."""
+    if preset not in PRESETS:
+        raise SpaceError(f"unknown search space preset {preset!r}; presets: {', '.join(PRESETS)}")
+    base = base or Policy()
+    layers = tuple(compressible_layers(model))
+    if not layers:
+        raise ModelError(f"{type(model).__name__} has no Conv or Linear layer to compress")
+    groups: dict[str, tuple[str, ...]] = {}
+    if preset in ("pruning", "joint", "compact"):
+        groups = {g.name: tuple(g.layers) for g in pruning_groups(model, example_input, base.pinned) if g.prunable}
+    ratio = dict(low=0.0, high=MAX_PRUNING_RATIO, step=PRUNING_STEP)
+    dims: list[Dimension] = []
+    starts: list[dict] = []
+    family = None
+
+    if preset in ("quantization", "joint"):
+        for layer in layers:
+            dims.append(Dimension("weight_bits", layers=(layer,), choices=WEIGHT_BITS))
+            dims.append(Dimension("activation_bits", layers=(layer,), choices=ACTIVATION_BITS))
+    if preset in ("pruning", "joint"):
+        dims += [Dimension("pruning_ratio", layers=members, **ratio) for members in groups.values()]
+    if preset in ("pruning", "joint", "compact"):
+        dims.append(Dimension("pruning_criterion", choices=SEARCHED_CRITERIA))
+    if preset == "compact":
+        dims += [
+            Dimension("weight_bits", choices=WEIGHT_BITS),
+            Dimension("activation_bits", choices=ACTIVATION_BITS),
+            Dimension("pruning_ratio", **ratio),
+        ]
+    if preset == "sparsity":
+        dims += [Dimension("sparsity", layers=(layer,), low=0.0, high=0.9, step=0.1) for layer in layers]
+    if preset == "distillation":
+        family = _student_family(model, example_input)
+        dims += [Dimension("student_width", choices=STUDENT_WIDTHS)]
+        if family == "resnet":
+            dims.append(Dimension("student_blocks", choices=STUDENT_BLOCKS))
+        dims += [Dimension("weight_bits", choices=(8, None)), Dimension("activation_bits", choices=(8, None))]
+
+    # Start where an engineer would: uniform INT8, then uniform pruning on top of it.
+    names = {d.name for d in dims}
+    for r in (0.0, 0.25, 0.5):
+        point: dict = {}
+        for d in dims:
+            if d.knob in ("weight_bits", "activation_bits"):
+                point[d.name] = 8
+            elif d.knob == "pruning_ratio":
+                point[d.name] = r
+            elif d.knob == "pruning_criterion":
+                point[d.name] = "l2"
+            elif d.knob == "sparsity":
+                point[d.name] = r
+            elif d.knob == "student_width":
+                point[d.name] = 0.5
+            elif d.knob == "student_blocks":
+                point[d.name] = STUDENT_BLOCKS[-1]
+        if point and point not in starts and (r == 0.0 or any(k.startswith(("pruning_ratio", "sparsity")) for k in names)):
+            starts.append(point)
+    return SearchSpace(
+        dimensions=tuple(dims),
+        layers=layers,
+        groups=groups,
+        base=base,
+        start_points=tuple(starts),
+        student_family=family,
+        preset=preset,
+    )
+
+
+def _student_family(model: nn.Module, example_input: torch.Tensor, families: Iterable[str] | None = None) -> str:
+    """The first registered student family that can derive a student from ``model``."""
+    tried = []
+    for family in families or student_families():
+        try:
+            build_student(model, Student(family=family), example_input=example_input)
+        except (PolicyError, ValueError, TypeError) as error:
+            tried.append(f"{family}: {error}")
+            continue
+        return family
+    raise SpaceError(
+        f"no registered student family fits {type(model).__name__} ({'; '.join(tried) or 'none registered'}); "
+        "register one with autocompress.distillation.register_student_family"
+    )

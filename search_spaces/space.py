@@ -1,0 +1,357 @@
+"""A search space over compression policies, as plain data.
+
+A ``SearchSpace`` is a list of ``Dimension``s (what may vary, and over which values) and
+the model's layers it was built for; ``space.policy(values)`` turns one choice of values
+into a ``Policy``. Spaces validate on construction, round-trip through JSON, and can be
+narrowed (``fix``, ``exclude``) or widened (``extend``) before a search. Backends
+(Optuna, Ray Tune) translate dimensions into their own distributions; the space knows
+nothing of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from policies import DEFAULT_ACTIVATIONS, DEFAULT_WEIGHTS, LayerPolicy, LayerQuant, Policy, Pruning, Sparsity, Student
+
+SPACE_FORMAT = "autocompress.search_space"
+SPACE_VERSION = 1
+
+Knob = Literal["weight_bits", "activation_bits", "pruning_ratio", "pruning_criterion", "sparsity", "student_width", "student_blocks"]
+KNOBS: tuple[str, ...] = Knob.__args__  # type: ignore[attr-defined]
+LAYER_KNOBS = ("weight_bits", "activation_bits", "sparsity")  # one value per Conv/Linear layer
+GROUP_KNOBS = ("pruning_ratio",)  # one value per group of coupled layers
+GLOBAL_ONLY_KNOBS = ("pruning_criterion", "student_width", "student_blocks")
+CRITERIA = ("l1", "l2", "geometric_median", "bn_scale", "taylor")
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class SpaceError(ValueError):
+    """A search space (or a choice of values for it) that is not valid; the message says why."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Dimension:
+    """One searched knob: over ``choices``, or over [low, high] (optionally on a ``step``
+    grid or a log scale).
+
+    ``layers``: the layers the value applies to; empty means every layer the knob can
+    apply to (a global dimension). A ``pruning_ratio`` dimension covers one group of
+    coupled layers (they must share a ratio).
+    """
+
+    knob: Knob
+    layers: tuple[str, ...] = ()
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        ranged = self.low is not None or self.high is not None
+        if (self.choices is None) == (not ranged):
+            raise SpaceError(f"dimension {self.name!r}: give either choices or low and high, not both or neither")
+        if ranged:
+            if self.low is None or self.high is None or not self.low <= self.high:
+                raise SpaceError(f"dimension {self.name!r}: needs low <= high, got low={self.low}, high={self.high}")
+            if self.knob not in ("pruning_ratio", "sparsity", "student_width"):
+                raise SpaceError(f"dimension {self.name!r}: {self.knob} takes choices, not a range")
+            if self.step is not None and self.log:
+                raise SpaceError(f"dimension {self.name!r}: step and log cannot be combined")
+        elif not self.choices:
+            raise SpaceError(f"dimension {self.name!r}: choices must not be empty")
+        if self.knob in GLOBAL_ONLY_KNOBS and self.layers:
+            raise SpaceError(f"dimension {self.name!r}: {self.knob} is global; leave layers empty")
+        for value in self.choices or (self.low, self.high):
+            _check_value(self.knob, value, self.name)
+
+    @property
+    def name(self) -> str:
+        """``knob`` for a global dimension, ``knob:first_layer`` otherwise."""
+        return self.knob if not self.layers else f"{self.knob}:{self.layers[0]}"
+
+    @property
+    def is_global(self) -> bool:
+        return not self.layers
+
+    def check(self, value: Any) -> Any:
+        """The value if this dimension can take it; SpaceError otherwise."""
+        if self.choices is not None:
+            if value not in self.choices:
+                raise SpaceError(f"{self.name}={value!r} is not one of the choices {list(self.choices)}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            raise SpaceError(f"{self.name}={value!r} is outside [{self.low}, {self.high}]")
+        return float(value)
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            values = "{" + ", ".join("float" if c is None else str(c) for c in self.choices) + "}"
+        else:
+            values = f"[{self.low}, {self.high}]" + (f" step {self.step}" if self.step else "") + (" log" if self.log else "")
+        scope = "all layers" if self.is_global else ", ".join(self.layers)
+        return f"{self.name:<40} {values:<28} {scope}"
+
+
+def _check_value(knob: str, value: Any, name: str) -> None:
+    ok = True
+    if knob in ("weight_bits", "activation_bits"):
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and 2 <= value <= 8)
+        allowed = "None (float) or an int in 2..8"
+    elif knob in ("pruning_ratio", "sparsity"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+        allowed = "a number in [0, 1)"
+    elif knob == "pruning_criterion":
+        ok = value in CRITERIA
+        allowed = f"one of {', '.join(CRITERIA)}"
+    elif knob == "student_width":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
+        allowed = "a width multiplier in (0, 1]"
+    elif knob == "student_blocks":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        allowed = "an int >= 1 (blocks per stage)"
+    if not ok:
+        raise SpaceError(f"dimension {name!r}: value {value!r} is not allowed; {knob} takes {allowed}")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class SearchSpace:
+    """Dimensions over the compressible ``layers`` of one model, plus what stays fixed.
+
+    groups: the model's prunable groups of coupled layers (leader -> layers).
+    base: the policy every candidate starts from (pinned layers, distillation settings,
+        the quantizer settings that are not searched).
+    fixed: dimension name -> value, kept out of the search.
+    start_points: values to try first (e.g. uniform INT8), as {dimension name: value}.
+    student_family: the registered student family, for student_* dimensions.
+    """
+
+    dimensions: tuple[Dimension, ...]
+    layers: tuple[str, ...]
+    groups: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    base: Policy = Policy()
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    start_points: tuple[dict[str, Any], ...] = ()
+    student_family: str | None = None
+    preset: str | None = None
+    format: Literal["autocompress.search_space"] = SPACE_FORMAT
+    version: Literal[1] = SPACE_VERSION
+
+    def __post_init__(self) -> None:
+        names = [d.name for d in self.dimensions]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise SpaceError(f"duplicate dimensions: {', '.join(duplicated)}")
+        known = set(self.layers)
+        grouped = {layer for layers in self.groups.values() for layer in layers}
+        covered: dict[tuple[str, str], str] = {}
+        for dim in self.dimensions:
+            unknown = [layer for layer in dim.layers if layer not in known]
+            if unknown:
+                raise SpaceError(f"dimension {dim.name!r} names unknown layers {unknown}; the model's layers: {', '.join(self.layers)}")
+            if dim.knob == "pruning_ratio" and dim.layers and tuple(dim.layers) not in {tuple(v) for v in self.groups.values()}:
+                raise SpaceError(
+                    f"dimension {dim.name!r}: a pruning_ratio covers one whole group of coupled layers; groups: "
+                    + "; ".join(", ".join(v) for v in self.groups.values())
+                )
+            scope = dim.layers or (tuple(grouped) if dim.knob == "pruning_ratio" else self.layers if dim.knob in LAYER_KNOBS else ("*",))
+            for layer in scope:
+                other = covered.setdefault((dim.knob, layer), dim.name)
+                if other != dim.name:
+                    raise SpaceError(f"dimensions {other!r} and {dim.name!r} both set {dim.knob} of layer {layer!r}; keep one")
+        student = any(d.knob.startswith("student_") for d in self.dimensions) or any(n.startswith("student_") for n in self.fixed)
+        if student:
+            if self.student_family is None:
+                raise SpaceError("student_* dimensions need student_family (a registered family, e.g. 'resnet')")
+            per_layer = [d.name for d in self.dimensions if not d.is_global]
+            pruned = [d.name for d in self.dimensions if d.knob == "pruning_ratio"]
+            if per_layer or pruned:
+                raise SpaceError(
+                    f"a space with a student cannot hold per-layer or pruning dimensions ({', '.join(per_layer + pruned)}): "
+                    "the student's layers are not the model's. Search the student first, then a space built on it."
+                )
+        by_name = {d.name: d for d in self.dimensions}
+        for name, value in self.fixed.items():
+            if name not in by_name:
+                raise SpaceError(f"fixed value for unknown dimension {name!r}; dimensions: {', '.join(by_name)}")
+            by_name[name].check(value)
+        for point in self.start_points:
+            self._complete(point)
+
+    # -- views ----------------------------------------------------------------------------
+    @property
+    def searched(self) -> tuple[Dimension, ...]:
+        """The dimensions a search samples (not fixed)."""
+        return tuple(d for d in self.dimensions if d.name not in self.fixed)
+
+    def names(self) -> list[str]:
+        return [d.name for d in self.searched]
+
+    def describe(self) -> str:
+        lines = [f"search space{f' {self.preset!r}' if self.preset else ''}: {len(self.searched)} searched dimensions over {len(self.layers)} layers"]
+        lines += ["  " + d.describe() for d in self.searched]
+        lines += [f"  {name} = {value!r} (fixed)" for name, value in self.fixed.items()]
+        return "\n".join(lines)
+
+    # -- narrowing / widening -------------------------------------------------------------
+    def fix(self, **values: Any) -> "SearchSpace":
+        """A copy with these dimensions (by name) fixed to these values."""
+        return dataclasses.replace(self, fixed={**self.fixed, **values})
+
+    def exclude(self, *patterns: str) -> "SearchSpace":
+        """A copy without the dimensions whose names match these fnmatch patterns; the
+        excluded knobs fall back to ``base``."""
+        kept = tuple(d for d in self.dimensions if not any(fnmatch.fnmatchcase(d.name, p) for p in patterns))
+        if len(kept) == len(self.dimensions):
+            raise SpaceError(f"exclude{patterns}: no dimension matches; dimensions: {', '.join(d.name for d in self.dimensions)}")
+        names = {d.name for d in kept}
+        return dataclasses.replace(
+            self,
+            dimensions=kept,
+            fixed={k: v for k, v in self.fixed.items() if k in names},
+            start_points=tuple({k: v for k, v in p.items() if k in names} for p in self.start_points),
+        )
+
+    def extend(self, *dimensions: Dimension) -> "SearchSpace":
+        """A copy with more dimensions (validated against the existing ones)."""
+        return dataclasses.replace(self, dimensions=self.dimensions + tuple(dimensions))
+
+    # -- values -> policy -----------------------------------------------------------------
+    def _complete(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        by_name = {d.name: d for d in self.dimensions}
+        unknown = sorted(set(values) - set(by_name))
+        if unknown:
+            raise SpaceError(f"values for unknown dimensions {unknown}; dimensions: {', '.join(by_name)}")
+        merged = {**self.fixed, **values}
+        missing = [d.name for d in self.dimensions if d.name not in merged]
+        if missing:
+            raise SpaceError(f"no value for dimensions {missing}")
+        return {name: by_name[name].check(value) for name, value in merged.items()}
+
+    def policy(self, values: Mapping[str, Any]) -> Policy:
+        """The policy for one choice of values (every searched dimension needs one)."""
+        values = self._complete(values)
+        knob_of: dict[tuple[str, str], Any] = {}  # (knob, layer or "*") -> value
+        for dim in self.dimensions:
+            value = values[dim.name]
+            if dim.is_global:
+                knob_of[(dim.knob, "*")] = value
+            for layer in dim.layers:
+                knob_of[(dim.knob, layer)] = value
+
+        def get(knob: str, layer: str) -> tuple[bool, Any]:
+            for key in ((knob, layer), (knob, "*")):
+                if key in knob_of:
+                    return True, knob_of[key]
+            return False, None
+
+        grouped = {layer for layers in self.groups.values() for layer in layers}
+        student = self._student(knob_of)
+        if student is not None:  # all knobs are global: one default layer policy
+            layer_policies = {"*": self._layer_policy(self.base.default, lambda knob: get(knob, "*"), prunable=False)}
+        else:
+            layer_policies = {
+                layer: self._layer_policy(self.base.for_layer(layer), lambda knob, layer=layer: get(knob, layer), prunable=layer in grouped)
+                for layer in self.layers
+            }
+        return _compact(self.base, layer_policies, student)
+
+    def _student(self, knob_of: Mapping[tuple[str, str], Any]) -> Student | None:
+        if ("student_width", "*") not in knob_of and ("student_blocks", "*") not in knob_of:
+            return self.base.student
+        params = dict(self.base.student.params) if self.base.student else {}
+        if ("student_width", "*") in knob_of:
+            params["width"] = knob_of[("student_width", "*")]
+        if ("student_blocks", "*") in knob_of:
+            params["blocks"] = [knob_of[("student_blocks", "*")]] * 3
+        base = self.base.student or Student(family=self.student_family)
+        return dataclasses.replace(base, family=self.student_family, params=params)
+
+    @staticmethod
+    def _layer_policy(base: LayerPolicy, get, prunable: bool) -> LayerPolicy:
+        quantization = base.quantization
+        has_w, w_bits = get("weight_bits")
+        has_a, a_bits = get("activation_bits")
+        if has_w or has_a:
+            current = quantization or LayerQuant(weights=dataclasses.replace(DEFAULT_WEIGHTS, bits=None), activations=dataclasses.replace(DEFAULT_ACTIVATIONS, bits=None))
+            weights, activations = current.weights, current.activations
+            if has_w:
+                weights = _with_bits(weights if weights.bits else DEFAULT_WEIGHTS, w_bits)
+            if has_a:
+                activations = _with_bits(activations if activations.bits else DEFAULT_ACTIVATIONS, a_bits)
+            quantization = None if weights.bits is None and activations.bits is None else LayerQuant(weights=weights, activations=activations)
+        pruning = base.pruning
+        has_r, ratio = get("pruning_ratio")
+        has_c, criterion = get("pruning_criterion")
+        if has_r or has_c:
+            ratio = ratio if has_r else (pruning.ratio if pruning else 0.0)
+            criterion = criterion if has_c else (pruning.criterion if pruning else "l2")
+            pruning = Pruning(ratio=ratio, criterion=criterion) if ratio > 0 and prunable else None
+        sparsity = base.sparsity
+        has_s, level = get("sparsity")
+        if has_s:
+            sparsity = dataclasses.replace(sparsity or Sparsity(level=level), level=level) if level > 0 else None
+        return LayerPolicy(quantization=quantization, pruning=pruning, sparsity=sparsity)
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _ADAPTER.dump_python(self, mode="json")
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SearchSpace":
+        try:
+            return _ADAPTER.validate_python(dict(data))
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise SpaceError(f"invalid search space at {where}: {first['msg']}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "SearchSpace":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SpaceError(f"search space is not valid JSON: {error}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SearchSpace":
+        return cls.from_json(Path(path).read_text())
+
+
+def _with_bits(spec, bits: int | None):
+    if bits is None:
+        return dataclasses.replace(spec, bits=None)
+    if bits < 8:  # narrow ranges need a good clip and a learned scale to hold accuracy
+        return dataclasses.replace(spec, bits=bits, range_init="mse", learn_scale=True)
+    return dataclasses.replace(spec, bits=bits)
+
+
+def _compact(base: Policy, layer_policies: Mapping[str, LayerPolicy], student: Student | None) -> Policy:
+    """The most common layer policy becomes the default; the rest are exact-name overrides."""
+    if "*" in layer_policies:
+        return dataclasses.replace(base, default=layer_policies["*"], overrides={}, student=student)
+    default, _ = Counter(layer_policies.values()).most_common(1)[0]
+    overrides = {layer: lp for layer, lp in layer_policies.items() if lp != default}
+    return dataclasses.replace(base, default=default, overrides=overrides, student=student)
+
+
+_ADAPTER = TypeAdapter(SearchSpace)
