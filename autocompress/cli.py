@@ -1,4 +1,4 @@
-"""Command line: ``autocompress evaluate`` and ``autocompress demo``."""
+"""Command line: ``autocompress demo``, ``search``, ``resume`` and ``evaluate``."""
 
 from __future__ import annotations
 
@@ -8,17 +8,48 @@ import sys
 import time
 from pathlib import Path
 
+import autocompress
 from autocompress.core import Finetune, ModelError, apply_policy, compressible_layers
 from autocompress.data import DATASETS, load_dataset, make_loaders
 from autocompress.evaluate import evaluate
-from autocompress.zoo import parse_model_spec, pretrained
+from autocompress.search.driver import SAMPLERS, SEARCH_FINETUNE, STRATEGIES
+from autocompress.zoo import default_cache_dir, parse_model_spec, pretrained
 from evaluators.target import LatencyConfig, Target
 from policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
+from search_spaces import PRESETS, SpaceError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autocompress", description=__doc__)
+    parser = argparse.ArgumentParser(prog="autocompress", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="constrained search on the built-in ResNet-20 / MNIST-5k: fastest policy within 1 pt of accuracy",
+        description="Train (once, cached) the zoo ResNet-20 on MNIST-5k, search compression policies for the lowest "
+        "OpenVINO latency with validation accuracy at most --max-drop below the baseline's, re-check the best "
+        "policy on the test split and write the best model, result.json and a report to --out.",
+    )
+    _add_search_options(demo)
+
+    search = commands.add_parser("search", help="constrained policy search on a zoo model (Optuna; resumable)")
+    _add_search_options(search)
+    search.add_argument("--storage", default=None,
+                        help="Optuna storage: a .db file, a journal .log file or an RDB URL (default: search.db in --out)")
+    search.add_argument("--study-name", default=None, help="study name (default: autocompress-SPACE)")
+    search.add_argument("--strategy", choices=STRATEGIES, default="direct",
+                        help="condensa: first the highest uniform INT8 pruning level meeting the constraint, then the space below it")
+    search.add_argument("--sampler", choices=SAMPLERS, default="auto")
+    search.add_argument("--seed", type=int, default=0)
+
+    res = commands.add_parser(
+        "resume", help="continue a search from its storage (same --model, --data and --baseline-epochs as the search)"
+    )
+    res.add_argument("--storage", required=True, help="the search's storage (e.g. autocompress-out/search.db or a URL)")
+    res.add_argument("--study-name", required=True)
+    _add_model_options(res)
+    res.add_argument("--trials", type=int, default=None, help="finished trials the study should hold (default: the original budget)")
+    res.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
 
     ev = commands.add_parser("evaluate", help="compress a model with a policy and print baseline vs compressed")
     ev.add_argument("--model", default="zoo:resnet20", help="zoo:NAME[:key=value,...], e.g. zoo:resnet20:width=2")
@@ -26,17 +57,36 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--policy", required=True, type=Path, help="policy JSON (see policies.Policy)")
     _add_common(ev)
 
-    demo = commands.add_parser("demo", help="compress the built-in ResNet-20 on MNIST-5k and print what was measured")
-    demo.add_argument("--model", default="zoo:resnet20")
-    demo.add_argument("--data", default="mnist5k", choices=DATASETS)
-    _add_common(demo)
-
     args = parser.parse_args(argv)
+    handlers = {"demo": _search, "search": _search, "resume": _resume, "evaluate": _evaluate}
     try:
-        return _evaluate(args) if args.command == "evaluate" else _demo(args)
-    except (PolicyError, ModelError, ValueError, FileNotFoundError) as error:
+        return handlers[args.command](args)
+    except (PolicyError, ModelError, SpaceError, ValueError, FileNotFoundError) as error:
         print(f"autocompress: error: {error}", file=sys.stderr)
         return 2
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="zoo:resnet20", help="zoo:NAME[:key=value,...], e.g. zoo:resnet20:width=2")
+    parser.add_argument("--data", default="mnist5k", choices=DATASETS)
+    parser.add_argument("--baseline-epochs", type=int, default=8, help="training epochs of the cached baseline")
+
+
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    _add_model_options(parser)
+    parser.add_argument("--space", default="compact", choices=PRESETS, help="search space preset (default: compact, 4 global knobs)")
+    parser.add_argument("--objective", default="latency",
+                        help="latency, throughput or size; a,b for a Pareto search; name=weight,... for a weighted mix")
+    parser.add_argument("--max-drop", type=float, default=0.01, help="allowed validation accuracy drop (0.01 = 1 point)")
+    parser.add_argument("--relative-drop", action="store_true", help="--max-drop is a fraction of the baseline accuracy")
+    parser.add_argument("--trials", type=int, default=12, help="number of trials")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
+    parser.add_argument("--epochs", type=float, default=SEARCH_FINETUNE.epochs, help="QAT fine-tuning epochs per trial")
+    parser.add_argument("--recovery-epochs", type=float, default=SEARCH_FINETUNE.recovery_epochs,
+                        help="float recovery epochs after pruning, per trial")
+    parser.add_argument("--threads", type=int, default=None, help="OpenVINO inference threads (default: runtime)")
+    parser.add_argument("--precision", choices=["f32", "bf16"], default=None, help="precision hint for float layers")
+    parser.add_argument("--out", type=Path, default=Path("autocompress-out"), help="work directory: trials, best model, report")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -99,17 +149,119 @@ def demo_policies(layers: list[str]) -> dict[str, Policy]:
     }
 
 
-def _demo(args) -> int:
-    model, train_loader, test_loader, target = _setup(args)
-    # The same float model twice: at true FP32 and at the runtime's default (bf16 on CPUs with it).
-    models: dict = {"fp32 (f32)": model, "fp32 (default)": model}
-    targets = {"fp32 (f32)": dataclasses.replace(target, precision_hint="f32")}
-    for name, policy in demo_policies(compressible_layers(model)).items():
-        models[name] = _compress(model, policy, train_loader, args, name)
-        if args.out is not None:
-            args.out.mkdir(parents=True, exist_ok=True)
-            policy.save(args.out / f"policy_{name}.json")
-    return _report(models, test_loader, target, args, targets)
+def parse_objective(text: str):
+    """'latency' -> 'latency'; 'latency,size' -> ['latency', 'size']; 'latency=0.7,size=0.3' -> a weighted mix."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("--objective is empty; use latency, throughput or size")
+    weighted = ["=" in p for p in parts]
+    if not any(weighted):
+        return parts[0] if len(parts) == 1 else parts
+    if not all(weighted):
+        raise ValueError(f"--objective {text!r}: give either names (a,b) or weights (a=0.5,b=0.5), not both")
+    weights = {}
+    for part in parts:
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--objective {text!r}: weight {value!r} of {name.strip()!r} is not a number") from None
+    return weights
+
+
+def _load(args):
+    """The pretrained zoo model and the (train, val, test) loaders of --data."""
+    name, kwargs = parse_model_spec(args.model)
+    print(f"baseline {args.model} on {args.data}: {args.baseline_epochs} training epochs, once (cached in {default_cache_dir()})", flush=True)
+    started = time.perf_counter()
+    model = pretrained(name, args.data, epochs=args.baseline_epochs, **kwargs)
+    print(f"baseline {args.model} on {args.data}: ready in {time.perf_counter() - started:.1f} s", flush=True)
+    train_loader, val_loader, test_loader = make_loaders(load_dataset(args.data))
+    return model, train_loader, val_loader, test_loader
+
+
+def _search(args) -> int:
+    objective = parse_objective(args.objective)
+    finetune = Finetune(**{**dataclasses.asdict(SEARCH_FINETUNE), "epochs": args.epochs, "recovery_epochs": args.recovery_epochs})
+    target = Target(threads=args.threads, precision_hint=args.precision)
+    model, train_loader, val_loader, test_loader = _load(args)
+    result = autocompress.search(
+        model, train_loader, val_loader,
+        test_loader=test_loader,
+        objective=objective,
+        max_accuracy_drop=args.max_drop,
+        relative_drop=args.relative_drop,
+        target=target,
+        space=args.space,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        storage=getattr(args, "storage", None),
+        study_name=getattr(args, "study_name", None),
+        workdir=args.out,
+        finetune=finetune,
+        sampler=getattr(args, "sampler", "auto"),
+        strategy=getattr(args, "strategy", "direct"),
+        seed=getattr(args, "seed", 0),
+        progress=True,
+    )
+    return _print_result(result, args)
+
+
+def _resume(args) -> int:
+    model, train_loader, val_loader, test_loader = _load(args)
+    _check_same_model(args, model)
+    result = autocompress.resume(
+        model, train_loader, val_loader, storage=args.storage, study_name=args.study_name, test_loader=test_loader,
+        n_trials=args.trials, timeout=args.timeout, progress=True,
+    )
+    return _print_result(result, args)
+
+
+def _check_same_model(args, model) -> None:
+    """The study's search space names the layers it was built for; a different --model cannot continue it."""
+    import optuna
+
+    from autocompress.search.driver import BASELINE_KEY, CONFIG_KEY
+    from autocompress.search.storage import open_storage, storage_url
+    from evaluators.size import parameter_stats
+
+    try:
+        study = optuna.load_study(study_name=args.study_name, storage=open_storage(storage_url(args.storage, Path.cwd()), heartbeat_interval=None))
+    except KeyError:
+        return  # resume() says which studies there are
+    hint = "Pass the --model, --data and --baseline-epochs the search used."
+    layers = (study.user_attrs.get(CONFIG_KEY) or {}).get("space", {}).get("layers")
+    if layers is not None and list(layers) != compressible_layers(model):
+        raise ValueError(
+            f"study {args.study_name!r} searched a model with layers {', '.join(layers)}; {args.model} has "
+            f"{', '.join(compressible_layers(model))}. {hint}"
+        )
+    parameters = (study.user_attrs.get(BASELINE_KEY) or {}).get("parameters")
+    if parameters is not None and parameters != parameter_stats(model)["parameters"]:
+        raise ValueError(
+            f"study {args.study_name!r} searched a model with {parameters:,} parameters; {args.model} on {args.data} "
+            f"has {parameter_stats(model)['parameters']:,}. {hint}"
+        )
+
+
+def _print_result(result, args) -> int:
+    """After the search's own summary (printed as it finishes): the Pareto table, the best policy, the files."""
+    print("\nPareto front (feasible trials, best first; validation accuracy, speedup from the trial's latency rounds):")
+    print(result.pareto_table() if result.pareto else "(no feasible trial)")
+    if result.best is not None and result.best.policy is not None:
+        label = "best policy" if result.feasible else "closest (infeasible) policy"
+        print(f"\n{label}, trial {result.best.number}:\n{result.best.policy.describe()}")
+    workdir = Path(result.workdir)
+    files = [workdir / "best" / "policy.json", workdir / "best" / "model.xml", workdir / "report.html", workdir / "report.png", workdir / "result.json"]
+    print("\nwritten:")
+    for path in files:
+        if path.exists():
+            print(f"  {path}")
+    storage = str(result.storage)
+    if "://" in storage or storage.startswith("journal:"):
+        print(f"\nto continue this search: autocompress resume --storage {result.storage} --study-name {result.study_name} "
+              f"--model {args.model} --data {args.data} --baseline-epochs {args.baseline_epochs} --trials N")
+    return 0 if result.best is not None else 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import json
 from collections import Counter
 from pathlib import Path
@@ -39,6 +40,28 @@ class SpaceError(ValueError):
     """A search space (or a choice of values for it) that is not valid; the message says why."""
 
 
+def _raises_space_error(cls):
+    """Pydantic wraps errors raised while validating (``__post_init__``) in a
+    ValidationError; let the constructor raise the SpaceError itself."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as error:
+            first = error.errors()[0]
+            original = (first.get("ctx") or {}).get("error")
+            if isinstance(original, SpaceError):
+                raise original from None
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise SpaceError(f"invalid {cls.__name__} at {where}: {first['msg']}") from None
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_raises_space_error
 @dataclass(frozen=True, config=_STRICT)
 class Dimension:
     """One searched knob: over ``choices``, or over [low, high] (optionally on a ``step``
@@ -124,6 +147,7 @@ def _check_value(knob: str, value: Any, name: str) -> None:
         raise SpaceError(f"dimension {name!r}: value {value!r} is not allowed; {knob} takes {allowed}")
 
 
+@_raises_space_error
 @dataclass(frozen=True, config=_STRICT)
 class SearchSpace:
     """Dimensions over the compressible ``layers`` of one model, plus what stays fixed.
@@ -205,8 +229,14 @@ class SearchSpace:
 
     # -- narrowing / widening -------------------------------------------------------------
     def fix(self, **values: Any) -> "SearchSpace":
-        """A copy with these dimensions (by name) fixed to these values."""
-        return dataclasses.replace(self, fixed={**self.fixed, **values})
+        """A copy with these dimensions (by name) fixed to these values (and taken out of
+        the start points, which would otherwise override them)."""
+        points: list[dict[str, Any]] = []
+        for point in self.start_points:
+            point = {k: v for k, v in point.items() if k not in values}
+            if point not in points:
+                points.append(point)
+        return dataclasses.replace(self, fixed={**self.fixed, **values}, start_points=tuple(points))
 
     def exclude(self, *patterns: str) -> "SearchSpace":
         """A copy without the dimensions whose names match these fnmatch patterns; the
@@ -223,8 +253,14 @@ class SearchSpace:
         )
 
     def extend(self, *dimensions: Dimension) -> "SearchSpace":
-        """A copy with more dimensions (validated against the existing ones)."""
-        return dataclasses.replace(self, dimensions=self.dimensions + tuple(dimensions))
+        """A copy with more dimensions (validated against the existing ones); the start
+        points take each new dimension's first choice (or its low end)."""
+        added = {d.name: (d.choices or (d.low,))[0] for d in dimensions}
+        return dataclasses.replace(
+            self,
+            dimensions=self.dimensions + tuple(dimensions),
+            start_points=tuple({**p, **added} for p in self.start_points),
+        )
 
     # -- values -> policy -----------------------------------------------------------------
     def _complete(self, values: Mapping[str, Any]) -> dict[str, Any]:

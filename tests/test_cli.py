@@ -23,12 +23,56 @@ def test_evaluate_prints_baseline_and_compressed(tmp_path, capsys, cnn):
     assert (out / "compressed" / "model.xml").exists()
 
 
-def test_demo_runs_on_small_settings(tmp_path, capsys, cnn):
-    assert main(["demo", "--out", str(tmp_path), *FAST]) == 0
+def test_demo_searches_and_writes_the_best_model_and_report(tmp_path, capsys, cnn):
+    out = tmp_path / "out"
+    argv = ["demo", "--model", "zoo:mnist_cnn", "--data", "digits", "--baseline-epochs", "2",
+            "--trials", "3", "--epochs", "0.2", "--max-drop", "0.05", "--out", str(out)]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
-    for name in ("fp32 (f32)", "fp32 (default)", "w8a8", "mixed_w4_w8"):
-        assert any(line.startswith(name + " ") for line in printed.splitlines()), name
-    assert Policy.load(tmp_path / "policy_w8a8.json") == Policy.quantize(8, 8)
+    assert "Pareto front" in printed
+    assert "val acc" in printed and "speedup" in printed  # the table's header
+    assert "study 'autocompress-compact': 3 trials" in printed  # the search's summary
+    for name in ("best/policy.json", "best/model.xml", "report.html", "report.png", "result.json"):
+        assert (out / name).is_file(), name
+        assert str(out / name) in printed, name
+    Policy.load(out / "best" / "policy.json")
+    result = json.loads((out / "result.json").read_text())
+    assert len(result["trials"]) == 3
+    assert result["floor"] == pytest.approx(result["baseline"]["accuracy"] - 0.05)
+    page = (out / "report.html").read_text()
+    assert "Pareto front" in page and "plotly" in page and "<script src=" not in page  # works offline
+    assert f"autocompress resume --storage sqlite:///{out.resolve()}/search.db --study-name autocompress-compact" in printed
+
+
+def test_search_then_resume_and_resume_errors(tmp_path, capsys, cnn):
+    out = tmp_path / "out"
+    common = ["--model", "zoo:mnist_cnn", "--data", "digits", "--baseline-epochs", "2"]
+    assert main(["search", *common, "--space", "quantization", "--trials", "1", "--epochs", "0.1", "--out", str(out)]) == 0
+    assert "study 'autocompress-quantization': 1 trials" in capsys.readouterr().out
+    storage = ["--storage", str(out / "search.db")]
+    # A finished study: nothing left to run, the result again.
+    assert main(["resume", *storage, "--study-name", "autocompress-quantization", *common]) == 0
+    assert "study 'autocompress-quantization': 1 trials" in capsys.readouterr().out
+    assert main(["resume", *storage, "--study-name", "nope", *common]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err
+    narrow = ["--model", "zoo:mnist_cnn:width=0.5", "--data", "digits", "--baseline-epochs", "2"]
+    assert main(["resume", *storage, "--study-name", "autocompress-quantization", *narrow]) == 2
+    assert "Pass the --model, --data and --baseline-epochs the search used" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--objective", "speed"], "unknown objective 'speed'"),
+        (["--objective", "latency=a"], "weight 'a' of 'latency' is not a number"),
+        (["--max-drop", "1.5"], "max_accuracy_drop must be in [0, 1)"),
+        (["--trials", "0"], "n_trials must be an int >= 1"),
+    ],
+)
+def test_bad_search_options_exit_2_with_the_reason(tmp_path, capsys, argv, message, cnn):
+    base = ["search", "--model", "zoo:mnist_cnn", "--data", "digits", "--baseline-epochs", "2", "--out", str(tmp_path)]
+    assert main([*base, *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

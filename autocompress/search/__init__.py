@@ -7,6 +7,10 @@
 
 from autocompress.search.driver import SEARCH_FINETUNE, resume, search
 from autocompress.search.objectives import AccuracyConstraint, Objective, parse_objectives
+from autocompress.search.report import write_report
 from autocompress.search.result import SearchResult, TrialRecord
 
-__all__ = ["SEARCH_FINETUNE", "AccuracyConstraint", "Objective", "SearchResult", "TrialRecord", "parse_objectives", "resume", "search"]
+__all__ = [
+    "SEARCH_FINETUNE", "AccuracyConstraint", "Objective", "SearchResult", "TrialRecord", "parse_objectives", "resume", "search",
+    "write_report",
+]

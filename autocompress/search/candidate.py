@@ -30,8 +30,9 @@ from evaluators.size import count_flops, parameter_stats
 from evaluators.target import LatencyConfig, Target
 from policies import Policy
 
-# Per-trial latency: short alternating rounds against the baseline; the chosen policy is re-measured fully.
-TRIAL_LATENCY = LatencyConfig(rounds=3, min_iterations=50, min_seconds=0.1)
+# Per-trial latency: short alternating rounds against the baseline (5, so that one burst of
+# neighbour load cannot pick the winner); the chosen policy is re-measured fully.
+TRIAL_LATENCY = LatencyConfig(rounds=5, min_iterations=50, min_seconds=0.1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,11 +15,13 @@ import dataclasses
 import json
 import logging
 import math
+import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 from torch import nn
@@ -30,7 +32,7 @@ from autocompress.search.candidate import TRIAL_LATENCY, Baseline, CandidateRunn
 from autocompress.search.objectives import AccuracyConstraint, Objective, describe_objectives, parse_objectives
 from autocompress.search.result import SearchResult, TrialRecord, summarize_policy
 from autocompress.search.storage import has_heartbeat, open_storage, recover_interrupted, storage_url
-from autocompress.training import Metric
+from autocompress.training import Metric, top1_accuracy
 from evaluators.child import run_jobs, unwrap
 from evaluators.runtime import Dataset
 from evaluators.target import LatencyConfig, Target
@@ -116,8 +118,9 @@ def search(
         autocompress.search.storage). An existing study of the same name and settings
         is continued; with different settings it is an error.
     strategy: "direct", or "condensa": first the highest uniform pruning level (INT8)
-        meeting the accuracy constraint (a GP level-set search over one knob), then the
-        space with every pruning ratio capped at that level.
+        meeting the accuracy constraint (a GP level-set search over one knob, a third of
+        the trials, in study ``<name>:level``), then the space with every pruning ratio
+        capped at that level (the remaining trials).
     early_stop_margin: a trial whose validation accuracy (torch) at the end of pruning
         recovery or half-way through the final fine-tuning is more than this below the
         accuracy floor is stopped (PRUNED); ``pruner`` adds an Optuna pruner on those
@@ -412,15 +415,19 @@ class _Search:
         self.workdir.mkdir(parents=True, exist_ok=True)
         directions = [o.direction for o in self.objectives]
         with _quiet_optuna():
-            study = self._study(self.study_name, directions, self.settings, resuming, self.space)
+            # Condensa's second stage starts from the level it finds, not from the preset's points.
+            condensa = self.settings.strategy == "condensa"
+            created_with = dataclasses.replace(self.space, start_points=()) if condensa else self.space
+            study = self._study(self.study_name, directions, self.settings, resuming, created_with)
             baseline = self._baseline(study)
             if self.progress:
                 print(f"baseline: accuracy {baseline.accuracy:.4f}, latency {baseline.latency_ms:.4f} ms; "
                       f"{self.constraint.describe(baseline.accuracy)}; {len(self.space.searched)} dimensions", flush=True)
             space = self.space
-            if self.settings.strategy == "condensa":
+            if condensa:
                 space = self._condensa_level(study, baseline, deadline)
-            self._optimize(study, space, self.objectives, baseline, self.settings.n_trials, deadline, "search")
+            budget = self.settings.n_trials - (_level_budget(self.settings.n_trials) if condensa else 0)
+            self._optimize(study, space, self.objectives, baseline, max(1, budget), deadline, "search")
             result = self._result(study, baseline)
         result.seconds = time.monotonic() - started
         self._finish(result)
@@ -436,7 +443,7 @@ class _Search:
             start_points=({"pruning_ratio": 0.25}, {"pruning_ratio": 0.5}),
             preset="condensa-level",
         )
-        level_budget = max(3, self.settings.n_trials // 3)
+        level_budget = _level_budget(self.settings.n_trials)
         level_settings = dataclasses.replace(self.settings, space=level_space.to_dict(), objectives="level", sampler="gp", n_trials=level_budget)
         level_study = self._study(f"{self.study_name}:level", ["maximize"], level_settings, False, level_space)
         level_objective = Objective("level", "maximize", lambda m: m["params"]["pruning_ratio"])
@@ -458,10 +465,13 @@ class _Search:
                 start[dim.name] = level if dim.choices is None else dim.choices[0]
             elif dim.knob in ("weight_bits", "activation_bits"):
                 start[dim.name] = 8 if 8 in (dim.choices or ()) else dim.choices[0]
+            elif dim.knob == "pruning_criterion" and "l2" in dim.choices:
+                start[dim.name] = "l2"  # what the level search used
             elif dim.name not in self.space.fixed:
                 start[dim.name] = (dim.choices or (dim.low,))[0]
-        points = (start,) if level > 0 else ()
-        space = dataclasses.replace(self.space, dimensions=tuple(capped), start_points=points + self.space.start_points[:1])
+        uniform_int8 = {**start, **{d.name: 0.0 for d in capped if d.knob == "pruning_ratio" and d.choices is None}}
+        points = (start, uniform_int8) if level > 0 else (uniform_int8,)
+        space = dataclasses.replace(self.space, dimensions=tuple(capped), start_points=points)
         # Stage 2 runs in the main study; its distributions must not change between runs.
         for point in space.start_points:
             study.enqueue_trial(point, skip_if_exists=True)
@@ -469,7 +479,7 @@ class _Search:
 
     # -- results --------------------------------------------------------------------------
     def _result(self, study: optuna.Study, baseline: Baseline) -> SearchResult:
-        records = [_record(t) for t in study.trials]
+        records = [_record(t) for t in study.trials if t.state != TrialState.WAITING]
         finished = [r for r in records if r.state == "COMPLETE"]
         feasible = [r for r in finished if r.feasible]
         pareto = _pareto(feasible, self.objectives)
@@ -499,6 +509,8 @@ class _Search:
             message=message,
             workdir=str(self.workdir),
             strategy=self.settings.strategy,
+            floor=self.constraint.floor(baseline.accuracy),
+            layers=tuple(self.space.layers),
         )
 
     def _describe_values(self, record: TrialRecord) -> str:
@@ -508,18 +520,23 @@ class _Search:
         if result.best is not None and "ir_path" in result.best.measurements and self.test_loader is not None:
             result.test = _recheck(result, self.test_loader, self.metric, self.target)
         (self.workdir / "result.json").write_text(result.to_json() + "\n")
+        written = [self.workdir / "result.json"]
         if result.best is not None and "ir_path" in result.best.measurements:
-            result.deploy(self.workdir / "best")
+            written.append(result.deploy(self.workdir / "best"))
+        try:  # plots are a convenience: an error there must never lose the result
+            from autocompress.search.report import write_report
+
+            report = write_report(result, self.workdir)
+            written += [report["html"], report["png"]]
+        except Exception as error:
+            log.warning("could not write the search report: %s: %s", type(error).__name__, error)
         if self.progress:
             print(result.summary(), flush=True)
+            print("wrote " + ", ".join(str(p) + ("/" if p.is_dir() else "") for p in written), flush=True)
 
 
 def _recheck(result: SearchResult, test_loader: Iterable, metric: Metric | None, target: Target) -> dict[str, Any]:
     """Test accuracy of the best IR and the baseline IR, and a full latency comparison."""
-    from autocompress.training import top1_accuracy
-    import numpy as np
-    import tempfile
-
     data = _dataset(test_loader, "test_loader")
     metric = metric or top1_accuracy
     config = LatencyConfig()
@@ -544,6 +561,11 @@ def _recheck(result: SearchResult, test_loader: Iterable, metric: Metric | None,
         "speedup": 1.0 / ratio,
         "rounds": config.rounds,
     }
+
+
+def _level_budget(n_trials: int) -> int:
+    """Condensa's first stage gets a third of the trials (at least 2), the second the rest."""
+    return max(2, n_trials // 3) if n_trials > 2 else 1
 
 
 def _done(study: optuna.Study) -> int:
@@ -571,7 +593,7 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         params=dict(t.params),
         policy=Policy.from_dict(policy) if policy else None,
         measurements=dict(t.user_attrs.get("measurements", {})),
-        values=tuple(t.values) if t.values else None,
+        values=tuple(t.values) if t.values and t.state == TrialState.COMPLETE else None,  # a PRUNED trial's value is an intermediate accuracy
         violation=_violation(t),
         seconds=seconds,
         error=t.user_attrs.get("error") or t.user_attrs.get("pruned_reason"),

@@ -58,6 +58,9 @@ class SearchResult:
     baseline: the uncompressed model as measured on the target.
     test: the best policy re-checked on the test data (exported IR on OpenVINO), with a
         full latency measurement against the baseline; None without a test_loader.
+    floor: the validation accuracy a trial needs to be feasible (baseline minus the
+        allowed drop).
+    layers: the model's compressible layers the search space was built over.
     """
 
     study_name: str
@@ -74,6 +77,8 @@ class SearchResult:
     test: dict[str, Any] | None = None
     strategy: str = "direct"
     seconds: float = 0.0
+    floor: float | None = None
+    layers: tuple[str, ...] = ()
 
     @property
     def best_policy(self) -> Policy | None:
@@ -92,6 +97,7 @@ class SearchResult:
             "strategy": self.strategy,
             "objectives": self.objectives,
             "constraint": self.constraint,
+            "floor": self.floor,
             "feasible": self.feasible,
             "message": self.message,
             "baseline": self.baseline,

@@ -1,0 +1,444 @@
+"""Real searches: the MnistCNN on digits, real OpenVINO measurements in child processes,
+Optuna studies in SQLite / journal files under tmp_path, tiny fine-tuning budgets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from torch.utils.data import DataLoader, TensorDataset
+
+import autocompress
+from autocompress import Finetune, Policy, SearchResult, Target
+from search_spaces import Dimension, SearchSpace, SpaceError, build_space
+
+FINETUNE = Finetune(epochs=0.3, recovery_epochs=0.5, rewind_lr=1e-3)
+TARGET = Target(threads=1)
+ROOT = Path(__file__).resolve().parents[1]
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def run_search(model, loaders, workdir, **kwargs) -> SearchResult:
+    train, val, _ = loaders
+    options = dict(
+        space="compact", finetune=FINETUNE, target=TARGET, progress=False, max_accuracy_drop=0.05, workdir=workdir, n_trials=3
+    )
+    options.update(kwargs)
+    return autocompress.search(model, train, val, **options)
+
+
+def sqlite(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def load(storage, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def snapshot(study: optuna.Study) -> dict[int, tuple]:
+    return {t.number: (t.state, dict(t.params), tuple(t.values) if t.values else None) for t in study.get_trials(deepcopy=False)}
+
+
+def counted(study: optuna.Study) -> int:
+    """Finished trials as the driver counts them against the budget."""
+    return sum(1 for t in study.trials if t.state in FINISHED or (t.state == TrialState.FAIL and "error" in t.user_attrs))
+
+
+def dominates(a: list[float], b: list[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and a != b
+
+
+def minimised(record, objectives) -> list[float]:
+    signs = [1 if o["direction"] == "minimize" else -1 for o in objectives]
+    return [s * v for s, v in zip(signs, record.values)] + [-record.measurements["accuracy"]]
+
+
+def assert_pareto(result: SearchResult) -> None:
+    feasible = [t for t in result.trials if t.feasible]
+    assert result.pareto, "a feasible search has a Pareto front"
+    front = {t.number for t in result.pareto}
+    for member in result.pareto:
+        assert member.feasible
+        assert not any(dominates(minimised(o, result.objectives), minimised(member, result.objectives)) for o in feasible)
+    for other in feasible:  # everything off the front is beaten (or tied) by a member
+        if other.number not in front:
+            assert any(
+                dominates(minimised(m, result.objectives), minimised(other, result.objectives))
+                or minimised(m, result.objectives) == minimised(other, result.objectives)
+                for m in result.pareto
+            )
+
+
+def criterion_space(cnn, example, ratio: float) -> SearchSpace:
+    """Float model, every channel group pruned at ``ratio``; only the criterion varies: every
+    candidate has the same graph (shapes), with different weights."""
+    compact = build_space(cnn, "compact", example_input=example)
+    return SearchSpace(
+        dimensions=(Dimension("pruning_criterion", choices=("l1", "l2")), Dimension("pruning_ratio", low=0.0, high=0.75, step=0.125)),
+        layers=compact.layers,
+        groups=compact.groups,
+        fixed={"pruning_ratio": ratio},
+        start_points=({"pruning_criterion": "l1"}, {"pruning_criterion": "l2"}),
+    )
+
+
+@pytest.fixture(scope="module")
+def example(digits_loaders):
+    return torch.zeros(1, *next(iter(digits_loaders[0]))[0].shape[1:])
+
+
+# -- a plain search, then resumed ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def first(cnn, digits_loaders, tmp_path_factory):
+    """A 3-trial search on the compact space with a test re-check (later resumed to 5)."""
+    workdir = tmp_path_factory.mktemp("search")
+    result = run_search(cnn, digits_loaders, workdir, test_loader=digits_loaders[2], study_name="first")
+    return result, workdir
+
+
+def test_search_result_trials_best_pareto_and_deployment(first, cnn, digits_loaders, example):
+    result, workdir = first
+    assert isinstance(result, SearchResult)
+    assert result.study_name == "first" and result.strategy == "direct"
+    assert result.objectives == [{"name": "latency", "direction": "minimize"}]
+
+    # Every trial is in the SQLite file.
+    study = load(sqlite(workdir / "search.db"), "first")
+    assert len(study.trials) == len(result.trials) == 3
+    assert [t.number for t in result.trials] == [0, 1, 2]
+    assert all(t.state in FINISHED for t in study.trials)
+    assert "autocompress.config" in study.user_attrs and "autocompress.baseline" in study.user_attrs
+    # The preset's start points were tried first: uniform INT8, unpruned then pruned.
+    starts = build_space(cnn, "compact", example_input=example).start_points
+    assert [t.params for t in result.trials] == list(starts)
+
+    for t in result.trials:
+        if t.state == "COMPLETE":
+            m = t.measurements
+            for key in ("accuracy", "latency_ratio", "size_ratio", "latency_ms", "speedup", "parameters"):
+                assert isinstance(m[key], (int, float)), key
+            assert 0 <= m["accuracy"] <= 1 and m["latency_ratio"] > 0 and 0 < m["size_ratio"] < 1  # INT8 weights
+            assert t.values == (pytest.approx(m["latency_ratio"]),)
+            assert t.violation == pytest.approx(result.baseline["accuracy"] - 0.05 - m["accuracy"])
+            assert isinstance(t.policy, Policy) and t.seconds > 0
+    # Trial 0 is plain INT8: it keeps the accuracy.
+    assert result.trials[0].feasible
+
+    assert result.feasible and "INFEASIBLE" not in result.message
+    assert result.best.feasible and result.best.number in {t.number for t in result.pareto}
+    assert result.best is result.pareto[0]
+    best_latency = min(t.values[0] for t in result.trials if t.feasible)
+    assert result.best.values[0] == best_latency
+    assert_pareto(result)
+
+    assert result.test is not None
+    assert result.test["samples"] == len(digits_loaders[2].dataset)
+    assert 0.5 < result.test["accuracy"] <= 1 and result.test["speedup"] > 0
+    assert result.test["drop"] == pytest.approx(result.test["baseline_accuracy"] - result.test["accuracy"])
+
+    best = workdir / "best"
+    for name in ("model.xml", "model.bin", "model.onnx", "policy.json", "manifest.json"):
+        assert (best / name).is_file(), name
+    assert Policy.load(best / "policy.json") == result.best_policy
+    manifest = json.loads((best / "manifest.json").read_text())
+    assert manifest["trial"] == result.best.number and manifest["feasible"] is True
+    saved = json.loads((workdir / "result.json").read_text())
+    assert saved["best"]["trial"] == result.best.number
+    assert len(saved["trials"]) == 3
+
+
+def test_resume_finishes_the_budget_without_rerunning_trials(first, cnn, digits_loaders):
+    result, workdir = first
+    storage = workdir / "search.db"
+    before = snapshot(load(sqlite(storage), "first"))
+    assert len(before) == 3
+
+    train, val, _ = digits_loaders
+    resumed = autocompress.resume(cnn, train, val, storage=storage, study_name="first", n_trials=5, progress=False)
+    after = snapshot(load(sqlite(storage), "first"))
+    assert len(after) == 5 and [t.number for t in resumed.trials] == [0, 1, 2, 3, 4]
+    assert all(state in FINISHED for state, _, _ in after.values())
+    for number, record in before.items():
+        assert after[number] == record, f"trial {number} changed on resume"
+    assert resumed.baseline == result.baseline  # measured once, kept in the study
+    assert resumed.study_name == "first"
+
+    # Nothing left to do: resuming a finished study runs no trial.
+    again = autocompress.resume(cnn, train, val, storage=storage, study_name="first", n_trials=5, progress=False)
+    assert len(again.trials) == 5
+
+    # The same study with other settings is refused, pointing at resume().
+    with pytest.raises(ValueError, match="resume"):
+        run_search(cnn, digits_loaders, workdir, study_name="first", space="pruning")
+    with pytest.raises(ValueError, match="no study 'nope'"):
+        autocompress.resume(cnn, train, val, storage=storage, study_name="nope", progress=False)
+
+
+# -- the latency cache and an infeasible constraint ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def aggressive(cnn, digits_loaders, example, tmp_path_factory):
+    """Two float candidates pruned at 75% (l1, l2): one graph; no accuracy drop allowed."""
+    workdir = tmp_path_factory.mktemp("aggressive")
+    space = criterion_space(cnn, example, 0.75)
+    result = run_search(cnn, digits_loaders, workdir, space=space, n_trials=2, max_accuracy_drop=0.0, early_stop_margin=None)
+    return result, workdir
+
+
+def test_same_graph_reuses_the_measured_latency(aggressive):
+    result, workdir = aggressive
+    first, second = result.trials
+    assert (first.params, second.params) == ({"pruning_criterion": "l1"}, {"pruning_criterion": "l2"})
+    assert first.state == second.state == "COMPLETE"
+    assert first.measurements["latency_cached"] is False
+    assert second.measurements["latency_cached"] is True
+    assert first.measurements["fingerprint"] == second.measurements["fingerprint"]
+    assert second.measurements["latency_ms"] == first.measurements["latency_ms"]
+    assert second.measurements["latency_ratio"] == first.measurements["latency_ratio"]
+    assert first.measurements["parameters"] == second.measurements["parameters"] < result.baseline["parameters"]
+    # The cache lives in the study, keyed by the fingerprint.
+    study = load(sqlite(workdir / "search.db"), result.study_name)
+    assert "latency:" + first.measurements["fingerprint"] in study.user_attrs
+
+
+def test_infeasible_constraint_returns_the_closest_trial(aggressive):
+    result, workdir = aggressive
+    assert result.feasible is False and result.pareto == []
+    assert "INFEASIBLE" in result.message
+    assert all(t.state == "COMPLETE" and t.violation > 0 for t in result.trials)
+    closest = min(result.trials, key=lambda t: t.violation)
+    assert result.best is not None and result.best.number == closest.number
+    assert f"trial {closest.number}" in result.message
+    assert result.best.measurements["accuracy"] < result.baseline["accuracy"]
+    # The closest candidate is still deployed, marked infeasible.
+    manifest = json.loads((workdir / "best" / "manifest.json").read_text())
+    assert manifest["feasible"] is False and manifest["trial"] == closest.number
+
+
+# -- failures -------------------------------------------------------------------------
+
+
+def test_a_crashing_trial_is_recorded_and_the_search_goes_on(cnn, digits_loaders, example, tmp_path):
+    calls = []
+
+    def size_once_broken(measurements):
+        calls.append(measurements["size_ratio"])
+        if len(calls) == 1:
+            raise RuntimeError("objective exploded")
+        return measurements["size_ratio"]
+
+    space = criterion_space(cnn, example, 0.0)  # no compression at all: cheap trials
+    result = run_search(cnn, digits_loaders, tmp_path, space=space, objective=size_once_broken)
+    assert [t.state for t in result.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    failed = result.trials[0]
+    assert "RuntimeError: objective exploded" in failed.error and failed.values is None
+    study = load(sqlite(tmp_path / "search.db"), result.study_name)
+    assert "objective exploded" in study.trials[0].user_attrs["error"]
+    # The failed trial counts against the budget (it is not retried).
+    assert len(study.trials) == 3 and len(calls) == 3
+    assert result.feasible and result.best.number in (1, 2)
+    assert result.best.values == (pytest.approx(result.best.measurements["size_ratio"]),)
+    assert result.objectives == [{"name": "size_once_broken", "direction": "minimize"}]
+
+
+def test_bad_input_is_reported_before_any_trial(cnn, digits_loaders, tmp_path):
+    train, val, _ = digits_loaders
+    with pytest.raises(ValueError, match="unknown objective 'speed'"):
+        run_search(cnn, digits_loaders, tmp_path, objective="speed")
+    empty = DataLoader(TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)), batch_size=64)
+    with pytest.raises(ValueError, match="val_loader"):
+        autocompress.search(cnn, train, empty, workdir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="train_loader is empty"):
+        autocompress.search(cnn, empty, val, workdir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="cannot open the search storage"):
+        run_search(cnn, digits_loaders, tmp_path, storage="postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(SpaceError, match="unknown search space preset 'huge'"):
+        run_search(cnn, digits_loaders, tmp_path, space="huge")
+    with pytest.raises(ValueError, match="n_trials must be an int >= 1"):
+        run_search(cnn, digits_loaders, tmp_path, n_trials=0)
+    with pytest.raises(ValueError, match="max_accuracy_drop"):
+        run_search(cnn, digits_loaders, tmp_path, max_accuracy_drop=1.5)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        run_search(cnn, digits_loaders, tmp_path, strategy="greedy")
+    assert not list(tmp_path.glob("trials/*/trial_*")), "no trial ran"
+
+
+def test_a_nan_metric_for_the_baseline_is_an_error(cnn, digits_loaders, tmp_path):
+    def nan_metric(logits, targets):
+        return float("nan")
+
+    with pytest.raises(ValueError, match="metric returned nan for the uncompressed model"):
+        run_search(cnn, digits_loaders, tmp_path, metric=nan_metric)
+    study = load(sqlite(tmp_path / "search.db"), "autocompress-compact")
+    assert all(t.state == TrialState.WAITING for t in study.trials)  # start points queued, no trial started
+    assert not list(tmp_path.glob("trials/*/trial_*"))
+
+
+# -- other storages, strategies and objectives ----------------------------------------
+
+
+def test_journal_storage_resume_retries_an_interrupted_trial(cnn, digits_loaders, example, tmp_path):
+    journal = tmp_path / "search.log"
+    space = criterion_space(cnn, example, 0.0)
+    result = run_search(cnn, digits_loaders, tmp_path / "work", space=space, storage=journal, n_trials=2, study_name="j")
+    assert result.storage.startswith("journal:") and len(result.trials) == 2
+    assert not (tmp_path / "work" / "search.db").exists()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name="j", storage=storage)
+    before = snapshot(study)
+    # A driver that died mid-trial leaves it RUNNING (journals have no heartbeat).
+    orphan = study.ask()
+    orphan.suggest_categorical("pruning_criterion", ["l1", "l2"])
+    del study, storage
+
+    train, val, _ = digits_loaders
+    resumed = autocompress.resume(cnn, train, val, storage=journal, study_name="j", n_trials=3, progress=False)
+    states = {t.number: t.state for t in resumed.trials}
+    assert states[orphan.number] == "FAIL"
+    retry = [t for t in resumed.trials if t.number > orphan.number]
+    assert len(retry) == 1 and retry[0].state == "COMPLETE"
+    assert retry[0].params == orphan.params
+    study = optuna.load_study(study_name="j", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert study.trials[retry[0].number].user_attrs["retry_of"] == orphan.number
+    assert counted(study) == 3
+    for number, record in before.items():
+        assert snapshot(study)[number] == record
+
+
+def test_condensa_strategy_searches_below_the_level_it_found(cnn, digits_loaders, tmp_path):
+    result = run_search(cnn, digits_loaders, tmp_path, strategy="condensa", n_trials=3, study_name="c")
+    assert result.strategy == "condensa" and result.study_name == "c"
+    storage = sqlite(tmp_path / "search.db")
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    assert names == {"c", "c:level"}
+    level_study, main = load(storage, "c:level"), load(storage, "c")
+    # The level search gets part of the budget, the capped search the rest.
+    ran = [t for t in main.trials if t.state != TrialState.WAITING]
+    assert level_study.trials and ran
+    assert len(level_study.trials) + len(ran) == 3
+    assert all(set(t.params) == {"pruning_ratio"} for t in level_study.trials)
+    assert [t.params for t in level_study.trials[:2]] == [{"pruning_ratio": 0.25}, {"pruning_ratio": 0.5}][: len(level_study.trials)]
+    level = main.user_attrs["condensa_level"]
+    feasible = [
+        t.params["pruning_ratio"] for t in level_study.trials
+        if t.state == TrialState.COMPLETE and t.constraints and t.constraints["accuracy"] <= 0
+    ]
+    assert level == max(feasible, default=0.0)
+    # result.trials are the main study's, every pruning ratio capped at the level.
+    # result.trials are the main study's trials that ran (a queued start point left WAITING is not one).
+    assert [t.number for t in result.trials] == [t.number for t in main.trials if t.state != TrialState.WAITING]
+    ran = result.trials
+    assert all(set(t.params) == {"pruning_criterion", "weight_bits", "activation_bits", "pruning_ratio"} for t in ran)
+    assert all(t.params["pruning_ratio"] <= level for t in ran)
+    # Stage 2 starts at the level, in INT8 with the level search's criterion.
+    assert result.trials[0].params == {"pruning_criterion": "l2", "weight_bits": 8, "activation_bits": 8, "pruning_ratio": level}
+
+
+def test_two_objectives_give_a_pareto_front(cnn, digits_loaders, tmp_path):
+    result = run_search(cnn, digits_loaders, tmp_path, objective=["latency", "size"], n_trials=4)
+    assert result.objectives == [{"name": "latency", "direction": "minimize"}, {"name": "size", "direction": "minimize"}]
+    study = load(sqlite(tmp_path / "search.db"), result.study_name)
+    assert len(study.directions) == 2 and len(study.trials) == 4
+    complete = [t for t in result.trials if t.state == "COMPLETE"]
+    assert complete
+    for t in complete:
+        assert len(t.values) == 2
+        assert t.values == (pytest.approx(t.measurements["latency_ratio"]), pytest.approx(t.measurements["size_ratio"]))
+    assert_pareto(result)
+    for a in result.pareto:
+        for b in result.pareto:
+            assert not dominates(minimised(a, result.objectives), minimised(b, result.objectives))
+
+
+# -- a search killed mid-trial, resumed ------------------------------------------------
+
+KILLED_SEARCH = textwrap.dedent(
+    """
+    import sys
+    import autocompress
+    from autocompress import Finetune, Target
+    from autocompress.data import load_dataset, make_loaders
+    from autocompress.zoo import pretrained
+
+    train, val, _ = make_loaders(load_dataset("digits"), batch_size=64)
+    model = pretrained("mnist_cnn", "digits", epochs=2)
+    autocompress.search(
+        model, train, val, space="compact", n_trials=6, storage=sys.argv[1], study_name="killed", workdir=sys.argv[2],
+        finetune=Finetune(epochs=0.3, recovery_epochs=0.5, rewind_lr=1e-3), target=Target(threads=1),
+        max_accuracy_drop=0.05, heartbeat_interval=1, progress=False,
+    )
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_and_retries_the_interrupted_trial(cnn, digits_loaders, tmp_path):
+    db = tmp_path / "search.db"
+    script = tmp_path / "search.py"
+    script.write_text(KILLED_SEARCH)
+    log = (tmp_path / "child.log").open("w")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(db), str(tmp_path / "work")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the kill takes its OpenVINO worker too
+    )
+    storage, problem = None, None
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert child.poll() is None, f"the search ended before it was killed:\n{(tmp_path / 'child.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"the search did not finish 2 trials in time (last error: {problem!r})"
+            time.sleep(0.2)
+            if not db.exists():
+                continue
+            try:  # the child creates the tables and the study
+                storage = storage or optuna.storages.RDBStorage(sqlite(db), engine_kwargs={"connect_args": {"timeout": 60}})
+                trials = load(storage, "killed").get_trials(deepcopy=False)
+            except Exception as error:
+                problem = error
+                continue
+            done = sum(t.state in FINISHED for t in trials)
+            running = [t for t in trials if t.state == TrialState.RUNNING and len(t.params) == 4]
+            if done >= 2 and running:
+                break
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        log.close()
+    before = snapshot(load(storage, "killed"))
+    killed = [n for n, (state, _, _) in before.items() if state == TrialState.RUNNING]
+    assert killed, "a trial was running when the search was killed"
+    finished_before = {n: r for n, r in before.items() if r[0] in FINISHED}
+    assert len(finished_before) >= 2
+
+    time.sleep(3.5)  # > grace period (3 x heartbeat_interval): the killed trial's heartbeat is stale
+    train, val, _ = digits_loaders
+    result = autocompress.resume(cnn, train, val, storage=db, study_name="killed", heartbeat_interval=1, progress=False)
+
+    study = load(storage, "killed")
+    after = snapshot(study)
+    assert counted(study) == 6 and sum(1 for t in result.trials if t.state in ("COMPLETE", "PRUNED")) == 6
+    assert not any(state == TrialState.RUNNING for state, _, _ in after.values())
+    for number, record in finished_before.items():
+        assert after[number] == record, f"trial {number}, finished before the kill, changed"
+    for number in killed:
+        state, params, _ = after[number]
+        assert state == TrialState.FAIL and "error" not in study.trials[number].user_attrs
+        retries = [t for t in study.trials if t.number > number and t.system_attrs.get("failed_trial") == number]
+        assert len(retries) == 1 and retries[0].params == params and retries[0].state in FINISHED
+    assert result.best is not None and result.feasible
