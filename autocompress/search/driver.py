@@ -19,7 +19,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, Callable, Iterable, Iterator, MutableMapping
 
 import numpy as np
 import optuna
@@ -28,7 +28,7 @@ from torch import nn
 
 from autocompress.core import Finetune
 from autocompress.graph import inputs_of
-from autocompress.search.candidate import TRIAL_LATENCY, Baseline, CandidateRunner
+from autocompress.search.candidate import Baseline, CandidateRunner
 from autocompress.search.objectives import AccuracyConstraint, Objective, describe_objectives, parse_objectives
 from autocompress.search.result import SearchResult, TrialRecord, summarize_policy
 from autocompress.search.storage import has_heartbeat, open_storage, recover_interrupted, storage_url

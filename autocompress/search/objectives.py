@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping
 
 Direction = Literal["minimize", "maximize"]
 MEASURES: dict[str, tuple[str, Direction]] = {
