@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_search_options(demo)
 
-    search = commands.add_parser("search", help="constrained policy search on a zoo model (Optuna; resumable)")
+    search = commands.add_parser(
+        "search", help="constrained policy search on a zoo model, or on your own with --config (Optuna or Ray; resumable)"
+    )
+    search.add_argument("--config", type=Path, default=None,
+                        help="a YAML search config (model/data/metric as module:function entry points, backend, ray "
+                             "options; see autocompress.config): the file is the whole search, other options are ignored")
     _add_search_options(search)
     search.add_argument("--storage", default=None,
                         help="Optuna storage: a .db file, a journal .log file or an RDB URL (default: search.db in --out)")
@@ -43,10 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--seed", type=int, default=0)
 
     res = commands.add_parser(
-        "resume", help="continue a search from its storage (same --model, --data and --baseline-epochs as the search)"
+        "resume", help="continue a search: a Ray experiment directory (PATH), or an Optuna storage and study "
+        "(--storage, --study-name, with the search's --model, --data and --baseline-epochs)"
     )
-    res.add_argument("--storage", required=True, help="the search's storage (e.g. autocompress-out/search.db or a URL)")
-    res.add_argument("--study-name", required=True)
+    res.add_argument("path", nargs="?", default=None, help="a Ray search's experiment directory (<storage_path>/<study_name>)")
+    res.add_argument("--address", default=None, help="Ray cluster to run the rest on (default: a local Ray)")
+    res.add_argument("--storage", default=None, help="the search's storage (e.g. autocompress-out/search.db or a URL)")
+    res.add_argument("--study-name", default=None)
     _add_model_options(res)
     res.add_argument("--trials", type=int, default=None, help="finished trials the study should hold (default: the original budget)")
     res.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
@@ -181,6 +189,11 @@ def _load(args):
 
 
 def _search(args) -> int:
+    if getattr(args, "config", None) is not None:
+        from autocompress.config import SearchConfig
+
+        result = SearchConfig.load(args.config).run(progress=True)
+        return _print_result(result, args)
     objective = parse_objective(args.objective)
     finetune = Finetune(**{**dataclasses.asdict(SEARCH_FINETUNE), "epochs": args.epochs, "recovery_epochs": args.recovery_epochs})
     target = Target(threads=args.threads, precision_hint=args.precision)
@@ -208,6 +221,11 @@ def _search(args) -> int:
 
 
 def _resume(args) -> int:
+    if args.path is not None:
+        result = autocompress.resume(args.path, address=args.address, timeout=args.timeout, progress=True)
+        return _print_result(result, args)
+    if args.storage is None or args.study_name is None:
+        raise ValueError("resume needs a Ray experiment PATH, or --storage and --study-name of an Optuna search")
     model, train_loader, val_loader, test_loader = _load(args)
     _check_same_model(args, model)
     result = autocompress.resume(
@@ -258,7 +276,9 @@ def _print_result(result, args) -> int:
         if path.exists():
             print(f"  {path}")
     storage = str(result.storage)
-    if "://" in storage or storage.startswith("journal:"):
+    if Path(storage, "autocompress.json").exists():  # a Ray experiment
+        print(f"\nto continue this search: autocompress resume {storage}")
+    elif getattr(args, "config", None) is None and ("://" in storage or storage.startswith("journal:")):
         print(f"\nto continue this search: autocompress resume --storage {result.storage} --study-name {result.study_name} "
               f"--model {args.model} --data {args.data} --baseline-epochs {args.baseline_epochs} --trials N")
     return 0 if result.best is not None else 1

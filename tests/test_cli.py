@@ -89,3 +89,67 @@ def test_bad_policy_exits_2_with_the_reason(tmp_path, capsys, content, message, 
         path.write_text(content)
     assert main(["evaluate", "--policy", str(path), *FAST]) == 2
     assert message in capsys.readouterr().err
+
+
+SETUP_MODULE = '''
+from autocompress.data import load_dataset, make_loaders
+from autocompress.zoo import pretrained
+
+
+def model():
+    return pretrained("mnist_cnn", "digits", epochs=2)
+
+
+def loaders():
+    return make_loaders(load_dataset("digits"), batch_size=64)
+'''
+
+
+def write_config(tmp_path, monkeypatch, text: str):
+    (tmp_path / "cli_setup_module.py").write_text(SETUP_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "search.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_search_from_a_config_file_with_entry_points(tmp_path, capsys, monkeypatch, cnn):
+    config = write_config(tmp_path, monkeypatch, f"""
+model: cli_setup_module:model
+data: cli_setup_module:loaders
+space: quantization
+n_trials: 1
+max_accuracy_drop: 0.05
+finetune: {{epochs: 0.1}}
+target: {{threads: 1}}
+workdir: {tmp_path / "out"}
+study_name: from-config
+""")
+    assert main(["search", "--config", str(config)]) == 0
+    assert "study 'from-config': 1 trials" in capsys.readouterr().out
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert len(result["trials"]) == 1 and result["test"]["samples"] > 0  # the entry point's test loader re-checks
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model: cli_setup_module:model\ndata: cli_setup_module:loaders\ncolour: red\n", "colour: Extra inputs are not permitted"),
+        ("model: cli_setup_module:model\n", "data: Field required"),
+        ("model: no_such_module:model\ndata: cli_setup_module:loaders\n", "model: cannot import 'no_such_module'"),
+        ("model: cli_setup_module\ndata: cli_setup_module:loaders\n", "is not an entry point; write it as 'package.module:function'"),
+        ("model: cli_setup_module:nope\ndata: cli_setup_module:loaders\n", "module 'cli_setup_module' has no 'nope'"),
+        ("model: cli_setup_module:model\ndata: cli_setup_module:loaders\nfinetune: {epoch: 1}\n", "finetune or target has an unknown setting"),
+        ("model: cli_setup_module:model\ndata: cli_setup_module:loaders\nbackend: dask\n", "backend: Input should be 'optuna' or 'ray'"),
+        ("- a list\n", "must be a mapping of settings"),
+    ],
+)
+def test_bad_config_files_exit_2_with_the_reason(tmp_path, capsys, monkeypatch, text, message):
+    config = write_config(tmp_path, monkeypatch, text)
+    assert main(["search", "--config", str(config)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resume_needs_a_path_or_a_storage_and_study(capsys):
+    assert main(["resume"]) == 2
+    assert "resume needs a Ray experiment PATH, or --storage and --study-name" in capsys.readouterr().err

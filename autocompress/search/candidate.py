@@ -14,7 +14,7 @@ import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, MutableMapping
+from typing import Any, Callable, MutableMapping, Protocol
 
 import numpy as np
 import onnx
@@ -72,6 +72,55 @@ def graph_fingerprint(onnx_path: str | Path, target: Target) -> str:
     return digest.hexdigest()[:24]
 
 
+class Measure(Protocol):
+    """Where an exported candidate is measured: converts ``onnx_path`` to an IR at
+    ``ir_path``, runs the validation inputs through it, and (if ``latency``) measures its
+    latency against the IR ``against`` in alternating rounds. Returns {"bin_bytes",
+    "logits", "latency": {"latency_ms", "latency_ratio", "runtime_precision"} or None}.
+    LocalMeasure does it on this machine; the Ray backend ships it to the target node."""
+
+    def __call__(self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool) -> dict[str, Any]: ...
+
+
+def measure_exported(
+    onnx_path: Path, ir_path: Path, inputs_file: Path, target: Target, config: LatencyConfig, *, against: str | None, latency: bool
+) -> dict[str, Any]:
+    """IR conversion, validation logits and (optionally) latency, in ONE OpenVINO child process."""
+    shape = list(np.load(inputs_file, mmap_mode="r").shape[1:])
+    logits_path = Path(ir_path).with_name("val_logits.npy")
+    jobs = [
+        {"op": "convert_to_ir", "args": {"onnx_path": str(onnx_path), "xml_path": str(ir_path), "input_shape": [target.batch, *shape]}},
+        {"op": "infer", "args": {"xml_path": str(ir_path), "inputs_npy": str(inputs_file), "outputs_npy": str(logits_path), "target": target.to_dict()}},
+    ]
+    if latency:
+        paths = [against, str(ir_path)] if against else [str(ir_path)]
+        jobs.append({"op": "measure_latency", "args": {"xml_paths": paths, "target": target.to_dict(), "config": config.to_dict()}})
+    results = [unwrap(r) for r in run_jobs(jobs)]
+    logits = np.load(logits_path)
+    logits_path.unlink()
+    measured = None
+    if latency:
+        models = results[2]["models"]
+        measured = {
+            "latency_ms": models[-1]["median_ms"],
+            "latency_ratio": results[2]["ratios_to_first"][-1] if against else 1.0,
+            "runtime_precision": models[-1].get("runtime_precision"),
+        }
+    return {"bin_bytes": int(results[0]["bin_bytes"]), "logits": logits, "latency": measured}
+
+
+@dataclasses.dataclass
+class LocalMeasure:
+    """Measure on this machine (see Measure)."""
+
+    val: Dataset
+    target: Target
+    config: LatencyConfig = TRIAL_LATENCY
+
+    def __call__(self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool) -> dict[str, Any]:
+        return measure_exported(onnx_path, ir_path, self.val.inputs_file(), self.target, self.config, against=against, latency=latency)
+
+
 class CandidateRunner:
     """Compresses, exports and measures policies for one model, data and target."""
 
@@ -86,6 +135,7 @@ class CandidateRunner:
         finetune: Finetune,
         target: Target,
         latency: LatencyConfig = TRIAL_LATENCY,
+        measure: Measure | None = None,
     ) -> None:
         self.model = model
         self.train_loader = train_loader
@@ -96,6 +146,7 @@ class CandidateRunner:
         self.target = target
         self.latency = latency
         self.input_shape = tuple(val_data.inputs.shape[1:])
+        self.measure = measure or LocalMeasure(val_data, target, latency)
 
     # -- measurements ---------------------------------------------------------------------
     def score(self, logits: np.ndarray, what: str) -> float:
@@ -117,62 +168,54 @@ class CandidateRunner:
             module.train(was_training)
         return self.score(logits, "a candidate during fine-tuning")
 
-    def _export_and_measure(
-        self, module: nn.Module, directory: Path, against: str | None, latency_cache: MutableMapping[str, dict] | None
-    ) -> dict[str, Any]:
+    def export(self, module: nn.Module, directory: str | Path) -> dict[str, Any]:
+        """Export a (compressed) module to ``directory``/model.onnx; with what the rest of
+        the measurement needs from torch (parameters, FLOPs), so it can go on without it."""
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        onnx_path, ir_path, logits_path = directory / "model.onnx", directory / "model.xml", directory / "val_logits.npy"
+        onnx_path = directory / "model.onnx"
         started = time.perf_counter()
-        shape = (self.target.batch, *self.input_shape)
-        export_onnx(module, shape, onnx_path)
-        fingerprint = graph_fingerprint(onnx_path, self.target)
-        cached = latency_cache.get(fingerprint) if latency_cache is not None else None
-        export_seconds = time.perf_counter() - started
-        jobs = [
-            {"op": "convert_to_ir", "args": {"onnx_path": str(onnx_path), "xml_path": str(ir_path), "input_shape": list(shape)}},
-            {"op": "infer", "args": {"xml_path": str(ir_path), "inputs_npy": str(self.val.inputs_file()), "outputs_npy": str(logits_path), "target": self.target.to_dict()}},
-        ]
-        if cached is None:
-            paths = [against, str(ir_path)] if against else [str(ir_path)]
-            jobs.append({"op": "measure_latency", "args": {"xml_paths": paths, "target": self.target.to_dict(), "config": self.latency.to_dict()}})
-        started = time.perf_counter()
-        results = [unwrap(r) for r in run_jobs(jobs)]
-        measure_seconds = time.perf_counter() - started
-        logits = np.load(logits_path)
-        logits_path.unlink()
-        out = {
-            "fingerprint": fingerprint,
-            "latency_cached": cached is not None,
+        export_onnx(module, (self.target.batch, *self.input_shape), onnx_path)
+        return {
             "onnx_path": str(onnx_path),
-            "ir_path": str(ir_path),
-            "size_bytes": int(results[0]["bin_bytes"]),
-            "logits": logits,
-            "seconds_export": export_seconds,
-            "seconds_measure": measure_seconds,
+            "fingerprint": graph_fingerprint(onnx_path, self.target),
+            "parameters": parameter_stats(module)["parameters"],
+            "flops": count_flops(module, (1, *self.input_shape)),
+            "seconds_export": time.perf_counter() - started,
         }
+
+    def _measure(self, exported: dict[str, Any], against: str | None, latency_cache: MutableMapping[str, dict] | None) -> dict[str, Any]:
+        onnx_path = Path(exported["onnx_path"])
+        ir_path = onnx_path.with_name("model.xml")
+        cached = latency_cache.get(exported["fingerprint"]) if latency_cache is not None else None
+        started = time.perf_counter()
+        measured = self.measure(onnx_path, ir_path, against=against, latency=cached is None)
+        measure_seconds = time.perf_counter() - started
         if cached is None:
-            latency = results[2]
-            cached = {
-                "latency_ms": latency["models"][-1]["median_ms"],
-                "latency_ratio": latency["ratios_to_first"][-1] if against else 1.0,
-                "runtime_precision": latency["models"][-1].get("runtime_precision"),
-            }
+            cached = measured["latency"]
             if latency_cache is not None:
-                latency_cache[fingerprint] = cached
-        out.update(cached)
-        return out
+                latency_cache[exported["fingerprint"]] = cached
+        return {
+            **exported,
+            "latency_cached": measured["latency"] is None,
+            "ir_path": str(ir_path),
+            "size_bytes": int(measured["bin_bytes"]),
+            "logits": measured["logits"],
+            "seconds_measure": measure_seconds,
+            **cached,
+        }
 
     def measure_baseline(self, workdir: Path) -> Baseline:
         """Export the uncompressed model and measure it once (accuracy, latency, size)."""
-        measured = self._export_and_measure(self.model, Path(workdir) / "baseline", None, None)
+        measured = self._measure(self.export(self.model, Path(workdir) / "baseline"), None, None)
         return Baseline(
             onnx_path=measured["onnx_path"],
             ir_path=measured["ir_path"],
             accuracy=self.score(measured["logits"], "the uncompressed model"),
             latency_ms=measured["latency_ms"],
             size_bytes=measured["size_bytes"],
-            parameters=parameter_stats(self.model)["parameters"],
-            flops=count_flops(self.model, (1, *self.input_shape)),
+            parameters=measured["parameters"],
+            flops=measured["flops"],
         )
 
     def run(
@@ -191,14 +234,43 @@ class CandidateRunner:
         throughput and size ratios, parameters, FLOPs, files and seconds per stage.
         """
         started = time.perf_counter()
-        compressed = apply_policy(
+        module = self.compress(policy, on_finetune_step)
+        return self.measure_compressed(module, policy, directory, baseline, latency_cache=latency_cache,
+                                       compress_seconds=time.perf_counter() - started)
+
+    def compress(self, policy: Policy, on_finetune_step: Callable | None = None) -> nn.Module:
+        """The compressed, fine-tuned module (a copy; the model is untouched)."""
+        return apply_policy(
             self.model, policy, self.train_loader, finetune=self.finetune, loss_fn=self.loss_fn, on_finetune_step=on_finetune_step
-        )
-        compress_seconds = time.perf_counter() - started
-        directory = Path(directory)
-        measured = self._export_and_measure(compressed.module, directory, baseline.ir_path, latency_cache)
+        ).module
+
+    def measure_compressed(
+        self,
+        module: nn.Module,
+        policy: Policy,
+        directory: str | Path,
+        baseline: Baseline,
+        *,
+        latency_cache: MutableMapping[str, dict] | None = None,
+        compress_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Export a compressed module into ``directory`` and measure it (see run)."""
+        exported = self.export(module, directory)
+        return self.measure_exported(exported, policy, baseline, latency_cache=latency_cache, compress_seconds=compress_seconds)
+
+    def measure_exported(
+        self,
+        exported: dict[str, Any],
+        policy: Policy,
+        baseline: Baseline,
+        *,
+        latency_cache: MutableMapping[str, dict] | None = None,
+        compress_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Measure a candidate exported by ``export`` (see run)."""
+        measured = self._measure(exported, baseline.ir_path, latency_cache)
         accuracy = self.score(measured["logits"], "a candidate")
-        policy.save(directory / "policy.json")
+        policy.save(Path(exported["onnx_path"]).with_name("policy.json"))
         return {
             "accuracy": accuracy,
             "latency_ms": measured["latency_ms"],
@@ -211,8 +283,8 @@ class CandidateRunner:
             "runtime_precision": measured["runtime_precision"],
             "latency_cached": measured["latency_cached"],
             "fingerprint": measured["fingerprint"],
-            "parameters": parameter_stats(compressed.module)["parameters"],
-            "flops": count_flops(compressed.module, (1, *self.input_shape)),
+            "parameters": measured["parameters"],
+            "flops": measured["flops"],
             "ir_path": measured["ir_path"],
             "onnx_path": measured["onnx_path"],
             "seconds_compress": compress_seconds,

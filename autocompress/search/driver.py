@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -28,6 +29,7 @@ from torch import nn
 
 from autocompress.core import Finetune
 from autocompress.graph import inputs_of
+from autocompress.search.backend import Ray
 from autocompress.search.candidate import Baseline, CandidateRunner
 from autocompress.search.objectives import AccuracyConstraint, Objective, describe_objectives, parse_objectives
 from autocompress.search.result import SearchResult, TrialRecord, summarize_policy
@@ -104,6 +106,7 @@ def search(
     seed: int = 0,
     heartbeat_interval: int | None = 30,
     progress: bool = True,
+    backend: Any = "optuna",
 ) -> SearchResult:
     """Search compression policies for ``model``: maximise ``objective`` subject to
     accuracy >= baseline - ``max_accuracy_drop`` on ``val_loader``.
@@ -125,9 +128,13 @@ def search(
         recovery or half-way through the final fine-tuning is more than this below the
         accuracy floor is stopped (PRUNED); ``pruner`` adds an Optuna pruner on those
         checkpoints (single-objective searches).
+    backend: "optuna" (trials one after another in this process) or "ray" /
+        autocompress.search.Ray(address=..., storage_path=..., target_resource=...): trials
+        as a Ray Tune experiment on a cluster, resumable with ``resume(path)``.
     The best policy is re-checked on ``test_loader`` (exported IR on OpenVINO) with a
     full latency measurement; results, the best IR and a manifest go to ``workdir``.
     """
+    backend = _check_backend(backend, strategy, pruner)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     if n_trials is None or not isinstance(n_trials, int) or n_trials < 1:
@@ -159,8 +166,17 @@ def search(
         early_stop_margin=early_stop_margin,
         workdir=str(workdir),
     )
-    url = storage_url(storage, workdir)
     study_name = study_name or f"autocompress-{space.preset or 'custom'}"
+    if backend != "optuna":
+        from autocompress.search.ray_backend import search_with_ray
+
+        return search_with_ray(
+            backend, model=model, train_loader=train_loader, val_loader=val_loader, val=val, test_loader=test_loader,
+            metric=metric, loss_fn=loss_fn, objective_spec=describe_objectives(objective), objectives=objectives,
+            constraint=constraint, space=space, target=target, finetune=finetune, settings=dataclasses.asdict(settings),
+            n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name, sampler=sampler, progress=progress,
+        )
+    url = storage_url(storage, workdir)
     run = _Search(
         model, train_loader, val, test_loader, metric, loss_fn, objectives, constraint, space, target, finetune,
         settings, url, study_name, sampler, pruner, heartbeat_interval, progress,
@@ -169,12 +185,12 @@ def search(
 
 
 def resume(
-    model: nn.Module,
-    train_loader: Iterable,
-    val_loader: Iterable,
+    model: nn.Module | str | os.PathLike,
+    train_loader: Iterable | None = None,
+    val_loader: Iterable | None = None,
     *,
-    storage: Any,
-    study_name: str,
+    storage: Any = None,
+    study_name: str | None = None,
     test_loader: Iterable | None = None,
     metric: Metric | None = None,
     loss_fn: Callable | None = None,
@@ -185,11 +201,25 @@ def resume(
     pruner: optuna.pruners.BasePruner | None = None,
     heartbeat_interval: int | None = 30,
     progress: bool = True,
+    address: str | None = None,
 ) -> SearchResult:
-    """Continue a search from its storage: its settings (space, objectives, constraint,
-    target, fine-tuning, seed) are read back from the study; trials a killed run left
-    RUNNING are retried; ``n_trials`` (default: the original budget) is the total to
-    reach. Pass ``objective`` again only if it was a callable (code is not stored)."""
+    """Continue a search.
+
+    resume(path): a Ray search, from its experiment directory (it holds everything:
+        settings, baseline, model and loaders); ``address`` joins another cluster.
+    resume(model, train_loader, val_loader, storage=..., study_name=...): an Optuna
+        search, from its storage: its settings (space, objectives, constraint, target,
+        fine-tuning, seed) are read back from the study; trials a killed run left RUNNING
+        are retried; ``n_trials`` (default: the original budget) is the total to reach.
+        Pass ``objective`` again only if it was a callable (code is not stored).
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from autocompress.search.ray_backend import resume_ray
+
+        return resume_ray(model, address=address, timeout=timeout, progress=progress)
+    if train_loader is None or val_loader is None or storage is None or study_name is None:
+        raise ValueError("resume(model, train_loader, val_loader, storage=..., study_name=...) continues an Optuna search; "
+                         "resume(path) a Ray one")
     url = storage_url(storage, Path.cwd())
     opened = open_storage(url, heartbeat_interval=heartbeat_interval)
     try:
@@ -213,6 +243,20 @@ def resume(
         Finetune(**settings.finetune), settings, url, study_name, sampler or settings.sampler, pruner, heartbeat_interval, progress,
     )
     return run.execute(timeout, resuming=True)
+
+
+def _check_backend(backend: Any, strategy: str, pruner: Any) -> Any:
+    """"optuna", or a Ray backend (the string "ray" means Ray() with its defaults)."""
+    if backend == "optuna":
+        return backend
+    if backend == "ray" or isinstance(backend, Ray):
+        backend = Ray() if backend == "ray" else backend
+        if strategy != "direct":
+            raise ValueError(f"strategy={strategy!r} runs on the Optuna backend only; use backend='optuna' or strategy='direct'")
+        if pruner is not None:
+            raise ValueError("Optuna pruners run on the Optuna backend only; with Ray use Ray(scheduler='asha')")
+        return backend
+    raise ValueError(f"unknown backend {backend!r}; use 'optuna', 'ray' or autocompress.search.Ray(...)")
 
 
 def _has_callable(spec: Any) -> bool:
@@ -284,30 +328,35 @@ class _StudyLatencyCache(MutableMapping):
         return sum(1 for _ in self)
 
 
-class _EarlyStop:
+class EarlyStop:
     """Watches validation accuracy at the end of pruning recovery and half-way through the
-    final fine-tuning; stops a trial that is hopelessly below the accuracy floor."""
+    final fine-tuning; stops (optuna.TrialPruned) a trial hopelessly below the accuracy floor.
 
-    def __init__(self, trial: optuna.Trial, runner: CandidateRunner, floor: float, margin: float | None, report: bool) -> None:
-        self.trial, self.runner, self.floor, self.margin, self.report = trial, runner, floor, margin, report
+    record(stage, accuracy, index) publishes each check (to the Optuna trial, or to Ray
+    Tune); should_prune() lets a scheduler or pruner stop the trial on it."""
+
+    def __init__(
+        self, runner: CandidateRunner, floor: float, margin: float | None,
+        record: Callable[[str, float, int], None] | None = None, should_prune: Callable[[], bool] | None = None,
+    ) -> None:
+        self.runner, self.floor, self.margin, self.record, self.should_prune = runner, floor, margin, record, should_prune
         self.checks = 0
 
     def __call__(self, stage: str, step: int, total: int, module: nn.Module) -> None:
-        if self.margin is None and not self.report:
+        if self.margin is None and self.record is None:
             return
         # Mid-recovery accuracy says little (the lr is still high); its last step says a lot.
         checkpoint = total - 1 if stage == "recovery" else total // 2
         if total < 4 or step != checkpoint:
             return
         accuracy = self.runner.torch_accuracy(module)
-        self.trial.set_user_attr(f"accuracy_{stage}_check", accuracy)
-        if self.report:
-            self.trial.report(accuracy, self.checks)
+        if self.record is not None:
+            self.record(stage, accuracy, self.checks)
         self.checks += 1
         if self.margin is not None and accuracy < self.floor - self.margin:
             raise optuna.TrialPruned(f"{stage}: validation accuracy {accuracy:.4f} is below the floor {self.floor:.4f} by more than {self.margin}")
-        if self.report and self.trial.should_prune():
-            raise optuna.TrialPruned(f"{stage}: pruned by the study's pruner at accuracy {accuracy:.4f}")
+        if self.should_prune is not None and self.should_prune():
+            raise optuna.TrialPruned(f"{stage}: pruned by the search's scheduler at accuracy {accuracy:.4f}")
 
 
 class _Search:
@@ -372,7 +421,12 @@ class _Search:
             params = suggest(trial, space)
             policy = space.policy(params)
             trial.set_user_attr("policy", policy.to_dict())
-            stop = _EarlyStop(trial, self.runner, floor, self.settings.early_stop_margin, report=single)
+            def record(stage: str, accuracy: float, index: int) -> None:
+                trial.set_user_attr(f"accuracy_{stage}_check", accuracy)
+                if single:  # Optuna pruners see single-objective intermediate values only
+                    trial.report(accuracy, index)
+
+            stop = EarlyStop(self.runner, floor, self.settings.early_stop_margin, record, trial.should_prune if single else None)
             try:
                 measured = self.runner.run(policy, trial_root / f"trial_{trial.number:04d}", baseline, latency_cache=cache, on_finetune_step=stop)
                 measured["params"] = dict(params)
@@ -479,60 +533,74 @@ class _Search:
 
     # -- results --------------------------------------------------------------------------
     def _result(self, study: optuna.Study, baseline: Baseline) -> SearchResult:
-        records = [_record(t) for t in study.trials if t.state != TrialState.WAITING]
-        finished = [r for r in records if r.state == "COMPLETE"]
-        feasible = [r for r in finished if r.feasible]
-        pareto = _pareto(feasible, self.objectives)
-        if feasible:
-            best = pareto[0]
-            message = (f"best feasible trial {best.number}: {self._describe_values(best)}, "
-                       f"validation accuracy {best.measurements['accuracy']:.4f}")
-        elif finished:
-            best = min(finished, key=lambda r: r.violation)
-            message = (f"INFEASIBLE: no trial met {self.constraint.describe(baseline.accuracy)}; the closest, trial "
-                       f"{best.number}, reached {best.measurements['accuracy']:.4f}. Allow a larger drop, a longer "
-                       "fine-tune, or a gentler space.")
-        else:
-            best = None
-            errors = {r.error for r in records if r.error}
-            message = "no trial finished" + (f"; errors: {'; '.join(sorted(errors))[:1000]}" if errors else "")
-        return SearchResult(
-            study_name=study.study_name,
-            storage=self.url if isinstance(self.url, str) else type(self.url).__name__,
-            objectives=[{"name": o.name, "direction": o.direction} for o in self.objectives],
-            constraint=self.constraint.describe(baseline.accuracy),
-            baseline=baseline.to_dict(),
-            trials=records,
-            best=best,
-            pareto=pareto,
-            feasible=bool(feasible),
-            message=message,
-            workdir=str(self.workdir),
-            strategy=self.settings.strategy,
-            floor=self.constraint.floor(baseline.accuracy),
-            layers=tuple(self.space.layers),
+        return summarize_trials(
+            [_record(t) for t in study.trials if t.state != TrialState.WAITING],
+            objectives=self.objectives, constraint=self.constraint, baseline=baseline, space=self.space,
+            name=study.study_name, storage=self.url if isinstance(self.url, str) else type(self.url).__name__,
+            workdir=self.workdir, strategy=self.settings.strategy,
         )
 
-    def _describe_values(self, record: TrialRecord) -> str:
-        return ", ".join(f"{o.name} {v:.4g}" for o, v in zip(self.objectives, record.values or ()))
-
     def _finish(self, result: SearchResult) -> None:
-        if result.best is not None and "ir_path" in result.best.measurements and self.test_loader is not None:
-            result.test = _recheck(result, self.test_loader, self.metric, self.target)
-        (self.workdir / "result.json").write_text(result.to_json() + "\n")
-        written = [self.workdir / "result.json"]
-        if result.best is not None and "ir_path" in result.best.measurements:
-            written.append(result.deploy(self.workdir / "best"))
-        try:  # plots are a convenience: an error there must never lose the result
-            from autocompress.search.report import write_report
+        finish_search(result, self.workdir, self.test_loader, self.metric, self.target, self.progress)
 
-            report = write_report(result, self.workdir)
-            written += [report["html"], report["png"]]
-        except Exception as error:
-            log.warning("could not write the search report: %s: %s", type(error).__name__, error)
-        if self.progress:
-            print(result.summary(), flush=True)
-            print("wrote " + ", ".join(str(p) + ("/" if p.is_dir() else "") for p in written), flush=True)
+
+def summarize_trials(
+    records: list[TrialRecord], *, objectives: list[Objective], constraint: AccuracyConstraint, baseline: Baseline,
+    space: SearchSpace, name: str, storage: str, workdir: Path, strategy: str,
+) -> SearchResult:
+    """A SearchResult from the trials of a search (any backend): best, Pareto front, message."""
+    finished = [r for r in records if r.state == "COMPLETE"]
+    feasible = [r for r in finished if r.feasible]
+    pareto = _pareto(feasible, objectives)
+    if feasible:
+        best = pareto[0]
+        values = ", ".join(f"{o.name} {v:.4g}" for o, v in zip(objectives, best.values or ()))
+        message = f"best feasible trial {best.number}: {values}, validation accuracy {best.measurements['accuracy']:.4f}"
+    elif finished:
+        best = min(finished, key=lambda r: r.violation)
+        message = (f"INFEASIBLE: no trial met {constraint.describe(baseline.accuracy)}; the closest, trial "
+                   f"{best.number}, reached {best.measurements['accuracy']:.4f}. Allow a larger drop, a longer "
+                   "fine-tune, or a gentler space.")
+    else:
+        best = None
+        errors = {r.error for r in records if r.error}
+        message = "no trial finished" + (f"; errors: {'; '.join(sorted(errors))[:1000]}" if errors else "")
+    return SearchResult(
+        study_name=name,
+        storage=storage,
+        objectives=[{"name": o.name, "direction": o.direction} for o in objectives],
+        constraint=constraint.describe(baseline.accuracy),
+        baseline=baseline.to_dict(),
+        trials=records,
+        best=best,
+        pareto=pareto,
+        feasible=bool(feasible),
+        message=message,
+        workdir=str(workdir),
+        strategy=strategy,
+        floor=constraint.floor(baseline.accuracy),
+        layers=tuple(space.layers),
+    )
+
+
+def finish_search(result: SearchResult, workdir: Path, test_loader, metric: Metric | None, target: Target, progress: bool) -> None:
+    """Re-check the best policy on the test split; write result.json, the best model and the report."""
+    if result.best is not None and "ir_path" in result.best.measurements and test_loader is not None:
+        result.test = _recheck(result, test_loader, metric, target)
+    (workdir / "result.json").write_text(result.to_json() + "\n")
+    written = [workdir / "result.json"]
+    if result.best is not None and "ir_path" in result.best.measurements:
+        written.append(result.deploy(workdir / "best"))
+    try:  # plots are a convenience: an error there must never lose the result
+        from autocompress.search.report import write_report
+
+        report = write_report(result, workdir)
+        written += [report["html"], report["png"]]
+    except Exception as error:
+        log.warning("could not write the search report: %s: %s", type(error).__name__, error)
+    if progress:
+        print(result.summary(), flush=True)
+        print("wrote " + ", ".join(str(p) + ("/" if p.is_dir() else "") for p in written), flush=True)
 
 
 def _recheck(result: SearchResult, test_loader: Iterable, metric: Metric | None, target: Target) -> dict[str, Any]:
