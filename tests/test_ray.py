@@ -305,7 +305,7 @@ def test_cli_search_from_a_config_on_the_cluster_then_resume_path(two_nodes, cnn
         workdir: {tmp_path / "out"}
         study_name: cli
         backend: ray
-        ray: {{storage_path: {tmp_path / "ray"}, target_resource: {TARGET_RESOURCE}, max_concurrent: 2}}
+        ray: {{storage_path: {tmp_path / "ray"}, target_resource: {TARGET_RESOURCE}, max_concurrent: 2, scheduler: asha}}
     """))
     assert main(["search", "--config", str(config)]) == 0
     printed = capsys.readouterr().out

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -37,7 +38,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from autocompress.core import Finetune
 from autocompress.search.backend import Ray
-from autocompress.search.candidate import Baseline, CandidateRunner, measure_exported
+from autocompress.search.candidate import TRIAL_LATENCY, Baseline, CandidateRunner, measure_exported
 from autocompress.search.objectives import AccuracyConstraint, Objective
 from autocompress.search.result import SearchResult, TrialRecord
 from evaluators.child import run_jobs, unwrap
@@ -192,7 +193,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     baseline = Baseline.from_dict(setup.baseline)
     floor = setup.constraint.floor(baseline.accuracy)
     val = Dataset(setup.val_loader)
-    measure = RayMeasure(setup.inputs, setup.target, LatencyConfig(**_trial_latency()), setup.target_resource, setup.baseline_onnx)
+    measure = RayMeasure(setup.inputs, setup.target, TRIAL_LATENCY, setup.target_resource, setup.baseline_onnx)
     runner = CandidateRunner(setup.model, setup.train_loader, val, metric=setup.metric, loss_fn=setup.loss_fn,
                              finetune=setup.finetune, target=setup.target, measure=measure)
     objective_keys = [objective_key(o) for o in setup.objectives]
@@ -204,16 +205,16 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         last_check.append(accuracy)
         tune.report({**placeholders, "accuracy_check": accuracy, "stage": stage})
 
-    def finish(state: str, **fields: Any) -> None:
+    def finish(state: str, checkpoint: tune.Checkpoint | None = None, **fields: Any) -> None:
         fields.setdefault("accuracy_check", last_check[-1] if last_check else 0.0)
-        tune.report({**placeholders, **common, **fields, "state": state, "stage": "done"}, checkpoint=fields.pop("_checkpoint", None))
+        tune.report({**placeholders, **common, **fields, "state": state, "stage": "done"}, checkpoint=checkpoint)
 
     work = Path(tempfile.mkdtemp(prefix="autocompress-trial-"))
     candidate = work / "candidate"
     try:
         restored = _restore(tune.get_checkpoint(), work)
         if restored is not None and restored["stage"] == "measured":  # died after measuring: report again
-            finish("COMPLETE", **restored["result"], _checkpoint=tune.Checkpoint.from_directory(str(work)))
+            finish("COMPLETE", **restored["result"], checkpoint=tune.Checkpoint.from_directory(str(work)))
             return
         if restored is not None:  # exported before its worker died: measure only
             exported = {**restored["exported"], "onnx_path": str(candidate / "model.onnx")}
@@ -243,22 +244,18 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             "node_measured": measure.last_node,
         }
         _save_stage(work, {"stage": "measured", "result": result, **common})
-        finish("COMPLETE", **result, _checkpoint=tune.Checkpoint.from_directory(str(work)))
+        finish("COMPLETE", **result, checkpoint=tune.Checkpoint.from_directory(str(work)))
     except optuna.TrialPruned as pruned:
         finish("PRUNED", error=str(pruned))
     except Exception as error:  # recorded, not retried: the same policy would fail again
         log.warning("trial failed: %s: %s", type(error).__name__, error, exc_info=True)
         finish("FAIL", error=f"{type(error).__name__}: {error}"[:2000])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # tune.report has copied the checkpoints to storage
 
 
 def objective_key(objective: Objective) -> str:
     return f"objective/{objective.name}"
-
-
-def _trial_latency() -> dict:
-    from autocompress.search.candidate import TRIAL_LATENCY
-
-    return TRIAL_LATENCY.to_dict()
 
 
 def _save_stage(directory: Path, stage: dict) -> None:
@@ -319,7 +316,7 @@ def search_with_ray(
         workdir.mkdir(parents=True, exist_ok=True)
         _put_shared(setup, val, model)
         runner = CandidateRunner(model, train_loader, val, metric=metric, loss_fn=loss_fn, finetune=finetune, target=target,
-                                 measure=RayMeasure(setup.inputs, target, LatencyConfig(**_trial_latency()), backend.target_resource))
+                                 measure=RayMeasure(setup.inputs, target, TRIAL_LATENCY, backend.target_resource))
         baseline = runner.measure_baseline(workdir)
         setup.baseline = baseline.to_dict()
         if progress:
@@ -445,7 +442,7 @@ def _finish(grid, experiment: str, stored: dict, setup: TrialSetup, space, objec
 def _record(result, space: SearchSpace, objectives, workdir: Path) -> TrialRecord:
     """A TrialRecord from a Tune Result (its last report)."""
     metrics = result.metrics or {}
-    number = int(str(metrics["experiment_tag"]).split("_", 1)[0]) - 1  # Tune's tags start with the trial's 1-based index
+    number = _trial_number(metrics, result.path)
     state = metrics.get("state")
     error = metrics.get("error")
     if result.error is not None:
@@ -468,6 +465,15 @@ def _record(result, space: SearchSpace, objectives, workdir: Path) -> TrialRecor
         seconds=metrics.get("time_total_s"),
         error=error,
     )
+
+
+def _trial_number(metrics: dict, path: str) -> int:
+    """0-based, in the order Tune created the trials: its experiment tags (and trial
+    directories, run_trial_<id>_<tag>) start with the 1-based index."""
+    tag = metrics.get("experiment_tag")
+    if tag is None:  # a trial that died before reporting anything
+        tag = Path(path).name.split("_", 3)[3]
+    return int(str(tag).split("_", 1)[0]) - 1
 
 
 def _local_files(checkpoint, fallback: Path) -> dict[str, str]:
