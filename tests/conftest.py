@@ -38,3 +38,25 @@ def cnn(_isolated_cache):
 def resnet(_isolated_cache):
     """A half-width ResNet-20 trained on digits: residual adds, downsample shortcuts."""
     return pretrained("resnet20", "digits", epochs=2, width=0.5)
+
+
+ENTRY_POINTS = """
+from autocompress.data import load_dataset, make_loaders
+from autocompress.zoo import pretrained
+
+
+def model():
+    return pretrained("mnist_cnn", "digits", epochs=2)
+
+
+def loaders():
+    return make_loaders(load_dataset("digits"), batch_size=64)
+"""
+
+
+@pytest.fixture
+def entry_points(tmp_path, monkeypatch) -> str:
+    """An importable module with model() and loaders() entry points for search configs; its name."""
+    (tmp_path / "autocompress_test_entry_points.py").write_text(ENTRY_POINTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "autocompress_test_entry_points"

@@ -91,32 +91,16 @@ def test_bad_policy_exits_2_with_the_reason(tmp_path, capsys, content, message, 
     assert message in capsys.readouterr().err
 
 
-SETUP_MODULE = '''
-from autocompress.data import load_dataset, make_loaders
-from autocompress.zoo import pretrained
-
-
-def model():
-    return pretrained("mnist_cnn", "digits", epochs=2)
-
-
-def loaders():
-    return make_loaders(load_dataset("digits"), batch_size=64)
-'''
-
-
-def write_config(tmp_path, monkeypatch, text: str):
-    (tmp_path / "cli_setup_module.py").write_text(SETUP_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
+def write_config(tmp_path, text: str):
     path = tmp_path / "search.yaml"
     path.write_text(text)
     return path
 
 
-def test_search_from_a_config_file_with_entry_points(tmp_path, capsys, monkeypatch, cnn):
-    config = write_config(tmp_path, monkeypatch, f"""
-model: cli_setup_module:model
-data: cli_setup_module:loaders
+def test_search_from_a_config_file_with_entry_points(tmp_path, capsys, entry_points, cnn):
+    config = write_config(tmp_path, f"""
+model: {entry_points}:model
+data: {entry_points}:loaders
 space: quantization
 n_trials: 1
 max_accuracy_drop: 0.05
@@ -134,20 +118,20 @@ study_name: from-config
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("model: cli_setup_module:model\ndata: cli_setup_module:loaders\ncolour: red\n", "colour: Extra inputs are not permitted"),
-        ("model: cli_setup_module:model\n", "data: Field required"),
-        ("model: no_such_module:model\ndata: cli_setup_module:loaders\n", "model: cannot import 'no_such_module'"),
-        ("model: cli_setup_module\ndata: cli_setup_module:loaders\n", "is not an entry point; write it as 'package.module:function'"),
-        ("model: cli_setup_module:nope\ndata: cli_setup_module:loaders\n", "module 'cli_setup_module' has no 'nope'"),
-        ("model: cli_setup_module:model\ndata: cli_setup_module:loaders\nfinetune: {epoch: 1}\n", "finetune or target has an unknown setting"),
-        ("model: cli_setup_module:model\ndata: cli_setup_module:loaders\nbackend: dask\n", "backend: Input should be 'optuna' or 'ray'"),
+        ("model: ENTRY:model\ndata: ENTRY:loaders\ncolour: red\n", "colour: Extra inputs are not permitted"),
+        ("model: ENTRY:model\n", "data: Field required"),
+        ("model: no_such_module:model\ndata: ENTRY:loaders\n", "model: cannot import 'no_such_module'"),
+        ("model: ENTRY\ndata: ENTRY:loaders\n", "is not an entry point; write it as 'package.module:function'"),
+        ("model: ENTRY:nope\ndata: ENTRY:loaders\n", "module 'ENTRY' has no 'nope'"),
+        ("model: ENTRY:model\ndata: ENTRY:loaders\nfinetune: {epoch: 1}\n", "finetune or target has an unknown setting"),
+        ("model: ENTRY:model\ndata: ENTRY:loaders\nbackend: dask\n", "backend: Input should be 'optuna' or 'ray'"),
         ("- a list\n", "must be a mapping of settings"),
     ],
 )
-def test_bad_config_files_exit_2_with_the_reason(tmp_path, capsys, monkeypatch, text, message):
-    config = write_config(tmp_path, monkeypatch, text)
+def test_bad_config_files_exit_2_with_the_reason(tmp_path, capsys, entry_points, text, message):
+    config = write_config(tmp_path, text.replace("ENTRY", entry_points))
     assert main(["search", "--config", str(config)]) == 2
-    assert message in capsys.readouterr().err
+    assert message.replace("ENTRY", entry_points) in capsys.readouterr().err
 
 
 def test_resume_needs_a_path_or_a_storage_and_study(capsys):

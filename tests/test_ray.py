@@ -279,24 +279,13 @@ def test_options_the_ray_backend_does_not_support_are_rejected(cnn, digits_loade
         autocompress.search(cnn, *digits_loaders[:2], backend="dask")
 
 
-def test_cli_search_from_a_config_on_the_cluster_then_resume_path(two_nodes, cnn, tmp_path, capsys, monkeypatch):
+def test_cli_search_from_a_config_on_the_cluster_then_resume_path(two_nodes, cnn, tmp_path, capsys, entry_points):
     from autocompress.cli import main
 
-    (tmp_path / "ray_setup_module.py").write_text(textwrap.dedent("""
-        from autocompress.data import load_dataset, make_loaders
-        from autocompress.zoo import pretrained
-
-        def model():
-            return pretrained("mnist_cnn", "digits", epochs=2)
-
-        def loaders():
-            return make_loaders(load_dataset("digits"), batch_size=64)
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))
     config = tmp_path / "search.yaml"
     config.write_text(textwrap.dedent(f"""
-        model: ray_setup_module:model
-        data: ray_setup_module:loaders
+        model: {entry_points}:model
+        data: {entry_points}:loaders
         space: quantization
         n_trials: 2
         max_accuracy_drop: 0.05

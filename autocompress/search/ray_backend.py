@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "autocompress.json"
 SETUP_FILE = "autocompress-setup.pkl"
+BASELINE_FILE = "baseline.onnx"  # every measuring node converts it to its own IR (against it, candidates are timed)
 STAGE_FILE = "stage.json"
 
 
@@ -314,11 +315,13 @@ def search_with_ray(
             latency_cache=None if "://" in experiment else _join(experiment, "latency-cache"),
         )
         workdir.mkdir(parents=True, exist_ok=True)
-        _put_shared(setup, val, model)
+        setup.inputs = ray.put(val.inputs)  # once in the object store, not once per trial
         runner = CandidateRunner(model, train_loader, val, metric=metric, loss_fn=loss_fn, finetune=finetune, target=target,
                                  measure=RayMeasure(setup.inputs, target, TRIAL_LATENCY, backend.target_resource))
         baseline = runner.measure_baseline(workdir)
         setup.baseline = baseline.to_dict()
+        baseline_onnx = Path(baseline.onnx_path).read_bytes()
+        setup.baseline_onnx = ray.put(baseline_onnx)
         if progress:
             print(f"baseline: accuracy {baseline.accuracy:.4f}, latency {baseline.latency_ms:.4f} ms; "
                   f"{constraint.describe(baseline.accuracy)}; {len(space.searched)} dimensions; Ray experiment {experiment}", flush=True)
@@ -326,6 +329,7 @@ def search_with_ray(
                   "storage": storage if isinstance(storage, str) or storage is None else None, "baseline": baseline.to_dict(),
                   "objective_spec": objective_spec}
         _write(experiment, SETTINGS_FILE, json.dumps(stored, indent=1, default=str).encode())
+        _write(experiment, BASELINE_FILE, baseline_onnx)
         _write(experiment, SETUP_FILE, _pickle(dataclasses.replace(setup, inputs=None, baseline_onnx=None), test_loader))
         tuner = tune.Tuner(
             _trainable(setup, backend),
@@ -359,8 +363,8 @@ def resume_ray(path: str | os.PathLike, *, address: str | None = None, timeout: 
     backend = Ray(**{**stored["ray"], **({"address": address} if address else {})})
     started_ray = _connect(backend.address)
     try:
-        val = Dataset(setup.val_loader)
-        _put_shared(setup, val, setup.model)
+        setup.inputs = ray.put(Dataset(setup.val_loader).inputs)
+        setup.baseline_onnx = ray.put(_read(experiment, BASELINE_FILE))
         space = SearchSpace.from_dict(stored["space"])
         baseline = Baseline.from_dict(stored["baseline"])
         if progress:
@@ -377,16 +381,6 @@ def resume_ray(path: str | os.PathLike, *, address: str | None = None, timeout: 
 def _trainable(setup: TrialSetup, backend: Ray):
     resources = {("CPU" if k.lower() == "cpu" else "GPU" if k.lower() == "gpu" else k): v for k, v in backend.resources_per_trial.items()}
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
-
-
-def _put_shared(setup: TrialSetup, val: Dataset, model: torch.nn.Module) -> None:
-    """Validation inputs and baseline ONNX go to the object store once, not once per trial."""
-    from autocompress.export import export_onnx
-
-    setup.inputs = ray.put(val.inputs)
-    with tempfile.TemporaryDirectory(prefix="autocompress-baseline-") as tmp:
-        export_onnx(model, (setup.target.batch, *val.inputs.shape[1:]), Path(tmp) / "model.onnx")
-        setup.baseline_onnx = ray.put((Path(tmp) / "model.onnx").read_bytes())
 
 
 def _tune_config(backend: Ray, space: SearchSpace, objectives, settings, n_trials, timeout, storage, study_name, sampler):
