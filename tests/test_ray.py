@@ -109,6 +109,7 @@ def test_trials_run_on_both_nodes_and_are_measured_on_the_target(two_nodes, cnn,
     # The preset's start points come first: uniform INT8 is trial 0.
     assert result.trials[0].policy.default.quantization.weights.bits == 8
     assert result.feasible and result.best.feasible and result.test["samples"] > 0
+    assert result.test["node"] == two_nodes.head_id, "the final test check runs on the target node too"
     assert (tmp_path / "best" / "model.xml").exists() and (tmp_path / "result.json").exists()
     # The Optuna mirror holds the sampler's study, with the constraint of every finished trial.
     study = optuna.load_study(study_name="both", storage=mirror)

@@ -583,10 +583,13 @@ def summarize_trials(
     )
 
 
-def finish_search(result: SearchResult, workdir: Path, test_loader, metric: Metric | None, target: Target, progress: bool) -> None:
-    """Re-check the best policy on the test split; write result.json, the best model and the report."""
+def finish_search(
+    result: SearchResult, workdir: Path, test_loader, metric: Metric | None, target: Target, progress: bool, test_check=None
+) -> None:
+    """Re-check the best policy on the test split (``test_check``: where the IRs run, see
+    run_test_check); write result.json, the best model and the report."""
     if result.best is not None and "ir_path" in result.best.measurements and test_loader is not None:
-        result.test = _recheck(result, test_loader, metric, target)
+        result.test = _recheck(result, test_loader, metric, target, test_check or run_test_check)
     (workdir / "result.json").write_text(result.to_json() + "\n")
     written = [workdir / "result.json"]
     if result.best is not None and "ir_path" in result.best.measurements:
@@ -603,21 +606,27 @@ def finish_search(result: SearchResult, workdir: Path, test_loader, metric: Metr
         print("wrote " + ", ".join(str(p) + ("/" if p.is_dir() else "") for p in written), flush=True)
 
 
-def _recheck(result: SearchResult, test_loader: Iterable, metric: Metric | None, target: Target) -> dict[str, Any]:
+def run_test_check(ir_paths: list[str], inputs_file: Path, target: Target, config: LatencyConfig) -> tuple[list[np.ndarray], dict]:
+    """Logits of each IR on the test inputs, and their latencies in alternating rounds (the
+    first IR is the reference), in one OpenVINO child process on this machine."""
+    with tempfile.TemporaryDirectory(prefix="autocompress-test-") as tmp:
+        jobs = [
+            {"op": "infer", "args": {"xml_path": p, "inputs_npy": str(inputs_file), "outputs_npy": f"{tmp}/{i}.npy", "target": target.to_dict()}}
+            for i, p in enumerate(ir_paths)
+        ]
+        jobs.append({"op": "measure_latency", "args": {"xml_paths": list(ir_paths), "target": target.to_dict(), "config": config.to_dict()}})
+        results = [unwrap(r) for r in run_jobs(jobs)]
+        logits = [np.load(f"{tmp}/{i}.npy") for i in range(len(ir_paths))]
+    return logits, results[-1]
+
+
+def _recheck(result: SearchResult, test_loader: Iterable, metric: Metric | None, target: Target, test_check) -> dict[str, Any]:
     """Test accuracy of the best IR and the baseline IR, and a full latency comparison."""
     data = _dataset(test_loader, "test_loader")
     metric = metric or top1_accuracy
     config = LatencyConfig()
-    with tempfile.TemporaryDirectory(prefix="autocompress-test-") as tmp:
-        paths = [result.baseline["ir_path"], result.best.measurements["ir_path"]]
-        jobs = [
-            {"op": "infer", "args": {"xml_path": p, "inputs_npy": str(data.inputs_file()), "outputs_npy": f"{tmp}/{i}.npy", "target": target.to_dict()}}
-            for i, p in enumerate(paths)
-        ]
-        jobs.append({"op": "measure_latency", "args": {"xml_paths": paths, "target": target.to_dict(), "config": config.to_dict()}})
-        results = [unwrap(r) for r in run_jobs(jobs)]
-        scores = [float(metric(np.load(f"{tmp}/{i}.npy"), data.targets)) for i in range(2)]
-    latency = results[2]
+    logits, latency = test_check([result.baseline["ir_path"], result.best.measurements["ir_path"]], data.inputs_file(), target, config)
+    scores = [float(metric(x, data.targets)) for x in logits]
     ratio = latency["ratios_to_first"][1]
     return {
         "baseline_accuracy": scores[0],
@@ -628,6 +637,7 @@ def _recheck(result: SearchResult, test_loader: Iterable, metric: Metric | None,
         "latency_ms": latency["models"][1]["median_ms"],
         "speedup": 1.0 / ratio,
         "rounds": config.rounds,
+        "node": latency.get("node"),  # where it ran, when not on this machine (Ray)
     }
 
 

@@ -135,6 +135,43 @@ def measure_on_node(onnx: bytes, baseline_onnx: bytes | None, inputs: np.ndarray
     return measured
 
 
+def test_check_on_node(best_xml: bytes, best_bin: bytes, baseline_onnx: bytes, inputs: np.ndarray, target: dict, config: dict) -> tuple:
+    """Runs as a Ray task on the measuring node: the final test check (see driver.run_test_check)."""
+    from autocompress.search.driver import run_test_check
+
+    with tempfile.TemporaryDirectory(prefix="autocompress-test-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "model.xml").write_bytes(best_xml)
+        (tmp / "model.bin").write_bytes(best_bin)
+        np.save(tmp / "inputs.npy", inputs)
+        baseline = _baseline_ir_on_this_node(baseline_onnx, [Target.from_dict(target).batch, *inputs.shape[1:]])
+        logits, latency = run_test_check([baseline, str(tmp / "model.xml")], tmp / "inputs.npy", Target.from_dict(target), LatencyConfig(**config))
+    return logits, {**latency, "node": _node_id()}
+
+
+@dataclasses.dataclass
+class RayTestCheck:
+    """driver.run_test_check on a node holding ``resource`` (this node when None); the
+    first IR is always the baseline, shipped as ONNX."""
+
+    resource: str | None
+    baseline_onnx: Any  # a Ray object ref of the baseline ONNX bytes
+
+    def __call__(self, ir_paths: list[str], inputs_file: Path, target: Target, config: LatencyConfig) -> tuple:
+        best = Path(ir_paths[1])
+        task = ray.remote(test_check_on_node).options(num_cpus=0, **_placement(self.resource))
+        return ray.get(task.remote(best.read_bytes(), best.with_suffix(".bin").read_bytes(), self.baseline_onnx,
+                                   np.load(inputs_file), target.to_dict(), config.to_dict()))
+
+
+def _placement(resource: str | None) -> dict:
+    """Task options: on a node with one unit of ``resource`` (outside any trial's placement
+    group, which has none of it), or on this very node."""
+    if resource:
+        return {"resources": {resource: 1}, "scheduling_strategy": "DEFAULT", "max_retries": 2}
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(_node_id(), soft=False)}
+
+
 @dataclasses.dataclass
 class RayMeasure:
     """A Measure (see candidate.py) that runs on a node holding ``resource``, or on this
@@ -148,11 +185,7 @@ class RayMeasure:
     last_node: str | None = None
 
     def __call__(self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool) -> dict[str, Any]:
-        task = ray.remote(measure_on_node)
-        if self.resource:  # "DEFAULT": not inside the trial's placement group (it has no target resource)
-            task = task.options(num_cpus=0, resources={self.resource: 1}, max_retries=2, scheduling_strategy="DEFAULT")
-        else:
-            task = task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(_node_id(), soft=False))
+        task = ray.remote(measure_on_node).options(num_cpus=0, **_placement(self.resource))
         baseline = self.baseline_onnx if against is not None else None
         measured = ray.get(task.remote(Path(onnx_path).read_bytes(), baseline, self.inputs, self.target.to_dict(), self.config.to_dict(), latency))
         Path(ir_path).write_bytes(measured.pop("xml"))
@@ -429,7 +462,7 @@ def _finish(grid, experiment: str, stored: dict, setup: TrialSetup, space, objec
         records, objectives=objectives, constraint=constraint, baseline=baseline, space=space, name=stored["study_name"],
         storage=experiment, workdir=workdir, strategy=stored.get("strategy", "direct"),
     )
-    finish_search(result, workdir, test_loader, metric, target, progress)
+    finish_search(result, workdir, test_loader, metric, target, progress, RayTestCheck(setup.target_resource, setup.baseline_onnx))
     return result
 
 
