@@ -222,6 +222,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     final result with ``state``; resumes from its checkpoint when Ray retries it."""
     from autocompress.search.driver import EarlyStop, _jsonable
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
     space = SearchSpace.from_dict(setup.space)
     policy = space.policy(config)
     baseline = Baseline.from_dict(setup.baseline)
@@ -339,7 +340,7 @@ def search_with_ray(
             f"a Ray experiment already exists at {experiment}: continue it with autocompress.resume({experiment!r}) "
             "(or `autocompress resume PATH`), or pick another study_name"
         )
-    started_ray = _connect(backend.address)
+    started, started_ray = time.monotonic(), _connect(backend.address)
     try:
         setup = TrialSetup(
             model=model, train_loader=train_loader, val_loader=val_loader, metric=metric, loss_fn=loss_fn,
@@ -370,7 +371,7 @@ def search_with_ray(
             run_config=_run_config(backend, storage_path, study_name, n_trials, progress),
         )
         grid = tuner.fit()
-        return _finish(grid, experiment, stored, setup, space, objectives, constraint, baseline, test_loader, metric, target, progress)
+        return _finish(grid, experiment, stored, setup, space, objectives, constraint, baseline, test_loader, metric, target, progress, started)
     finally:
         if started_ray:
             ray.shutdown()
@@ -394,7 +395,7 @@ def resume_ray(path: str | os.PathLike, *, address: str | None = None, timeout: 
     except FileNotFoundError:
         raise ValueError(f"the Ray experiment at {experiment} was not written by autocompress.search (no {SETTINGS_FILE})") from None
     backend = Ray(**{**stored["ray"], **({"address": address} if address else {})})
-    started_ray = _connect(backend.address)
+    started, started_ray = time.monotonic(), _connect(backend.address)
     try:
         setup.inputs = ray.put(Dataset(setup.val_loader).inputs)
         setup.baseline_onnx = ray.put(_read(experiment, BASELINE_FILE))
@@ -405,7 +406,7 @@ def resume_ray(path: str | os.PathLike, *, address: str | None = None, timeout: 
         tuner = tune.Tuner.restore(experiment, trainable=_trainable(setup, backend), resume_unfinished=True, resume_errored=True)
         grid = tuner.fit()
         return _finish(grid, experiment, stored, setup, space, setup.objectives, setup.constraint, baseline, test_loader,
-                       setup.metric, setup.target, progress)
+                       setup.metric, setup.target, progress, started)
     finally:
         if started_ray:
             ray.shutdown()
@@ -453,7 +454,10 @@ def _run_config(backend: Ray, storage_path: str, name: str, n_trials: int, progr
     )
 
 
-def _finish(grid, experiment: str, stored: dict, setup: TrialSetup, space, objectives, constraint, baseline, test_loader, metric, target, progress) -> SearchResult:
+def _finish(
+    grid, experiment: str, stored: dict, setup: TrialSetup, space, objectives, constraint, baseline, test_loader, metric, target, progress,
+    started: float,
+) -> SearchResult:
     from autocompress.search.driver import finish_search, summarize_trials
 
     workdir = Path(stored["workdir"])
@@ -462,6 +466,7 @@ def _finish(grid, experiment: str, stored: dict, setup: TrialSetup, space, objec
         records, objectives=objectives, constraint=constraint, baseline=baseline, space=space, name=stored["study_name"],
         storage=experiment, workdir=workdir, strategy=stored.get("strategy", "direct"),
     )
+    result.seconds = time.monotonic() - started
     finish_search(result, workdir, test_loader, metric, target, progress, RayTestCheck(setup.target_resource, setup.baseline_onnx))
     return result
 
@@ -547,6 +552,7 @@ def _connect(address: str | None) -> bool:
     # A SIGKILLed driver loses at most this many seconds of experiment state.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # that period is deliberate
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with it, verbose=0 keeps Tune's tables out of our progress bar
     if ray.is_initialized():
         return False
     try:
