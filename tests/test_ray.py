@@ -159,7 +159,6 @@ def test_a_lost_node_retries_its_trial_from_the_checkpoint(two_nodes, cnn, digit
 KILLED_DRIVER = textwrap.dedent(
     """
     import sys
-    import ray
     import autocompress
     from autocompress import Finetune, Target
     from autocompress.data import load_dataset, make_loaders
@@ -167,13 +166,13 @@ KILLED_DRIVER = textwrap.dedent(
     from autocompress.zoo import pretrained
 
     address, workdir = sys.argv[1], sys.argv[2]
-    ray.init(address=address, logging_level="WARNING")
     train, val, test = make_loaders(load_dataset("digits"), batch_size=64)
     model = pretrained("mnist_cnn", "digits", epochs=2)
     autocompress.search(
         model, train, val, test_loader=test, space="compact", n_trials=4, max_accuracy_drop=0.05, workdir=workdir,
         finetune=Finetune(epochs=0.3, recovery_epochs=0.5, rewind_lr=1e-3), target=Target(threads=1), progress=False,
-        study_name="killed", backend=Ray(storage_path=workdir + "/ray", target_resource="ov_target", max_concurrent=1),
+        study_name="killed",
+        backend=Ray(address=address, storage_path=workdir + "/ray", target_resource="ov_target", max_concurrent=1),
     )
     """
 )
