@@ -172,7 +172,7 @@ def search(
 
         return search_with_ray(
             backend, model=model, train_loader=train_loader, val_loader=val_loader, val=val, test_loader=test_loader,
-            metric=metric, loss_fn=loss_fn, objective_spec=describe_objectives(objective), objectives=objectives,
+            metric=metric, loss_fn=loss_fn, objectives=objectives,
             constraint=constraint, space=space, target=target, finetune=finetune, settings=dataclasses.asdict(settings),
             n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name, sampler=sampler, progress=progress,
         )

@@ -327,7 +327,7 @@ class _FileLatencyCache:
 
 # -- the driver -----------------------------------------------------------------------------------
 def search_with_ray(
-    backend: Ray, *, model, train_loader, val_loader, val: Dataset, test_loader, metric, loss_fn, objective_spec,
+    backend: Ray, *, model, train_loader, val_loader, val: Dataset, test_loader, metric, loss_fn,
     objectives: list[Objective], constraint: AccuracyConstraint, space: SearchSpace, target: Target, finetune: Finetune,
     settings: dict, n_trials: int, timeout: float | None, storage, study_name: str, sampler, progress: bool,
 ) -> SearchResult:
@@ -360,8 +360,7 @@ def search_with_ray(
             print(f"baseline: accuracy {baseline.accuracy:.4f}, latency {baseline.latency_ms:.4f} ms; "
                   f"{constraint.describe(baseline.accuracy)}; {len(space.searched)} dimensions; Ray experiment {experiment}", flush=True)
         stored = {**settings, "backend": "ray", "ray": backend.to_dict(), "n_trials": n_trials, "study_name": study_name,
-                  "storage": storage if isinstance(storage, str) or storage is None else None, "baseline": baseline.to_dict(),
-                  "objective_spec": objective_spec}
+                  "storage": storage if isinstance(storage, str) or storage is None else None, "baseline": baseline.to_dict()}
         _write(experiment, SETTINGS_FILE, json.dumps(stored, indent=1, default=str).encode())
         _write(experiment, BASELINE_FILE, baseline_onnx)
         _write(experiment, SETUP_FILE, _pickle(dataclasses.replace(setup, inputs=None, baseline_onnx=None), test_loader))
