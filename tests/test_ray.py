@@ -191,7 +191,8 @@ def finished_trials(experiment: Path) -> dict[str, dict]:
     return out
 
 
-def test_a_killed_driver_is_restored_and_finishes_the_budget(two_nodes, cnn, digits_loaders, tmp_path):
+@pytest.mark.parametrize("damaged", [False, True], ids=["intact", "damaged-sampler-state"])
+def test_a_killed_driver_is_restored_and_finishes_the_budget(two_nodes, cnn, digits_loaders, tmp_path, damaged):
     script = tmp_path / "driver.py"
     script.write_text(KILLED_DRIVER)
     experiment = tmp_path / "ray" / "killed"
@@ -213,6 +214,8 @@ def test_a_killed_driver_is_restored_and_finishes_the_budget(two_nodes, cnn, dig
         log.close()
     before = finished_trials(experiment)
     time.sleep(2)  # Ray notices the dead driver and releases its trials' resources
+    if damaged:  # as when the kill lands while Tune copies its state into the experiment (seen here)
+        sorted(experiment.glob("searcher-state-*.pkl"))[-1].write_bytes(b"")
 
     result = autocompress.resume(str(experiment), progress=False)
 
@@ -222,6 +225,10 @@ def test_a_killed_driver_is_restored_and_finishes_the_budget(two_nodes, cnn, dig
     for trial_dir, measured in before.items():  # finished before the kill: kept, not run again
         assert after[trial_dir]["measurements"]["seconds_compress"] == measured["measurements"]["seconds_compress"]
     assert result.best is not None and (tmp_path / "best" / "model.xml").exists()
+    if damaged:  # Tune's own state files cannot be rebuilt: a clear error, not a restore that waits forever
+        sorted(experiment.glob("experiment_state-*.json"))[-1].write_text('{"trial_data": [')
+        with pytest.raises(ValueError, match="Tune's state file .* is missing or damaged"):
+            autocompress.resume(str(experiment), progress=False)
 
 
 def test_a_raising_trial_is_recorded_as_failed_and_the_search_goes_on(two_nodes, cnn, digits_loaders, tmp_path):

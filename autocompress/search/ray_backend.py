@@ -26,7 +26,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import optuna
@@ -54,6 +54,7 @@ SETTINGS_FILE = "autocompress.json"
 SETUP_FILE = "autocompress-setup.pkl"
 BASELINE_FILE = "baseline.onnx"  # every measuring node converts it to its own IR (against it, candidates are timed)
 STAGE_FILE = "stage.json"
+TUNE_TRIAL_ID = "tune_trial_id"  # user attribute: which Tune trial an Optuna trial is
 
 
 # -- the sampler: Ray's OptunaSearch with the accuracy constraint ------------------------------
@@ -62,7 +63,24 @@ class ConstrainedOptunaSearch(OptunaSearch):
     """OptunaSearch that knows autocompress's trial outcomes: a final result carries
     ``state`` (COMPLETE, PRUNED or FAIL), the objective values, the accuracy
     constraint's ``violation`` (set with ``trial.set_constraint`` before ``tell``, so the
-    sampler models feasibility) and the policy and measurements (user attributes)."""
+    sampler models feasibility) and the policy and measurements (user attributes).
+
+    It also limits how many trials run at once (instead of Tune's ConcurrencyLimiter,
+    whose saved state can disagree with the experiment's after a killed driver, and then
+    never proposes again); ``rebuild_searcher_state`` can recreate its state from the
+    trials' own results."""
+
+    def __init__(self, *args, max_concurrent: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_concurrent = max_concurrent
+
+    def suggest(self, trial_id: str) -> dict | None:
+        live = len(set(self._ot_trials) - self._completed_trials)
+        if trial_id not in self._ot_trials and self.max_concurrent is not None and live >= self.max_concurrent:
+            return None  # Tune asks again later
+        config = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         ot_trial = self._ot_trials.get(trial_id)
@@ -402,6 +420,8 @@ def resume_ray(path: str | os.PathLike, *, address: str | None = None, timeout: 
         baseline = Baseline.from_dict(stored["baseline"])
         if progress:
             print(f"resuming Ray experiment {experiment}", flush=True)
+        if "://" not in experiment:
+            _check_tune_state(Path(experiment), stored, setup, space)
         tuner = tune.Tuner.restore(experiment, trainable=_trainable(setup, backend), resume_unfinished=True, resume_errored=True)
         grid = tuner.fit()
         return _finish(grid, experiment, stored, setup, space, setup.objectives, setup.constraint, baseline, test_loader,
@@ -416,7 +436,7 @@ def _trainable(setup: TrialSetup, backend: Ray):
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
 
 
-def _tune_config(backend: Ray, space: SearchSpace, objectives, settings, n_trials, timeout, storage, study_name, sampler):
+def _searcher(space: SearchSpace, objectives, settings: dict, n_trials: int, storage, study_name: str, sampler, max_concurrent, points):
     from autocompress.search.driver import _make_sampler, _quiet_optuna
     from autocompress.search.storage import open_storage, storage_url
 
@@ -425,13 +445,17 @@ def _tune_config(backend: Ray, space: SearchSpace, objectives, settings, n_trial
     mirror = None if storage is None else open_storage(storage_url(storage, Path(settings["workdir"])), heartbeat_interval=None)
     keys = [objective_key(o) for o in objectives]
     modes = ["min" if o.direction == "minimize" else "max" for o in objectives]
+    with _quiet_optuna():
+        return ConstrainedOptunaSearch(
+            space=distributions(space), metric=keys if len(keys) > 1 else keys[0], mode=modes if len(modes) > 1 else modes[0],
+            points_to_evaluate=points or None, sampler=sampler, study_name=study_name, storage=mirror, max_concurrent=max_concurrent,
+        )
+
+
+def _tune_config(backend: Ray, space: SearchSpace, objectives, settings, n_trials, timeout, storage, study_name, sampler):
     searched = {d.name for d in space.searched}
     points = [{k: v for k, v in point.items() if k in searched} for point in space.start_points]
-    with _quiet_optuna():
-        searcher = ConstrainedOptunaSearch(
-            space=distributions(space), metric=keys if len(keys) > 1 else keys[0], mode=modes if len(modes) > 1 else modes[0],
-            points_to_evaluate=points or None, sampler=sampler, study_name=study_name, storage=mirror,
-        )
+    searcher = _searcher(space, objectives, settings, n_trials, storage, study_name, sampler, backend.max_concurrent, points)
     scheduler = None
     if backend.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -439,8 +463,7 @@ def _tune_config(backend: Ray, space: SearchSpace, objectives, settings, n_trial
         # Every result carries accuracy_check; a trial reports at most 4 (2 checks, compressed, done).
         scheduler = ASHAScheduler(metric="accuracy_check", mode="max", max_t=4, grace_period=1, reduction_factor=2)
     return tune.TuneConfig(
-        search_alg=searcher, scheduler=scheduler, num_samples=n_trials, max_concurrent_trials=backend.max_concurrent,
-        reuse_actors=backend.reuse_actors, time_budget_s=timeout,
+        search_alg=searcher, scheduler=scheduler, num_samples=n_trials, reuse_actors=backend.reuse_actors, time_budget_s=timeout,
     )
 
 
@@ -449,7 +472,9 @@ def _run_config(backend: Ray, storage_path: str, name: str, n_trials: int, progr
     return tune.RunConfig(
         name=name, storage_path=storage_path, verbose=0, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=backend.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Keep both of a trial's checkpoints (export, measurement): with num_to_keep=1 the first is
+        # deleted, and a driver killed before its state recorded the second cannot restore the trial.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
     )
 
 
@@ -540,6 +565,94 @@ class _Progress(tune.Callback):
     def on_experiment_end(self, trials, **info) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+# -- a driver killed while Tune copied its state ---------------------------------------------------
+def _check_tune_state(experiment: Path, stored: dict, setup: TrialSetup, space: SearchSpace) -> None:
+    """Tune copies its driver state into the experiment directory file by file, in the
+    background, and not atomically: a driver killed during a copy leaves a truncated file,
+    and Tune's restore then fails and waits forever. The searcher's state is ours, and is
+    rebuilt from the trials' own results; a damaged Tune file is a clear error."""
+    for pattern in ("experiment_state-*.json", "search_gen_state-*.json"):
+        newest = _newest(experiment, pattern)
+        if newest is None or not _loads(newest):
+            raise ValueError(
+                f"the Ray experiment at {experiment} cannot be resumed: Tune's state file {newest or pattern} is missing or "
+                "damaged (the driver was killed while it was being written). The finished trials' results are in the "
+                "trial directories there; start a new search (another study_name) to go on"
+            )
+    searcher_state = _newest(experiment, "searcher-state-*.pkl")
+    if searcher_state is not None and _loads(searcher_state):
+        return
+    log.warning("the sampler's saved state in %s is damaged; rebuilding it from the trials' results", experiment)
+    searcher = rebuild_searcher_state(experiment, stored, setup, space)
+    staging = searcher_state.with_name(f".{searcher_state.name}.rebuilt")
+    searcher.save(str(staging))
+    staging.replace(searcher_state)
+
+
+def rebuild_searcher_state(experiment: Path, stored: dict, setup: TrialSetup, space: SearchSpace) -> ConstrainedOptunaSearch:
+    """A searcher that knows every trial of the experiment: finished ones are told (with
+    their constraint), unfinished ones are asked again with the same parameters, so Tune's
+    restore can resume them and the sampler hears of their results."""
+    searcher = _searcher(space, setup.objectives, stored, stored["n_trials"], stored.get("storage"), stored["study_name"], None,
+                         stored["ray"].get("max_concurrent"), None)
+    study = searcher._ot_study
+    known = {t.user_attrs.get(TUNE_TRIAL_ID): t for t in study.get_trials(deepcopy=False)}
+    for trial_id, params, final in _trial_results(experiment):
+        existing = known.get(trial_id)
+        if existing is not None and existing.state != optuna.trial.TrialState.RUNNING:
+            searcher._completed_trials.add(trial_id)  # already told (an RDB mirror keeps them)
+            continue
+        if existing is not None:
+            searcher._ot_trials[trial_id] = optuna.Trial(study, existing._trial_id)
+        else:
+            study.enqueue_trial(params)
+            searcher._ot_trials[trial_id] = study.ask(fixed_distributions=searcher._space)
+            searcher._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        if final is not None:
+            searcher.on_trial_complete(trial_id, final)
+    return searcher
+
+
+def _trial_results(experiment: Path) -> Iterator[tuple[str, dict, dict | None]]:
+    """(trial id, parameters, final result or None) of every trial directory, from the
+    files the trials wrote themselves (params.json, result.json: one JSON line per report)."""
+    for params_file in sorted(experiment.glob("*/params.json")):
+        lines = [line for line in (params_file.parent / "result.json").read_text().splitlines() if line.strip()] \
+            if (params_file.parent / "result.json").exists() else []
+        results = []
+        for line in lines:
+            try:
+                results.append(json.loads(line))
+            except ValueError:  # a line cut short by the kill
+                continue
+        if not results:
+            continue  # never reported: Tune restarts it, and the sampler never hears of it
+        final = next((r for r in reversed(results) if r.get("stage") == "done"), None)
+        yield results[0]["trial_id"], json.loads(params_file.read_text()), final
+
+
+def _newest(directory: Path, pattern: str) -> Path | None:
+    files = sorted(directory.glob(pattern))
+    return files[-1] if files else None
+
+
+def _loads(path: Path) -> bool:
+    """Whether a Tune state file (JSON or pickle) can be read back."""
+    import pickle
+
+    data = path.read_bytes()
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        pass
+    try:
+        pickle.loads(data)
+        return True
+    except Exception:
+        return False
 
 
 # -- cluster, storage and files --------------------------------------------------------------------
