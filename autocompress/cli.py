@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "(--storage, --study-name, with the search's --model, --data and --baseline-epochs)"
     )
     res.add_argument("path", nargs="?", default=None, help="a Ray search's experiment directory (<storage_path>/<study_name>)")
-    res.add_argument("--address", default=None, help="Ray cluster to run the rest on (default: a local Ray)")
+    res.add_argument("--address", default=None, help="Ray cluster to run the rest on (default: the one the search ran on; 'local': a fresh local Ray)")
     res.add_argument("--storage", default=None, help="the search's storage (e.g. autocompress-out/search.db or a URL)")
     res.add_argument("--study-name", default=None)
     _add_model_options(res)

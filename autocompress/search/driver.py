@@ -206,7 +206,8 @@ def resume(
     """Continue a search.
 
     resume(path): a Ray search, from its experiment directory (it holds everything:
-        settings, baseline, model and loaders); ``address`` joins another cluster.
+        settings, baseline, model and loaders), on the cluster it ran on; ``address``
+        names another one ("local": a fresh Ray on this machine).
     resume(model, train_loader, val_loader, storage=..., study_name=...): an Optuna
         search, from its storage: its settings (space, objectives, constraint, target,
         fine-tuning, seed) are read back from the study; trials a killed run left RUNNING
