@@ -144,7 +144,6 @@ class CandidateRunner:
         self.loss_fn = loss_fn
         self.finetune = finetune
         self.target = target
-        self.latency = latency
         self.input_shape = tuple(val_data.inputs.shape[1:])
         self.measure = measure or LocalMeasure(val_data, target, latency)
 
@@ -235,28 +234,15 @@ class CandidateRunner:
         """
         started = time.perf_counter()
         module = self.compress(policy, on_finetune_step)
-        return self.measure_compressed(module, policy, directory, baseline, latency_cache=latency_cache,
-                                       compress_seconds=time.perf_counter() - started)
+        compress_seconds = time.perf_counter() - started
+        return self.measure_exported(self.export(module, directory), policy, baseline, latency_cache=latency_cache,
+                                     compress_seconds=compress_seconds)
 
     def compress(self, policy: Policy, on_finetune_step: Callable | None = None) -> nn.Module:
         """The compressed, fine-tuned module (a copy; the model is untouched)."""
         return apply_policy(
             self.model, policy, self.train_loader, finetune=self.finetune, loss_fn=self.loss_fn, on_finetune_step=on_finetune_step
         ).module
-
-    def measure_compressed(
-        self,
-        module: nn.Module,
-        policy: Policy,
-        directory: str | Path,
-        baseline: Baseline,
-        *,
-        latency_cache: MutableMapping[str, dict] | None = None,
-        compress_seconds: float | None = None,
-    ) -> dict[str, Any]:
-        """Export a compressed module into ``directory`` and measure it (see run)."""
-        exported = self.export(module, directory)
-        return self.measure_exported(exported, policy, baseline, latency_cache=latency_cache, compress_seconds=compress_seconds)
 
     def measure_exported(
         self,
