@@ -14,9 +14,9 @@ from autocompress.data import DATASETS, load_dataset, make_loaders
 from autocompress.evaluate import evaluate
 from autocompress.search.driver import SAMPLERS, SEARCH_FINETUNE, STRATEGIES
 from autocompress.zoo import default_cache_dir, parse_model_spec, pretrained
-from evaluators.target import LatencyConfig, Target
-from policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
-from search_spaces import PRESETS, SpaceError
+from autocompress.evaluators.target import LatencyConfig, Target
+from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
+from autocompress.search_spaces import PRESETS, SpaceError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ev = commands.add_parser("evaluate", help="compress a model with a policy and print baseline vs compressed")
     ev.add_argument("--model", default="zoo:resnet20", help="zoo:NAME[:key=value,...], e.g. zoo:resnet20:width=2")
     ev.add_argument("--data", default="mnist5k", choices=DATASETS)
-    ev.add_argument("--policy", required=True, type=Path, help="policy JSON (see policies.Policy)")
+    ev.add_argument("--policy", required=True, type=Path, help="policy JSON (see autocompress.policies.Policy)")
     _add_common(ev)
 
     args = parser.parse_args(argv)
@@ -241,7 +241,7 @@ def _check_same_model(args, model) -> None:
 
     from autocompress.search.driver import BASELINE_KEY, CONFIG_KEY
     from autocompress.search.storage import open_storage, storage_url
-    from evaluators.size import parameter_stats
+    from autocompress.evaluators.size import parameter_stats
 
     try:
         study = optuna.load_study(study_name=args.study_name, storage=open_storage(storage_url(args.storage, Path.cwd()), heartbeat_interval=None))

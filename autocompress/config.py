@@ -87,7 +87,7 @@ class SearchConfig(BaseModel):
         """Resolve the entry points and run the search; returns the SearchResult."""
         import autocompress
         from autocompress.search import SEARCH_FINETUNE, Ray
-        from evaluators.target import Target
+        from autocompress.evaluators.target import Target
 
         # Everything that can be checked without running user code, first.
         build_model, build_loaders = entry_point(self.model, "model"), entry_point(self.data, "data")

@@ -23,7 +23,7 @@ from autocompress.pruning import prune, pruning_groups, resolve_group_ratios
 from autocompress.quantization import FakeQuantizer
 from autocompress.sparsity import SparsityController
 from autocompress.training import train
-from policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
+from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
@@ -102,7 +102,7 @@ def apply_policy(
     to watch accuracy and stop a hopeless candidate early by raising.
     """
     if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a policies.Policy, got {type(policy).__name__}; load JSON with Policy.load(path)")
+        raise TypeError(f"policy must be a autocompress.policies.Policy, got {type(policy).__name__}; load JSON with Policy.load(path)")
     calibration_loader = calibration_loader if calibration_loader is not None else train_loader
     input_shape = _first_input_shape(train_loader if train_loader is not None else calibration_loader)
     history: dict[str, Any] = {}

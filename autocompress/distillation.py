@@ -4,7 +4,7 @@ Pieces, each usable on its own:
 
 - :func:`kd_loss`: Hinton et al.'s soft-target loss, ``T^2 * KL(p_teacher^T || p_student^T)``.
 - :class:`DistillationLoss`: the ``(loss_fn, extra_loss)`` pair for
-  :func:`autocompress.training.train` from a teacher and a :class:`policies.Distillation`:
+  :func:`autocompress.training.train` from a teacher and a :class:`autocompress.policies.Distillation`:
   ``alpha * KD + (1 - alpha) * task + hint_weight * hint``. The hint (FitNets) term is
   the MSE between teacher features and student features mapped by learned 1x1 convs;
   features are read with forward hooks. The projections must be trained with the
@@ -12,7 +12,7 @@ Pieces, each usable on its own:
   :meth:`DistillationLoss.trainable` (a thin module holding the student *and* the
   projections, whose forward is the student's) and keep the bare student afterwards.
 - Student families: ``register_student_family(name, builder)``; :func:`build_student`
-  builds a :class:`policies.Student` for a teacher and checks its output shape.
+  builds a :class:`autocompress.policies.Student` for a teacher and checks its output shape.
   Built in: ``"resnet"`` (zoo ResNet20 teachers; per-stage ``width`` relative to the
   teacher, ``blocks`` per stage, block ``kernel_size``) and ``"mnist_cnn"`` (zoo MnistCNN
   teachers; ``width`` relative to the teacher).
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from autocompress.training import train
-from autocompress.zoo import RESNET_KERNEL_SIZES, BasicBlock, MnistCNN, ResNet20
-from policies import Distillation, PolicyError, Student
+from autocompress.models import RESNET_KERNEL_SIZES, BasicBlock, MnistCNN, ResNet20
+from autocompress.policies import Distillation, PolicyError, Student
 
 __all__ = [
     "kd_loss",
@@ -85,7 +85,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 def _check_config(config: Distillation) -> Distillation:
     """Re-check the numbers: a Distillation built with model_construct/copy skips pydantic."""
     if not isinstance(config, Distillation):
-        raise TypeError(f"distillation must be a policies.Distillation, got {type(config).__name__}")
+        raise TypeError(f"distillation must be a autocompress.policies.Distillation, got {type(config).__name__}")
     _check_temperature(config.temperature)
     if not 0.0 <= config.alpha <= 1.0:
         raise ValueError(f"distillation alpha must be in [0, 1], got {config.alpha!r}")
@@ -312,14 +312,14 @@ def student_families() -> list[str]:
 
 
 def build_student(teacher: nn.Module, student: Student, *, example_input: torch.Tensor | None = None) -> nn.Module:
-    """A freshly initialised student for ``teacher`` as ``student`` (a policies.Student) says.
+    """A freshly initialised student for ``teacher`` as ``student`` (a autocompress.policies.Student) says.
 
     Checks that the student's output shape equals the teacher's on ``example_input``
     (default: one 32x32 image with the teacher's input channels). Does not copy weights:
     call :func:`init_from_teacher` when ``student.init_from_teacher`` is set.
     """
     if not isinstance(student, Student):
-        raise TypeError(f"student must be a policies.Student, got {type(student).__name__}")
+        raise TypeError(f"student must be a autocompress.policies.Student, got {type(student).__name__}")
     if student.family not in _FAMILIES:
         raise PolicyError(
             f"unknown student family {student.family!r}; registered: {', '.join(student_families()) or '(none)'} "

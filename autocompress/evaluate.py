@@ -13,11 +13,11 @@ from torch import nn
 from autocompress.core import CompressedModel
 from autocompress.export import export
 from autocompress.training import Metric, top1_accuracy
-from evaluators.artifact import ExportedModel
-from evaluators.runtime import Dataset, OnnxRuntimeLatency, OpenVINOAccuracy, OpenVINOLatency
-from evaluators.size import ModelSize
-from evaluators.torch_side import TorchAccuracy
-from evaluators.target import LatencyConfig, Target
+from autocompress.evaluators.artifact import ExportedModel
+from autocompress.evaluators.runtime import Dataset, OnnxRuntimeLatency, OpenVINOAccuracy, OpenVINOLatency
+from autocompress.evaluators.size import ModelSize
+from autocompress.evaluators.torch_side import TorchAccuracy
+from autocompress.evaluators.target import LatencyConfig, Target
 
 Candidate = nn.Module | CompressedModel | ExportedModel
 

@@ -1,7 +1,7 @@
 """Export: a (compressed) torch model to ONNX (QDQ) and a static-shape OpenVINO IR.
 
 The ONNX export runs here (torch); the IR conversion runs in the OpenVINO child process
-(see evaluators.child). torch.onnx.export(dynamo=False) -> openvino read_model is the
+(see autocompress.evaluators.child). torch.onnx.export(dynamo=False) -> openvino read_model is the
 cheapest path per candidate (0.1-0.3 s here, against ~1 s for openvino.convert_model).
 """
 
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from autocompress.core import CompressedModel, ModelError
-from evaluators.artifact import ExportedModel
-from evaluators.child import run_jobs, unwrap
+from autocompress.evaluators.artifact import ExportedModel
+from autocompress.evaluators.child import ConvertToIR, run_jobs, unwrap
 
 OPSET = 17
 
@@ -43,21 +43,7 @@ def export(
     ir_path = directory / f"{name}.xml"
     full_shape = (batch, *shape)
     export_onnx(module, full_shape, onnx_path)
-    unwrap(
-        run_jobs(
-            [
-                {
-                    "op": "convert_to_ir",
-                    "args": {
-                        "onnx_path": str(onnx_path),
-                        "xml_path": str(ir_path),
-                        "input_shape": list(full_shape),
-                        "compress_to_fp16": compress_to_fp16,
-                    },
-                }
-            ]
-        )[0]
-    )
+    unwrap(run_jobs([ConvertToIR(str(onnx_path), str(ir_path), list(full_shape), compress_to_fp16)])[0])
     return ExportedModel(onnx_path=onnx_path, ir_path=ir_path, input_shape=full_shape, module=module)
 
 

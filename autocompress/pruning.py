@@ -42,8 +42,8 @@ import torch_pruning as tp
 from torch import nn
 
 from autocompress.graph import COMPRESSIBLE, ModelError, inputs_of
-from policies import LayerPolicy, PolicyError, Pruning
-from policies.schema import Criterion
+from autocompress.policies import LayerPolicy, PolicyError, Pruning
+from autocompress.policies.schema import Criterion
 
 __all__ = [
     "CRITERIA",

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from policies import TensorQuant
+from autocompress.policies import TensorQuant
 
 Role = Literal["weight", "activation"]
 

@@ -3,10 +3,10 @@
 Every sparsified layer gets one ``torch.nn.utils.parametrize`` parametrization on its
 ``weight``, registered *before* any weight quantizer so the chain is
 ``quantize(mask(w))``: zeros stay zeros after symmetric fake quantization (zero point 0)
-and ``evaluators.size.parameter_stats`` counts them. Shapes never change; OpenVINO runs
+and ``autocompress.evaluators.size.parameter_stats`` counts them. Shapes never change; OpenVINO runs
 the weights dense on CPU, so sparsity buys size (compressible zeros), not latency.
 
-Two methods, as ``policies.Sparsity.method`` says:
+Two methods, as ``autocompress.policies.Sparsity.method`` says:
 
 ``"magnitude"`` -- :class:`MagnitudeMask`. The smallest-|w| weights (or, with ``block``,
     the (rows, cols) blocks of a Linear weight with the smallest L2 norm, as Condensa's
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from policies import Sparsity
+from autocompress.policies import Sparsity
 
 __all__ = [
     "MagnitudeMask",
@@ -285,7 +285,7 @@ class SparsityController:
     """Attaches and drives the sparsity parametrizations of a module's layers.
 
     ``layers`` maps module names (as in ``module.named_modules()``) to
-    :class:`policies.Sparsity`; each layer is pruned to its own level. Call
+    :class:`autocompress.policies.Sparsity`; each layer is pruned to its own level. Call
     :meth:`attach` before any weight quantizer is registered, pass :meth:`on_step` and
     :meth:`extra_loss` to ``autocompress.training.train``, then call :meth:`finalize`.
 
@@ -358,7 +358,7 @@ class SparsityController:
     # -- validation -----------------------------------------------------------------
     def _check(self, modules: dict[str, nn.Module], name: str, spec: Sparsity) -> nn.Module:
         if not isinstance(spec, Sparsity):
-            raise TypeError(f"layer {name!r}: expected a policies.Sparsity, got {type(spec).__name__}")
+            raise TypeError(f"layer {name!r}: expected a autocompress.policies.Sparsity, got {type(spec).__name__}")
         if name not in modules or name == "":
             with_weights = [n for n, m in modules.items() if n and isinstance(_weight_of(m), torch.Tensor)]
             raise SparsityError(

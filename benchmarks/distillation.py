@@ -20,9 +20,9 @@ from pathlib import Path
 from autocompress import Finetune, LatencyConfig, Target, apply_policy, export
 from autocompress.data import load_dataset, make_loaders
 from autocompress.zoo import pretrained
-from evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
-from evaluators.size import ModelSize
-from policies import Distillation, LayerPolicy, Policy, Pruning, Student
+from autocompress.evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
+from autocompress.evaluators.size import ModelSize
+from autocompress.policies import Distillation, LayerPolicy, Policy, Pruning, Student
 
 STUDENTS = {  # name -> params relative to the teacher
     "w1/2 d3": {"width": 0.5, "blocks": [3, 3, 3]},

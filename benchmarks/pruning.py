@@ -25,9 +25,9 @@ from pathlib import Path
 from autocompress import Finetune, LatencyConfig, Target, apply_policy, export
 from autocompress.data import load_dataset, make_loaders
 from autocompress.zoo import pretrained
-from evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
-from evaluators.size import ModelSize
-from policies import LayerPolicy, Policy, Pruning, Sparsity
+from autocompress.evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
+from autocompress.evaluators.size import ModelSize
+from autocompress.policies import LayerPolicy, Policy, Pruning, Sparsity
 
 CRITERIA = ("l1", "l2", "geometric_median", "bn_scale", "taylor")
 RATIOS = (0.25, 0.5, 0.75)

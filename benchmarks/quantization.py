@@ -26,10 +26,10 @@ from autocompress import Finetune, LatencyConfig, Target, apply_policy, compress
 from autocompress.cli import demo_policies
 from autocompress.data import load_dataset, make_loaders
 from autocompress.zoo import pretrained
-from evaluators.artifact import ExportedModel
-from evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
-from evaluators.size import ModelSize
-from policies import LayerPolicy, LayerQuant, Policy, TensorQuant
+from autocompress.evaluators.artifact import ExportedModel
+from autocompress.evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
+from autocompress.evaluators.size import ModelSize
+from autocompress.policies import LayerPolicy, LayerQuant, Policy, TensorQuant
 
 MODELS = {
     "resnet20_wide": ("resnet20", {"width": 2.0}),

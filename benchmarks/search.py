@@ -30,8 +30,8 @@ from autocompress import LatencyConfig, Target, export
 from autocompress.data import load_dataset, make_loaders
 from autocompress.search import SEARCH_FINETUNE, SearchResult
 from autocompress.zoo import pretrained
-from evaluators.artifact import ExportedModel
-from evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
+from autocompress.evaluators.artifact import ExportedModel
+from autocompress.evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantization import nncf_int8  # noqa: E402  (sibling benchmark script)

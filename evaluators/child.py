@@ -1,36 +1,129 @@
-"""Run OpenVINO / ONNX Runtime jobs in a child process (see evaluators.runtime_worker), so that a runtime crash
-or an abort at exit never takes the (torch) parent process down."""
+"""Run OpenVINO / ONNX Runtime jobs in a child process (see autocompress.evaluators.runtime_worker), so that
+a runtime crash or an abort at exit never takes the (torch) parent process down.
+
+Jobs are typed (ConvertToIR, Infer, MeasureLatency, MeasureOrtLatency, RuntimeInfo); each
+turns into the worker's JSON request ({"op", "args"}) only here.
+"""
+
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from typing import Any, ClassVar
 
-WORKER_MODULE = "evaluators.runtime_worker"
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # makes `-m evaluators...` importable
+_EVALUATORS_DIR = os.path.dirname(os.path.abspath(__file__))
+WORKER_FILE = os.path.join(_EVALUATORS_DIR, "runtime_worker.py")
+
+# The worker is loaded from its file under its package name, with `autocompress` and
+# `autocompress.evaluators` registered as bare packages by directory: nothing on the user's
+# sys.path (a folder named `evaluators` or `autocompress` in the working directory, say) can
+# replace it, and autocompress/__init__ (which would be harmless, but is not needed) never runs.
+_BOOTSTRAP = """\
+import importlib.util, json, sys, types
+if sys.path and sys.path[0] in ("", "."):
+    del sys.path[0]  # `python -c` puts the working directory first
+for name, path in json.loads(sys.argv[1]).items():
+    package = types.ModuleType(name)
+    package.__path__ = [path]
+    sys.modules[name] = package
+spec = importlib.util.spec_from_file_location("autocompress.evaluators.runtime_worker", sys.argv[2])
+worker = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = worker
+spec.loader.exec_module(worker)
+sys.exit(worker.main(sys.argv[3:]))
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One request to the worker; subclasses name the worker function in ``op``."""
+
+    op: ClassVar[str]
+
+    def to_request(self) -> dict[str, Any]:
+        return {"op": self.op, "args": dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertToIR(Job):
+    """ONNX -> OpenVINO IR with a static input shape."""
+
+    op: ClassVar[str] = "convert_to_ir"
+    onnx_path: str
+    xml_path: str
+    input_shape: list[int]
+    compress_to_fp16: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Infer(Job):
+    """Outputs of an IR on the inputs in an .npy file, written to another .npy file."""
+
+    op: ClassVar[str] = "infer"
+    xml_path: str
+    inputs_npy: str
+    outputs_npy: str
+    target: dict[str, Any] | None = None
+    batch_size: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureLatency(Job):
+    """Latency of IRs in alternating rounds (the first is the reference of ``ratios_to_first``)."""
+
+    op: ClassVar[str] = "measure_latency"
+    xml_paths: list[str]
+    target: dict[str, Any] | list[dict[str, Any]] | None = None
+    config: dict[str, Any] | None = None
+    inputs_npy: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureOrtLatency(Job):
+    """Latency of ONNX files on ONNX Runtime, in alternating rounds."""
+
+    op: ClassVar[str] = "measure_ort_latency"
+    onnx_paths: list[str]
+    threads: int | None = None
+    config: dict[str, Any] | None = None
+    inputs_npy: str | None = None
+    batch: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeInfo(Job):
+    """Versions, and whether the worker process imported torch (it must not)."""
+
+    op: ClassVar[str] = "runtime_info"
 
 
 def _tail(text: str, lines: int = 20) -> str:
     return "\n".join((text or "").strip().splitlines()[-lines:])
 
 
-def run_jobs(jobs: list[dict], *, timeout: float = 600, workdir: str | os.PathLike | None = None) -> list[dict]:
-    """Run jobs ({"op", "args"}) in order in one fresh worker; returns one result dict per job.
+def worker_command(request: str, response: str) -> list[str]:
+    """The command line of one worker process."""
+    packages = {"autocompress": os.path.dirname(_EVALUATORS_DIR), "autocompress.evaluators": _EVALUATORS_DIR}
+    return [sys.executable, "-c", _BOOTSTRAP, json.dumps(packages), WORKER_FILE, request, response]
+
+
+def run_jobs(jobs: list[Job | dict], *, timeout: float = 600, workdir: str | os.PathLike | None = None) -> list[dict]:
+    """Run jobs in order in one fresh worker; returns one result dict per job.
 
     Raises RuntimeError (exit code + last stderr lines) if the worker crashes, times out or writes no response.
     A job that failed inside the worker is an {"op", "error", "traceback"} entry: see unwrap().
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+    requests = [job.to_request() if isinstance(job, Job) else job for job in jobs]
     with tempfile.TemporaryDirectory(prefix="ov-worker-", dir=workdir) as tmp:
         req, resp = os.path.join(tmp, "request.json"), os.path.join(tmp, "response.json")
         with open(req, "w", encoding="utf-8") as f:
-            json.dump({"jobs": list(jobs)}, f)
-        cmd = [sys.executable, "-m", WORKER_MODULE, req, resp]
+            json.dump({"jobs": requests}, f)
         try:
-            proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            proc = subprocess.run(worker_command(req, resp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, errors="replace", timeout=timeout)
         except subprocess.TimeoutExpired as e:
             err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
@@ -40,8 +133,8 @@ def run_jobs(jobs: list[dict], *, timeout: float = 600, workdir: str | os.PathLi
                                f"{_tail(proc.stderr or proc.stdout)}")
         with open(resp, encoding="utf-8") as f:
             results = json.load(f)["results"]
-    if len(results) != len(jobs):
-        raise RuntimeError(f"OpenVINO worker returned {len(results)} results for {len(jobs)} jobs")
+    if len(results) != len(requests):
+        raise RuntimeError(f"OpenVINO worker returned {len(results)} results for {len(requests)} jobs")
     return results
 
 

@@ -1,6 +1,6 @@
 """Evaluators that run the exported model: OpenVINO accuracy and latency, ONNX Runtime latency.
 
-All runtime work happens in one child process per call (evaluators.child): OpenVINO and
+All runtime work happens in one child process per call (autocompress.evaluators.child): OpenVINO and
 torch in one long-lived process have aborted at exit on this machine.
 """
 
@@ -12,9 +12,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from evaluators.artifact import ExportedModel, Measurement
-from evaluators.child import run_jobs, unwrap
-from evaluators.target import LatencyConfig, Target
+from autocompress.evaluators.artifact import ExportedModel, Measurement
+from autocompress.evaluators.child import Infer, MeasureLatency, MeasureOrtLatency, run_jobs, unwrap
+from autocompress.evaluators.target import LatencyConfig, Target
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
@@ -62,16 +62,7 @@ class OpenVINOAccuracy:
     def __call__(self, model: ExportedModel) -> Measurement:
         with tempfile.TemporaryDirectory(prefix="autocompress-logits-") as tmp:
             outputs = Path(tmp) / "logits.npy"
-            job = {
-                "op": "infer",
-                "args": {
-                    "xml_path": str(model.ir_path),
-                    "inputs_npy": str(self.data.inputs_file()),
-                    "outputs_npy": str(outputs),
-                    "target": self.target.to_dict(),
-                    "batch_size": self.batch_size,
-                },
-            }
+            job = Infer(str(model.ir_path), str(self.data.inputs_file()), str(outputs), self.target.to_dict(), self.batch_size)
             unwrap(run_jobs([job])[0])
             logits = np.load(outputs)
         return {"accuracy": _finite(self.metric(logits, self.data.targets), "metric"), "samples": len(self.data.targets)}
@@ -96,14 +87,11 @@ class OpenVINOLatency:
         """
         names = list(models)
         targets = targets or {}
-        job = {
-            "op": "measure_latency",
-            "args": {
-                "xml_paths": [str(models[n].ir_path) for n in names],
-                "target": [targets.get(n, self.target).to_dict() for n in names],
-                "config": self.config.to_dict(),
-            },
-        }
+        job = MeasureLatency(
+            xml_paths=[str(models[n].ir_path) for n in names],
+            target=[targets.get(n, self.target).to_dict() for n in names],
+            config=self.config.to_dict(),
+        )
         return _per_model(names, unwrap(run_jobs([job])[0]))
 
 
@@ -121,14 +109,7 @@ class OnnxRuntimeLatency:
 
     def compare(self, models: Mapping[str, ExportedModel]) -> dict[str, Measurement]:
         names = list(models)
-        job = {
-            "op": "measure_ort_latency",
-            "args": {
-                "onnx_paths": [str(models[n].onnx_path) for n in names],
-                "threads": self.threads,
-                "config": self.config.to_dict(),
-            },
-        }
+        job = MeasureOrtLatency([str(models[n].onnx_path) for n in names], self.threads, self.config.to_dict())
         return _per_model(names, unwrap(run_jobs([job])[0]))
 
 

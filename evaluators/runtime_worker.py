@@ -1,12 +1,12 @@
 """OpenVINO / ONNX Runtime side of the evaluators, run in a child process.
 
-    python -m evaluators.runtime_worker REQUEST.json RESPONSE.json
+    python -m autocompress.evaluators.runtime_worker REQUEST.json RESPONSE.json
 
 REQUEST is {"jobs": [{"op": OP, "args": {...}}, ...]}; RESPONSE gets {"results": [...]}, one entry per job
 in order.  A job that raises gives {"op", "error": "ExcType: message", "traceback"} and the later jobs still run.
 
 This module must never import torch: a process mixing torch training with several compiled OpenVINO models
-has aborted at exit on this machine, so everything runtime-related lives here and `evaluators.child.run_jobs`
+has aborted at exit on this machine, so everything runtime-related lives here and `autocompress.evaluators.child.run_jobs`
 starts it in a fresh interpreter.  Keep `evaluators/__init__.py` free of eager torch imports too (`-m` imports it).
 
 All functions take and return plain, JSON-friendly data.
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluators.target import LatencyConfig, Target
+from autocompress.evaluators.target import LatencyConfig, Target
 
 # Layer types whose runtime precision tells whether the heavy compute ran in int8 / bf16 / f32.
 COMPUTE_LAYER_TYPES = ("Convolution", "GroupConvolution", "Deconvolution", "MatMul", "FullyConnected")
@@ -357,7 +357,7 @@ def _jsonable(obj):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) != 2:
-        print("usage: python -m evaluators.runtime_worker REQUEST.json RESPONSE.json", file=sys.stderr)
+        print("usage: python -m autocompress.evaluators.runtime_worker REQUEST.json RESPONSE.json", file=sys.stderr)
         return 2
     request_path, response_path = argv
     with open(request_path, encoding="utf-8") as f:

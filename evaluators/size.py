@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
-from evaluators.artifact import ExportedModel, Measurement
+from autocompress.evaluators.artifact import ExportedModel, Measurement
 
 FLOAT_BITS = 32
 

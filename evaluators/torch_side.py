@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluators.artifact import ExportedModel, Measurement
-from evaluators.runtime import Dataset, Metric, _finite, _top1
+from autocompress.evaluators.artifact import ExportedModel, Measurement
+from autocompress.evaluators.runtime import Dataset, Metric, _finite, _top1
 
 
 class TorchAccuracy:

@@ -1,6 +1,6 @@
 """Compression policies as plain, validated, JSON-serialisable data."""
 
-from policies.schema import (
+from autocompress.policies.schema import (
     DEFAULT_ACTIVATIONS,
     DEFAULT_WEIGHTS,
     Distillation,

@@ -346,7 +346,7 @@ def _explain(error: ValidationError) -> str:
         location = ".".join(str(part) for part in problem["loc"] if part not in ("function-after",))
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "unexpected_keyword_argument":
-            message = "unknown field (check the spelling; see policies.schema for the allowed fields)"
+            message = "unknown field (check the spelling; see autocompress.policies.schema for the allowed fields)"
         value = problem.get("input")
         shown = f" (got {value!r})" if value is not None and not isinstance(value, Mapping) else ""
         lines.append(f"{location or '<policy>'}: {message}{shown}")

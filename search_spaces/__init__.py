@@ -1,10 +1,10 @@
 """Search spaces over compression policies: data that validates, round-trips through
-JSON and turns a choice of values into a Policy (see search_spaces.space), presets
-built from a model's layers and pruning groups (search_spaces.presets), and their
-translation into Optuna distributions (search_spaces.to_optuna).
+JSON and turns a choice of values into a Policy (see autocompress.search_spaces.space), presets
+built from a model's layers and pruning groups (autocompress.search_spaces.presets), and their
+translation into Optuna distributions (autocompress.search_spaces.to_optuna).
 """
 
-from search_spaces.presets import PRESETS, build_space
-from search_spaces.space import KNOBS, Dimension, SearchSpace, SpaceError
+from autocompress.search_spaces.presets import PRESETS, build_space
+from autocompress.search_spaces.space import KNOBS, Dimension, SearchSpace, SpaceError
 
 __all__ = ["KNOBS", "PRESETS", "Dimension", "SearchSpace", "SpaceError", "build_space"]

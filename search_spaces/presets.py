@@ -21,8 +21,8 @@ from torch import nn
 from autocompress.distillation import build_student, student_families
 from autocompress.graph import ModelError, compressible_layers
 from autocompress.pruning import pruning_groups
-from policies import Policy, PolicyError, Student
-from search_spaces.space import Dimension, SearchSpace, SpaceError
+from autocompress.policies import Policy, PolicyError, Student
+from autocompress.search_spaces.space import Dimension, SearchSpace, SpaceError
 
 PRESETS = ("quantization", "sparsity", "pruning", "distillation", "joint", "compact")
 

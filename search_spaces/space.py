@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from policies import DEFAULT_ACTIVATIONS, DEFAULT_WEIGHTS, LayerPolicy, LayerQuant, Policy, Pruning, Sparsity, Student
+from autocompress.policies import DEFAULT_ACTIVATIONS, DEFAULT_WEIGHTS, LayerPolicy, LayerQuant, Policy, Pruning, Sparsity, Student
 
 SPACE_FORMAT = "autocompress.search_space"
 SPACE_VERSION = 1

@@ -7,7 +7,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
-from search_spaces.space import Dimension, SearchSpace
+from autocompress.search_spaces.space import Dimension, SearchSpace
 
 
 def distribution(dim: Dimension) -> BaseDistribution:

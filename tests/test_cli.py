@@ -5,7 +5,7 @@ import json
 import pytest
 
 from autocompress.cli import main
-from policies import LayerPolicy, Policy
+from autocompress.policies import LayerPolicy, Policy
 
 FAST = ["--model", "zoo:mnist_cnn", "--data", "digits", "--baseline-epochs", "2", "--epochs", "0.3", "--rounds", "2"]
 

@@ -24,7 +24,7 @@ from autocompress.distillation import (
 from autocompress.pruning import channel_importance, pruning_groups
 from autocompress.training import evaluate_torch, train
 from autocompress.zoo import MnistCNN, ResNet20
-from policies import Distillation, Policy, PolicyError, Student
+from autocompress.policies import Distillation, Policy, PolicyError, Student
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from torch import nn
 import autocompress
 from autocompress import Finetune, LatencyConfig, ModelError, Target, apply_policy, evaluate, export
 from autocompress.training import evaluate_torch
-from evaluators.runtime import OpenVINOAccuracy
-from evaluators.size import ModelSize
-from policies import LayerPolicy, LayerQuant, Policy, TensorQuant
+from autocompress.evaluators.runtime import OpenVINOAccuracy
+from autocompress.evaluators.size import ModelSize
+from autocompress.policies import LayerPolicy, LayerQuant, Policy, TensorQuant
 
 QUICK = LatencyConfig(warmup_iterations=5, rounds=3, min_iterations=20, min_seconds=0.02)
 
@@ -111,7 +111,7 @@ def test_public_api_is_importable():
 
 def test_flops_follow_width_squared():
     from autocompress.zoo import ResNet20
-    from evaluators.size import count_flops
+    from autocompress.evaluators.size import count_flops
 
     narrow = count_flops(ResNet20(in_channels=1, width=1.0), (1, 1, 28, 28))
     wide = count_flops(ResNet20(in_channels=1, width=2.0), (1, 1, 28, 28))

@@ -5,7 +5,7 @@ import pytest
 from torch import nn
 
 from autocompress import Finetune, LatencyConfig, Target, apply_policy, evaluate, export
-from policies import LayerPolicy, Policy, PolicyError, Pruning, Sparsity
+from autocompress.policies import LayerPolicy, Policy, PolicyError, Pruning, Sparsity
 
 QUICK = LatencyConfig(warmup_iterations=5, rounds=3, min_iterations=20, min_seconds=0.02)
 
@@ -108,7 +108,7 @@ def test_finetune_settings_are_validated():
 
 
 def test_student_policy_distills_then_prunes_then_quantizes(resnet, digits_loaders, tmp_path):
-    from policies import Student
+    from autocompress.policies import Student
 
     train, _, test = digits_loaders
     int8 = Policy.quantize(8, 8).default.quantization
@@ -128,7 +128,7 @@ def test_student_policy_distills_then_prunes_then_quantizes(resnet, digits_loade
 
 
 def test_student_family_must_fit_the_teacher(cnn, digits_loaders):
-    from policies import Student
+    from autocompress.policies import Student
 
     with pytest.raises(Exception, match="ResNet20"):
         apply_policy(cnn, Policy(student=Student(family="resnet")), digits_loaders[0], finetune=None)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
+from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 
 LAYERS = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "fc"]
 
@@ -87,7 +87,7 @@ def test_describe_lists_each_layer_as_resolved():
 
 
 def test_pruning_sparsity_and_student_round_trip_and_validate():
-    from policies import Distillation, Pruning, Sparsity, Student
+    from autocompress.policies import Distillation, Pruning, Sparsity, Student
 
     policy = Policy(
         default=LayerPolicy(pruning=Pruning(ratio=0.5, criterion="taylor"), sparsity=Sparsity(level=0.9, schedule="exponential")),

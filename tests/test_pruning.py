@@ -22,9 +22,9 @@ from autocompress.pruning import (
 )
 from autocompress.training import evaluate_torch
 from autocompress.zoo import pretrained
-from evaluators.runtime import OpenVINOAccuracy
-from evaluators.target import Target
-from policies import LayerPolicy, Policy, PolicyError, Pruning
+from autocompress.evaluators.runtime import OpenVINOAccuracy
+from autocompress.evaluators.target import Target
+from autocompress.policies import LayerPolicy, Policy, PolicyError, Pruning
 
 X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 

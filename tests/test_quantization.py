@@ -11,7 +11,7 @@ from autocompress import Finetune, ModelError, apply_policy
 from autocompress.core import quantizers
 from autocompress.quantization import FakeQuantizer
 from autocompress.training import evaluate_torch
-from policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
+from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 
 
 def _calibrated(spec: TensorQuant, data: torch.Tensor) -> FakeQuantizer:

@@ -246,7 +246,7 @@ def _cheap_space(cnn, loaders):
     """Float model, no compression: the cheapest possible trials."""
     import torch
 
-    from search_spaces import Dimension, SearchSpace, build_space
+    from autocompress.search_spaces import Dimension, SearchSpace, build_space
 
     example = torch.zeros(1, *next(iter(loaders[0]))[0].shape[1:])
     compact = build_space(cnn, "compact", example_input=example)

@@ -1,7 +1,7 @@
 """The OpenVINO / ONNX Runtime worker: runs in a child process that never imports torch.
 
 torch is used here only to build and export tiny ONNX models and reference outputs; every runtime call goes
-through evaluators.child.run_jobs.
+through autocompress.evaluators.child.run_jobs.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evaluators.child import run_jobs, unwrap
-from evaluators.target import LatencyConfig, Target
+from autocompress.evaluators.child import ConvertToIR, Infer, MeasureLatency, MeasureOrtLatency, RuntimeInfo, run_jobs, unwrap
+from autocompress.evaluators.target import LatencyConfig, Target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {"warmup_iterations": 3, "rounds": 3, "min_iterations": 10, "min_seconds": 0.01}
@@ -73,10 +73,10 @@ def models(tmp_path_factory):
     paths = {"fp32_onnx": _export(fp32, str(d / "fp32.onnx")), "qdq_onnx": _export(qdq, str(d / "qdq.onnx"))}
     paths["fp32_xml"], paths["qdq_xml"] = str(d / "fp32.xml"), str(d / "qdq.xml")
     results = run_jobs([
-        {"op": "convert_to_ir", "args": {"onnx_path": paths["fp32_onnx"], "xml_path": paths["fp32_xml"],
-                                         "input_shape": [1, 1, 28, 28]}},
-        {"op": "convert_to_ir", "args": {"onnx_path": paths["qdq_onnx"], "xml_path": paths["qdq_xml"],
-                                         "input_shape": [1, 1, 28, 28]}},
+        ConvertToIR(onnx_path=paths["fp32_onnx"], xml_path=paths["fp32_xml"],
+                                         input_shape=[1, 1, 28, 28]),
+        ConvertToIR(onnx_path=paths["qdq_onnx"], xml_path=paths["qdq_xml"],
+                                         input_shape=[1, 1, 28, 28]),
     ])
     paths["convert"] = [unwrap(r) for r in results]
     return {"dir": d, "fp32": fp32, "qdq": qdq, **paths}
@@ -123,7 +123,7 @@ def test_target_validation(bad, field):
 def test_worker_never_imports_torch(models):
     code = textwrap.dedent(f"""
         import sys
-        from evaluators import runtime_worker as w
+        from autocompress.evaluators import runtime_worker as w
         w.measure_latency([{models['fp32_xml']!r}], {{}}, {FAST!r})
         w.measure_ort_latency([{models['fp32_onnx']!r}], 1, {FAST!r})
         assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
@@ -131,7 +131,7 @@ def test_worker_never_imports_torch(models):
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
-    info = unwrap(run_jobs([{"op": "runtime_info", "args": {}}])[0])  # the `-m` path (package __init__ too)
+    info = unwrap(run_jobs([RuntimeInfo()])[0])  # the worker process itself
     assert info["torch_imported"] is False
 
 
@@ -149,12 +149,12 @@ def test_infer_matches_torch_with_remainder(models, tmp_path):
     x = np.random.default_rng(1).standard_normal((37, 1, 28, 28)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     results = run_jobs([
-        {"op": "infer", "args": {"xml_path": models["fp32_xml"], "inputs_npy": str(tmp_path / "x.npy"),
-                                 "outputs_npy": str(tmp_path / "y16.npy"), "target": F32, "batch_size": 16}},
-        {"op": "infer", "args": {"xml_path": models["fp32_xml"], "inputs_npy": str(tmp_path / "x.npy"),
-                                 "outputs_npy": str(tmp_path / "y256.npy"), "target": F32}},
-        {"op": "infer", "args": {"xml_path": models["qdq_xml"], "inputs_npy": str(tmp_path / "x.npy"),
-                                 "outputs_npy": str(tmp_path / "q.npy"), "target": F32, "batch_size": 16}},
+        Infer(xml_path=models["fp32_xml"], inputs_npy=str(tmp_path / "x.npy"),
+                                 outputs_npy=str(tmp_path / "y16.npy"), target=F32, batch_size=16),
+        Infer(xml_path=models["fp32_xml"], inputs_npy=str(tmp_path / "x.npy"),
+                                 outputs_npy=str(tmp_path / "y256.npy"), target=F32),
+        Infer(xml_path=models["qdq_xml"], inputs_npy=str(tmp_path / "x.npy"),
+                                 outputs_npy=str(tmp_path / "q.npy"), target=F32, batch_size=16),
     ])
     r16, r256, rq = (unwrap(r) for r in results)
     assert r16["n"] == 37 and r16["batch_size"] == 16 and r256["batch_size"] == 37
@@ -171,8 +171,7 @@ def test_infer_matches_torch_with_remainder(models, tmp_path):
 
 
 def test_measure_latency_alternating_rounds(models):
-    res = unwrap(run_jobs([{"op": "measure_latency", "args": {
-        "xml_paths": [models["fp32_xml"], models["qdq_xml"]], "target": {**F32, "threads": 2}, "config": FAST}}])[0])
+    res = unwrap(run_jobs([MeasureLatency(xml_paths=[models["fp32_xml"], models["qdq_xml"]], target={**F32, "threads": 2}, config=FAST)])[0])
     assert res["config"]["rounds"] == 3
     fp32, qdq = res["models"]
     assert fp32["target"]["precision_hint"] == qdq["target"]["precision_hint"] == "f32"
@@ -189,38 +188,34 @@ def test_measure_latency_alternating_rounds(models):
 
 
 def test_measure_latency_takes_one_target_per_model(models):
-    res = unwrap(run_jobs([{"op": "measure_latency", "args": {
-        "xml_paths": [models["fp32_xml"], models["fp32_xml"]],
-        "target": [F32, {"precision_hint": "bf16"}], "config": FAST}}])[0])
+    res = unwrap(run_jobs([MeasureLatency(xml_paths=[models["fp32_xml"], models["fp32_xml"]],
+        target=[F32, {"precision_hint": "bf16"}], config=FAST)])[0])
     f32, bf16 = res["models"]
     assert f32["inference_precision"] == "f32" and bf16["inference_precision"] == "bf16"
     assert bf16["runtime_precision"]["Convolution"] == {"bf16": 2}
     with pytest.raises(RuntimeError, match="got 3 targets for 2 models"):
-        unwrap(run_jobs([{"op": "measure_latency", "args": {
-            "xml_paths": [models["fp32_xml"]] * 2, "target": [F32] * 3, "config": FAST}}])[0])
+        unwrap(run_jobs([MeasureLatency(xml_paths=[models["fp32_xml"]] * 2, target=[F32] * 3, config=FAST)])[0])
 
 
 def test_measure_latency_batch_and_inputs(models, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((3, 1, 28, 28), np.float32))
-    res = unwrap(run_jobs([{"op": "measure_latency", "args": {
-        "xml_paths": [models["fp32_xml"]], "target": {"batch": 4}, "config": FAST,
-        "inputs_npy": str(tmp_path / "x.npy")}}])[0])
+    res = unwrap(run_jobs([MeasureLatency(xml_paths=[models["fp32_xml"]], target={"batch": 4}, config=FAST,
+        inputs_npy=str(tmp_path / "x.npy"))])[0])
     assert res["models"][0]["input_shape"] == [4, 1, 28, 28] and "ratios_to_first" not in res
 
 
 def test_ort_latency(models):
-    res = unwrap(run_jobs([{"op": "measure_ort_latency", "args": {
-        "onnx_paths": [models["fp32_onnx"], models["qdq_onnx"]], "threads": 2, "config": FAST}}])[0])
+    res = unwrap(run_jobs([MeasureOrtLatency(onnx_paths=[models["fp32_onnx"], models["qdq_onnx"]], threads=2, config=FAST)])[0])
     assert [m["median_ms"] > 0 for m in res["models"]] == [True, True]
     assert len(res["models"][1]["rounds_ms"]) == 3 and res["ratios_to_first"][0] == pytest.approx(1.0)
 
 
 def test_job_error_does_not_stop_later_jobs(tmp_path):
     results = run_jobs([
-        {"op": "infer", "args": {"xml_path": str(tmp_path / "missing.xml"), "inputs_npy": str(tmp_path / "no.npy"),
-                                 "outputs_npy": str(tmp_path / "y.npy")}},
+        Infer(xml_path=str(tmp_path / "missing.xml"), inputs_npy=str(tmp_path / "no.npy"),
+                                 outputs_npy=str(tmp_path / "y.npy")),
         {"op": "no_such_op", "args": {}},
-        {"op": "runtime_info", "args": {}},
+        RuntimeInfo(),
     ])
     assert len(results) == 3
     assert results[0]["error"].startswith("FileNotFoundError") and "Traceback" in results[0]["traceback"]
@@ -232,8 +227,7 @@ def test_job_error_does_not_stop_later_jobs(tmp_path):
 
 def _fake_worker(tmp_path, monkeypatch, body: str) -> None:
     (tmp_path / "fake_worker.py").write_text(textwrap.dedent(body))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    monkeypatch.setattr("evaluators.child.WORKER_MODULE", "fake_worker")
+    monkeypatch.setattr("autocompress.evaluators.child.WORKER_FILE", str(tmp_path / "fake_worker.py"))
 
 
 def test_crashing_child_raises_readable_error(tmp_path, monkeypatch):
@@ -243,7 +237,7 @@ def test_crashing_child_raises_readable_error(tmp_path, monkeypatch):
         os._exit(134)
     """)
     with pytest.raises(RuntimeError, match=r"(?s)exited with code 134.*corrupted size"):
-        run_jobs([{"op": "runtime_info", "args": {}}])
+        run_jobs([RuntimeInfo()])
 
 
 def test_hanging_child_times_out(tmp_path, monkeypatch):

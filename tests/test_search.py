@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import autocompress
 from autocompress import Finetune, Policy, SearchResult, Target
-from search_spaces import Dimension, SearchSpace, SpaceError, build_space
+from autocompress.search_spaces import Dimension, SearchSpace, SpaceError, build_space
 
 FINETUNE = Finetune(epochs=0.3, recovery_epochs=0.5, rewind_lr=1e-3)
 TARGET = Target(threads=1)

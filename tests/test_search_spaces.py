@@ -15,8 +15,8 @@ from autocompress.core import check_policy
 from autocompress.distillation import build_student
 from autocompress.graph import compressible_layers
 from autocompress.pruning import pruning_groups
-from policies import Policy, Student
-from search_spaces import (
+from autocompress.policies import Policy, Student
+from autocompress.search_spaces import (
     KNOBS,
     PRESETS,
     Dimension,

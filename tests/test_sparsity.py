@@ -20,8 +20,8 @@ from autocompress.sparsity import (
     scheduled_level,
 )
 from autocompress.training import evaluate_torch, train
-from evaluators.size import parameter_stats
-from policies import Sparsity, TensorQuant
+from autocompress.evaluators.size import parameter_stats
+from autocompress.policies import Sparsity, TensorQuant
 
 LAYERS = ("conv1", "conv2", "conv3", "fc")
 
@@ -230,7 +230,7 @@ def test_errors_name_the_layer_and_what_is_allowed(cnn):
         SparsityController(model, {"conv2": Sparsity(0.5, block=(2, 2))})
     with pytest.raises(SparsityError, match=r"'fc': weight shape \(10, 64\).*not divisible by block 3x8"):
         SparsityController(model, {"fc": Sparsity(0.5, block=(3, 8))})
-    with pytest.raises(TypeError, match="policies.Sparsity"):
+    with pytest.raises(TypeError, match="autocompress.policies.Sparsity"):
         SparsityController(model, {"fc": 0.5})
     with pytest.raises(RuntimeError, match="attach"):
         SparsityController(model, {"fc": Sparsity(0.5)}).finalize()

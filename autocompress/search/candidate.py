@@ -24,11 +24,11 @@ from torch import nn
 from autocompress.core import Finetune, apply_policy
 from autocompress.export import export_onnx
 from autocompress.training import Metric, top1_accuracy
-from evaluators.child import run_jobs, unwrap
-from evaluators.runtime import Dataset
-from evaluators.size import count_flops, parameter_stats
-from evaluators.target import LatencyConfig, Target
-from policies import Policy
+from autocompress.evaluators.child import run_jobs, unwrap
+from autocompress.evaluators.runtime import Dataset
+from autocompress.evaluators.size import count_flops, parameter_stats
+from autocompress.evaluators.target import LatencyConfig, Target
+from autocompress.policies import Policy
 
 # Per-trial latency: short alternating rounds against the baseline (5, so that one burst of
 # neighbour load cannot pick the winner); the chosen policy is re-measured fully.

@@ -35,13 +35,13 @@ from autocompress.search.objectives import AccuracyConstraint, Objective, descri
 from autocompress.search.result import SearchResult, TrialRecord, summarize_policy
 from autocompress.search.storage import has_heartbeat, open_storage, recover_interrupted, storage_url
 from autocompress.training import Metric, top1_accuracy
-from evaluators.child import run_jobs, unwrap
-from evaluators.runtime import Dataset
-from evaluators.target import LatencyConfig, Target
-from policies import Policy
-from search_spaces import SearchSpace, build_space
-from search_spaces.space import Dimension
-from search_spaces.to_optuna import suggest
+from autocompress.evaluators.child import run_jobs, unwrap
+from autocompress.evaluators.runtime import Dataset
+from autocompress.evaluators.target import LatencyConfig, Target
+from autocompress.policies import Policy
+from autocompress.search_spaces import SearchSpace, build_space
+from autocompress.search_spaces.space import Dimension
+from autocompress.search_spaces.to_optuna import suggest
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def search(
     objective: "latency", "throughput", "size" (ratios to the baseline on ``target``), a
         {name: weight} mix, a callable(measurements) -> float to minimise, or a list of
         these for a Pareto search (NSGA-II).
-    space: a preset name (see search_spaces.PRESETS) or a SearchSpace.
+    space: a preset name (see autocompress.search_spaces.PRESETS) or a SearchSpace.
     n_trials: finished trials the study should hold (a resumed study only runs the rest);
         timeout: seconds after which no new trial starts (the best so far is returned).
     storage: None (SQLite in ``workdir``), a path, an RDB URL or a journal file (see
@@ -151,7 +151,7 @@ def search(
     if isinstance(space, str):
         space = build_space(model, space, example_input=example)
     elif not isinstance(space, SearchSpace):
-        raise TypeError(f"space must be a preset name or a search_spaces.SearchSpace, got {type(space).__name__}")
+        raise TypeError(f"space must be a preset name or a autocompress.search_spaces.SearchSpace, got {type(space).__name__}")
     settings = _Settings(
         space=space.to_dict(),
         objectives=describe_objectives(objective),

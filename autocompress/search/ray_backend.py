@@ -41,12 +41,12 @@ from autocompress.search.backend import Ray
 from autocompress.search.candidate import TRIAL_LATENCY, Baseline, CandidateRunner, measure_exported
 from autocompress.search.objectives import AccuracyConstraint, Objective
 from autocompress.search.result import SearchResult, TrialRecord
-from evaluators.child import run_jobs, unwrap
-from evaluators.runtime import Dataset
-from evaluators.target import LatencyConfig, Target
-from policies import Policy
-from search_spaces import SearchSpace
-from search_spaces.to_optuna import distributions
+from autocompress.evaluators.child import run_jobs, unwrap
+from autocompress.evaluators.runtime import Dataset
+from autocompress.evaluators.target import LatencyConfig, Target
+from autocompress.policies import Policy
+from autocompress.search_spaces import SearchSpace
+from autocompress.search_spaces.to_optuna import distributions
 
 log = logging.getLogger(__name__)
 

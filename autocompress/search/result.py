@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from policies import Policy
+from autocompress.policies import Policy
 
 
 @dataclasses.dataclass(frozen=True)
