@@ -40,7 +40,26 @@ _EXPORTS = {
     "TensorQuant": "autocompress.policies",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CompressedModel",
+    "Finetune",
+    "LatencyConfig",
+    "LayerPolicy",
+    "LayerQuant",
+    "ModelError",
+    "Policy",
+    "PolicyError",
+    "Report",
+    "SearchResult",
+    "Target",
+    "TensorQuant",
+    "apply_policy",
+    "compressible_layers",
+    "evaluate",
+    "export",
+    "resume",
+    "search",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -54,6 +73,14 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+# `autocompress.search` is the search function, and `autocompress.search` also names the
+# package of the search layer (from autocompress.search import Ray). The package is loaded
+# now (it is lazy too, so this costs nothing) and its name handed to the function, so that
+# importing one of its modules later cannot rebind the name to the package.
+importlib.import_module("autocompress.search")
+del globals()["search"]
 
 
 if TYPE_CHECKING:  # what static tools and IDEs see

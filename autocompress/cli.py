@@ -12,7 +12,7 @@ import autocompress
 from autocompress.core import Finetune, ModelError, apply_policy, compressible_layers
 from autocompress.data import DATASETS, load_dataset, make_loaders
 from autocompress.evaluate import evaluate
-from autocompress.search.driver import SAMPLERS, SEARCH_FINETUNE, STRATEGIES
+from autocompress.search.settings import SAMPLERS, SEARCH_FINETUNE, STRATEGIES
 from autocompress.zoo import default_cache_dir, parse_model_spec, pretrained
 from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
@@ -237,24 +237,21 @@ def _resume(args) -> int:
 
 def _check_same_model(args, model) -> None:
     """The study's search space names the layers it was built for; a different --model cannot continue it."""
-    import optuna
-
-    from autocompress.search.driver import BASELINE_KEY, CONFIG_KEY
-    from autocompress.search.storage import open_storage, storage_url
     from autocompress.evaluators.size import parameter_stats
+    from autocompress.search import optuna_backend
 
     try:
-        study = optuna.load_study(study_name=args.study_name, storage=open_storage(storage_url(args.storage, Path.cwd()), heartbeat_interval=None))
-    except KeyError:
-        return  # resume() says which studies there are
+        settings = optuna_backend.load_settings(args.storage, args.study_name, study_name=args.study_name)
+    except ValueError:
+        return  # resume() says what is wrong with the study
     hint = "Pass the --model, --data and --baseline-epochs the search used."
-    layers = (study.user_attrs.get(CONFIG_KEY) or {}).get("space", {}).get("layers")
+    layers = settings.space.get("layers") if isinstance(settings.space, dict) else None
     if layers is not None and list(layers) != compressible_layers(model):
         raise ValueError(
             f"study {args.study_name!r} searched a model with layers {', '.join(layers)}; {args.model} has "
             f"{', '.join(compressible_layers(model))}. {hint}"
         )
-    parameters = (study.user_attrs.get(BASELINE_KEY) or {}).get("parameters")
+    parameters = (optuna_backend.stored_baseline(args.storage, args.study_name) or {}).get("parameters")
     if parameters is not None and parameters != parameter_stats(model)["parameters"]:
         raise ValueError(
             f"study {args.study_name!r} searched a model with {parameters:,} parameters; {args.model} on {args.data} "

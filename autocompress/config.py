@@ -20,52 +20,26 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from autocompress.search.settings import SEARCH_FINETUNE, Ray, SearchSettings
 
-
-class RayOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    address: str | None = None
-    storage_path: str | None = None
-    resources_per_trial: dict[str, float] = Field(default_factory=lambda: {"cpu": 1})
-    target_resource: str | None = None
-    max_concurrent: int | None = None
-    max_failures: int = 2
-    scheduler: Literal["asha"] | None = None
-    reuse_actors: bool = True
+ENTRY_POINTS = ("model", "data", "metric", "loss")
 
 
-class SearchConfig(BaseModel):
-    """Everything ``autocompress.search`` takes, with the Python objects as entry points."""
-
-    model_config = ConfigDict(extra="forbid")
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """A search file: the Python objects as entry points, everything else SearchSettings
+    (validated there, the same way as ``autocompress.search``'s arguments)."""
 
     model: str
     data: str
+    settings: SearchSettings
     metric: str | None = None
     loss: str | None = None
-    objective: str | list[str] | dict[str, float] = "latency"
-    max_accuracy_drop: float = 0.01
-    relative_drop: bool = False
-    space: str = "joint"
-    n_trials: int = 30
-    timeout: float | None = None
-    workdir: str = "autocompress-search"
-    study_name: str | None = None
-    storage: str | None = None
-    seed: int = 0
-    sampler: str = "auto"
-    strategy: str = "direct"
-    target: dict[str, Any] = Field(default_factory=dict)
-    finetune: dict[str, Any] = Field(default_factory=dict)
-    backend: Literal["optuna", "ray"] = "optuna"
-    ray: RayOptions = Field(default_factory=RayOptions)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SearchConfig":
+    def load(cls, path: str | Path) -> SearchConfig:
         import yaml
 
         path = Path(path)
@@ -73,46 +47,50 @@ class SearchConfig(BaseModel):
             data = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"search config {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"search config {path} cannot be read: {error}") from None
         except yaml.YAMLError as error:
             raise ValueError(f"search config {path} is not valid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ValueError(f"search config {path} must be a mapping of settings (model:, data:, ...), got {type(data).__name__}")
         try:
-            return cls(**data)
-        except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in error.errors())
-            raise ValueError(f"search config {path}: {problems}") from None
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"search config {path}: {error}") from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        data = dict(data)
+        points = {key: data.pop(key, None) for key in ENTRY_POINTS}
+        for key in ("model", "data"):
+            if not isinstance(points[key], str):
+                raise ValueError(f"{key}: an entry point 'package.module:function' is required")
+        ray_options = data.pop("ray", None)
+        if data.get("backend") == "ray" or ray_options is not None:
+            if data.get("backend", "ray") != "ray":
+                raise ValueError("ray: options given, but backend is not 'ray'")
+            data["backend"] = Ray.from_dict(ray_options or {})
+        if isinstance(data.get("finetune"), dict):
+            data["finetune"] = {**dataclasses.asdict(SEARCH_FINETUNE), **data["finetune"]}
+        return cls(model=points["model"], data=points["data"], metric=points["metric"], loss=points["loss"],
+                   settings=SearchSettings.from_dict(data))
 
     def run(self, progress: bool = True):
         """Resolve the entry points and run the search; returns the SearchResult."""
-        import autocompress
-        from autocompress.search import SEARCH_FINETUNE, Ray
-        from autocompress.evaluators.target import Target
+        from autocompress.search.driver import make_backend, run_search
 
         # Everything that can be checked without running user code, first.
         build_model, build_loaders = entry_point(self.model, "model"), entry_point(self.data, "data")
         metric = entry_point(self.metric, "metric") if self.metric else None
         loss_fn = entry_point(self.loss, "loss") if self.loss else None
-        try:
-            finetune = dataclasses.replace(SEARCH_FINETUNE, **self.finetune)
-            target = Target(**self.target)
-        except TypeError as error:
-            raise ValueError(f"search config: finetune or target has an unknown setting ({error})") from None
-        backend = Ray(**self.ray.model_dump()) if self.backend == "ray" else "optuna"
         model = build_model()
         loaders = build_loaders()
         if not isinstance(loaders, (tuple, list)) or len(loaders) not in (2, 3):
             raise ValueError(f"data entry point {self.data} must return (train_loader, val_loader) or (train, val, test), "
                              f"got {type(loaders).__name__}")
         train, val, test = (*loaders, None)[:3]
-        return autocompress.search(
-            model, train, val, test_loader=test,
-            metric=metric, loss_fn=loss_fn,
-            objective=self.objective, max_accuracy_drop=self.max_accuracy_drop, relative_drop=self.relative_drop,
-            target=target, space=self.space, n_trials=self.n_trials, timeout=self.timeout,
-            storage=self.storage, study_name=self.study_name, workdir=self.workdir, finetune=finetune,
-            sampler=self.sampler, strategy=self.strategy, seed=self.seed, progress=progress, backend=backend,
-        )
+        settings = dataclasses.replace(self.settings, workdir=str(Path(self.settings.workdir).resolve()))
+        return run_search(settings, model, train, val, test, metric, loss_fn, make_backend(settings), progress)
 
 
 def entry_point(spec: str, what: str) -> Callable:

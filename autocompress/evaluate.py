@@ -12,7 +12,7 @@ from torch import nn
 
 from autocompress.core import CompressedModel
 from autocompress.export import export
-from autocompress.training import Metric, top1_accuracy
+from autocompress.evaluators.metrics import Metric, top1_accuracy
 from autocompress.evaluators.artifact import ExportedModel
 from autocompress.evaluators.runtime import Dataset, OnnxRuntimeLatency, OpenVINOAccuracy, OpenVINOLatency
 from autocompress.evaluators.size import ModelSize

@@ -12,26 +12,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from autocompress.evaluators.metrics import Metric, top1_accuracy
+
 __all__ = ["Metric", "LossFn", "ExtraLoss", "top1_accuracy", "predict", "evaluate_torch", "train"]
 
-# Metrics take numpy (logits, targets) so one metric scores torch and OpenVINO outputs alike.
-Metric = Callable[[np.ndarray, np.ndarray], float]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # extra_loss(inputs, outputs): sees the batch so distillation (teacher on the same
 # inputs) fits, while regularisers (sparsity, weight penalties) may ignore both.
 ExtraLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _FINAL_LOSS_WINDOW = 20
-
-
-def top1_accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Fraction in [0, 1] of rows whose argmax equals the target."""
-    logits = np.asarray(logits)
-    targets = np.asarray(targets).reshape(-1)
-    if len(targets) == 0:
-        raise ValueError("top1_accuracy: no samples")
-    preds = logits.reshape(len(targets), -1).argmax(axis=1)
-    return float((preds == targets).mean())
 
 
 @torch.no_grad()

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from autocompress.evaluators.artifact import ExportedModel, Measurement
+from autocompress.evaluators.metrics import Metric, score
 from autocompress.evaluators.child import Infer, MeasureLatency, MeasureOrtLatency, run_jobs, unwrap
 from autocompress.evaluators.target import LatencyConfig, Target
-
-Metric = Callable[[np.ndarray, np.ndarray], float]
-
-
-def _top1(logits: np.ndarray, targets: np.ndarray) -> float:
-    return float((logits.argmax(axis=1) == targets.reshape(-1)).mean())
 
 
 class Dataset:
@@ -40,6 +35,9 @@ class Dataset:
         self._file: Path | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
 
+    def __getstate__(self) -> dict:  # shipped to Ray workers: the arrays, not this process's temp file
+        return {"inputs": self.inputs, "targets": self.targets, "_file": None, "_tmp": None}
+
     def inputs_file(self) -> Path:
         if self._file is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="autocompress-data-")
@@ -55,7 +53,7 @@ class OpenVINOAccuracy:
 
     def __init__(self, data: Dataset | Iterable, metric: Metric | None = None, target: Target = Target(), batch_size: int = 250):
         self.data = data if isinstance(data, Dataset) else Dataset(data)
-        self.metric = metric or _top1
+        self.metric = metric
         self.target = target
         self.batch_size = batch_size
 
@@ -65,7 +63,7 @@ class OpenVINOAccuracy:
             job = Infer(str(model.ir_path), str(self.data.inputs_file()), str(outputs), self.target.to_dict(), self.batch_size)
             unwrap(run_jobs([job])[0])
             logits = np.load(outputs)
-        return {"accuracy": _finite(self.metric(logits, self.data.targets), "metric"), "samples": len(self.data.targets)}
+        return {"accuracy": score(self.metric, logits, self.data.targets, "the exported model"), "samples": len(self.data.targets)}
 
 
 class OpenVINOLatency:
@@ -124,10 +122,3 @@ def _per_model(names: list[str], result: dict[str, Any]) -> dict[str, Measuremen
             measurement["ratio_to_first"] = ratios[index]
         out[name] = measurement
     return out
-
-
-def _finite(value: float, what: str) -> float:
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"the {what} returned {value}; it must return a finite number")
-    return value

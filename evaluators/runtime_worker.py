@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from autocompress.evaluators.metrics import to_jsonable
 from autocompress.evaluators.target import LatencyConfig, Target
 
 # Layer types whose runtime precision tells whether the heavy compute ran in int8 / bf16 / f32.
@@ -342,18 +343,6 @@ def run_job(job: dict) -> dict:
         return {"op": op, "error": f"{type(exc).__name__}: {exc}".strip(), "traceback": traceback.format_exc()}
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) != 2:
@@ -366,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(jobs, list):
         print(f"{request_path}: expected {{\"jobs\": [...]}}", file=sys.stderr)
         return 2
-    results = [_jsonable(run_job(job)) for job in jobs]
+    results = [to_jsonable(run_job(job)) for job in jobs]
     tmp = response_path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump({"results": results}, f)

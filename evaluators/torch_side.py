@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from autocompress.evaluators.artifact import ExportedModel, Measurement
-from autocompress.evaluators.runtime import Dataset, Metric, _finite, _top1
+from autocompress.evaluators.metrics import Metric, score
+from autocompress.evaluators.runtime import Dataset
+
+
+def module_logits(module: nn.Module, inputs: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """Outputs of ``module`` in eval mode on ``inputs``, in batches; its train/eval mode is restored."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return np.concatenate(
+                [module(torch.from_numpy(inputs[i : i + batch_size])).numpy() for i in range(0, len(inputs), batch_size)]
+            )
+    finally:
+        module.train(was_training)
 
 
 class TorchAccuracy:
@@ -16,23 +31,11 @@ class TorchAccuracy:
 
     def __init__(self, data: Dataset, metric: Metric | None = None, batch_size: int = 250):
         self.data = data
-        self.metric = metric or _top1
+        self.metric = metric
         self.batch_size = batch_size
 
     def __call__(self, model: ExportedModel) -> Measurement:
         if model.module is None:
             raise ValueError("TorchAccuracy needs the torch module: export with autocompress.export, which attaches it")
-        module = model.module
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.no_grad():
-                logits = np.concatenate(
-                    [
-                        module(torch.from_numpy(self.data.inputs[i : i + self.batch_size])).numpy()
-                        for i in range(0, len(self.data.inputs), self.batch_size)
-                    ]
-                )
-        finally:
-            module.train(was_training)
-        return {"accuracy": _finite(self.metric(logits, self.data.targets), "metric")}
+        logits = module_logits(model.module, self.data.inputs, self.batch_size)
+        return {"accuracy": score(self.metric, logits, self.data.targets, "the torch module")}

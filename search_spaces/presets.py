@@ -13,16 +13,17 @@ Per-layer knobs come from ``compressible_layers``; pruning ratios are per group 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
+from autocompress.policies import Policy, PolicyError, Student
+from autocompress.search_spaces.knobs import start_point
+from autocompress.search_spaces.space import Dimension, SearchSpace, SpaceError
 from torch import nn
 
 from autocompress.distillation import build_student, student_families
 from autocompress.graph import ModelError, compressible_layers
 from autocompress.pruning import pruning_groups
-from autocompress.policies import Policy, PolicyError, Student
-from autocompress.search_spaces.space import Dimension, SearchSpace, SpaceError
 
 PRESETS = ("quantization", "sparsity", "pruning", "distillation", "joint", "compact")
 
@@ -55,7 +56,6 @@ def build_space(
         groups = {g.name: tuple(g.layers) for g in pruning_groups(model, example_input, base.pinned) if g.prunable}
     ratio = dict(low=0.0, high=MAX_PRUNING_RATIO, step=PRUNING_STEP)
     dims: list[Dimension] = []
-    starts: list[dict] = []
     family = None
 
     if preset in ("quantization", "joint"):
@@ -81,24 +81,12 @@ def build_space(
             dims.append(Dimension("student_blocks", choices=STUDENT_BLOCKS))
         dims += [Dimension("weight_bits", choices=(8, None)), Dimension("activation_bits", choices=(8, None))]
 
-    # Start where an engineer would: uniform INT8, then uniform pruning on top of it.
-    names = {d.name for d in dims}
-    for r in (0.0, 0.25, 0.5):
-        point: dict = {}
-        for d in dims:
-            if d.knob in ("weight_bits", "activation_bits"):
-                point[d.name] = 8
-            elif d.knob == "pruning_ratio":
-                point[d.name] = r
-            elif d.knob == "pruning_criterion":
-                point[d.name] = "l2"
-            elif d.knob == "sparsity":
-                point[d.name] = r
-            elif d.knob == "student_width":
-                point[d.name] = 0.5
-            elif d.knob == "student_blocks":
-                point[d.name] = STUDENT_BLOCKS[-1]
-        if point and point not in starts and (r == 0.0 or any(k.startswith(("pruning_ratio", "sparsity")) for k in names)):
+    # Start where an engineer would: uniform INT8, then uniform pruning (or sparsity) on top
+    # of it; knobs that ignore the level give the same point, kept once.
+    starts: list[dict] = []
+    for level in (0.0, 0.25, 0.5):
+        point = start_point(dims, level)
+        if point and point not in starts:
             starts.append(point)
     return SearchSpace(
         dimensions=tuple(dims),

@@ -5,7 +5,8 @@ the model's layers it was built for; ``space.policy(values)`` turns one choice o
 into a ``Policy``. Spaces validate on construction, round-trip through JSON, and can be
 narrowed (``fix``, ``exclude``) or widened (``extend``) before a search. Backends
 (Optuna, Ray Tune) translate dimensions into their own distributions; the space knows
-nothing of them.
+nothing of them. What each knob takes and does lives in its registry
+(autocompress.search_spaces.knobs).
 """
 
 from __future__ import annotations
@@ -15,29 +16,21 @@ import fnmatch
 import functools
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
+from autocompress.policies import LayerPolicy, Policy, Student
+from autocompress.search_spaces.knobs import KNOBS, Knob, SpaceError, knob
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from autocompress.policies import DEFAULT_ACTIVATIONS, DEFAULT_WEIGHTS, LayerPolicy, LayerQuant, Policy, Pruning, Sparsity, Student
+__all__ = ["KNOBS", "SPACE_FORMAT", "SPACE_VERSION", "Dimension", "SearchSpace", "SpaceError"]
 
 SPACE_FORMAT = "autocompress.search_space"
 SPACE_VERSION = 1
 
-Knob = Literal["weight_bits", "activation_bits", "pruning_ratio", "pruning_criterion", "sparsity", "student_width", "student_blocks"]
-KNOBS: tuple[str, ...] = Knob.__args__  # type: ignore[attr-defined]
-LAYER_KNOBS = ("weight_bits", "activation_bits", "sparsity")  # one value per Conv/Linear layer
-GROUP_KNOBS = ("pruning_ratio",)  # one value per group of coupled layers
-GLOBAL_ONLY_KNOBS = ("pruning_criterion", "student_width", "student_blocks")
-CRITERIA = ("l1", "l2", "geometric_median", "bn_scale", "taylor")
-
 _STRICT = ConfigDict(extra="forbid")
-
-
-class SpaceError(ValueError):
-    """A search space (or a choice of values for it) that is not valid; the message says why."""
 
 
 def _raises_space_error(cls):
@@ -69,10 +62,11 @@ class Dimension:
 
     ``layers``: the layers the value applies to; empty means every layer the knob can
     apply to (a global dimension). A ``pruning_ratio`` dimension covers one group of
-    coupled layers (they must share a ratio).
+    coupled layers (they must share a ratio). ``knob``: a registered knob's name
+    (autocompress.search_spaces.knobs).
     """
 
-    knob: Knob
+    knob: str
     layers: tuple[str, ...] = ()
     choices: tuple[Any, ...] | None = None
     low: float | None = None
@@ -81,22 +75,31 @@ class Dimension:
     log: bool = False
 
     def __post_init__(self) -> None:
+        try:
+            spec = knob(self.knob)
+        except SpaceError as error:
+            raise SpaceError(f"invalid Dimension at knob: {error}") from None
         ranged = self.low is not None or self.high is not None
         if (self.choices is None) == (not ranged):
             raise SpaceError(f"dimension {self.name!r}: give either choices or low and high, not both or neither")
         if ranged:
             if self.low is None or self.high is None or not self.low <= self.high:
                 raise SpaceError(f"dimension {self.name!r}: needs low <= high, got low={self.low}, high={self.high}")
-            if self.knob not in ("pruning_ratio", "sparsity", "student_width"):
+            if not spec.ranged:
                 raise SpaceError(f"dimension {self.name!r}: {self.knob} takes choices, not a range")
             if self.step is not None and self.log:
                 raise SpaceError(f"dimension {self.name!r}: step and log cannot be combined")
         elif not self.choices:
             raise SpaceError(f"dimension {self.name!r}: choices must not be empty")
-        if self.knob in GLOBAL_ONLY_KNOBS and self.layers:
+        if spec.scope == "global" and self.layers:
             raise SpaceError(f"dimension {self.name!r}: {self.knob} is global; leave layers empty")
         for value in self.choices or (self.low, self.high):
-            _check_value(self.knob, value, self.name)
+            spec.check(value, self.name)
+
+    @property
+    def spec(self) -> Knob:
+        """The registered knob this dimension varies."""
+        return knob(self.knob)
 
     @property
     def name(self) -> str:
@@ -124,27 +127,6 @@ class Dimension:
             values = f"[{self.low}, {self.high}]" + (f" step {self.step}" if self.step else "") + (" log" if self.log else "")
         scope = "all layers" if self.is_global else ", ".join(self.layers)
         return f"{self.name:<40} {values:<28} {scope}"
-
-
-def _check_value(knob: str, value: Any, name: str) -> None:
-    ok = True
-    if knob in ("weight_bits", "activation_bits"):
-        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and 2 <= value <= 8)
-        allowed = "None (float) or an int in 2..8"
-    elif knob in ("pruning_ratio", "sparsity"):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-        allowed = "a number in [0, 1)"
-    elif knob == "pruning_criterion":
-        ok = value in CRITERIA
-        allowed = f"one of {', '.join(CRITERIA)}"
-    elif knob == "student_width":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
-        allowed = "a width multiplier in (0, 1]"
-    elif knob == "student_blocks":
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        allowed = "an int >= 1 (blocks per stage)"
-    if not ok:
-        raise SpaceError(f"dimension {name!r}: value {value!r} is not allowed; {knob} takes {allowed}")
 
 
 @_raises_space_error
@@ -183,22 +165,23 @@ class SearchSpace:
             unknown = [layer for layer in dim.layers if layer not in known]
             if unknown:
                 raise SpaceError(f"dimension {dim.name!r} names unknown layers {unknown}; the model's layers: {', '.join(self.layers)}")
-            if dim.knob == "pruning_ratio" and dim.layers and tuple(dim.layers) not in {tuple(v) for v in self.groups.values()}:
+            scope = dim.spec.scope
+            if scope == "group" and dim.layers and tuple(dim.layers) not in {tuple(v) for v in self.groups.values()}:
                 raise SpaceError(
-                    f"dimension {dim.name!r}: a pruning_ratio covers one whole group of coupled layers; groups: "
+                    f"dimension {dim.name!r}: a {dim.knob} covers one whole group of coupled layers; groups: "
                     + "; ".join(", ".join(v) for v in self.groups.values())
                 )
-            scope = dim.layers or (tuple(grouped) if dim.knob == "pruning_ratio" else self.layers if dim.knob in LAYER_KNOBS else ("*",))
+            scope = dim.layers or {"layer": self.layers, "group": tuple(grouped), "global": ("*",)}[scope]
             for layer in scope:
                 other = covered.setdefault((dim.knob, layer), dim.name)
                 if other != dim.name:
                     raise SpaceError(f"dimensions {other!r} and {dim.name!r} both set {dim.knob} of layer {layer!r}; keep one")
-        student = any(d.knob.startswith("student_") for d in self.dimensions) or any(n.startswith("student_") for n in self.fixed)
-        if student:
+        students = [d.name for d in self.dimensions if d.spec.for_student]
+        if students:
             if self.student_family is None:
-                raise SpaceError("student_* dimensions need student_family (a registered family, e.g. 'resnet')")
+                raise SpaceError(f"student dimensions ({', '.join(students)}) need student_family (a registered family, e.g. 'resnet')")
             per_layer = [d.name for d in self.dimensions if not d.is_global]
-            pruned = [d.name for d in self.dimensions if d.knob == "pruning_ratio"]
+            pruned = [d.name for d in self.dimensions if d.spec.scope == "group"]
             if per_layer or pruned:
                 raise SpaceError(
                     f"a space with a student cannot hold per-layer or pruning dimensions ({', '.join(per_layer + pruned)}): "
@@ -228,7 +211,7 @@ class SearchSpace:
         return "\n".join(lines)
 
     # -- narrowing / widening -------------------------------------------------------------
-    def fix(self, **values: Any) -> "SearchSpace":
+    def fix(self, **values: Any) -> SearchSpace:
         """A copy with these dimensions (by name) fixed to these values (and taken out of
         the start points, which would otherwise override them)."""
         points: list[dict[str, Any]] = []
@@ -238,7 +221,7 @@ class SearchSpace:
                 points.append(point)
         return dataclasses.replace(self, fixed={**self.fixed, **values}, start_points=tuple(points))
 
-    def exclude(self, *patterns: str) -> "SearchSpace":
+    def exclude(self, *patterns: str) -> SearchSpace:
         """A copy without the dimensions whose names match these fnmatch patterns; the
         excluded knobs fall back to ``base``."""
         kept = tuple(d for d in self.dimensions if not any(fnmatch.fnmatchcase(d.name, p) for p in patterns))
@@ -252,7 +235,7 @@ class SearchSpace:
             start_points=tuple({k: v for k, v in p.items() if k in names} for p in self.start_points),
         )
 
-    def extend(self, *dimensions: Dimension) -> "SearchSpace":
+    def extend(self, *dimensions: Dimension) -> SearchSpace:
         """A copy with more dimensions (validated against the existing ones); the start
         points take each new dimension's first choice (or its low end)."""
         added = {d.name: (d.choices or (d.low,))[0] for d in dimensions}
@@ -285,8 +268,8 @@ class SearchSpace:
             for layer in dim.layers:
                 knob_of[(dim.knob, layer)] = value
 
-        def get(knob: str, layer: str) -> tuple[bool, Any]:
-            for key in ((knob, layer), (knob, "*")):
+        def get(name: str, layer: str) -> tuple[bool, Any]:
+            for key in ((name, layer), (name, "*")):
                 if key in knob_of:
                     return True, knob_of[key]
             return False, None
@@ -294,50 +277,35 @@ class SearchSpace:
         grouped = {layer for layers in self.groups.values() for layer in layers}
         student = self._student(knob_of)
         if student is not None:  # all knobs are global: one default layer policy
-            layer_policies = {"*": self._layer_policy(self.base.default, lambda knob: get(knob, "*"), prunable=False)}
+            layer_policies = {"*": self._layer_policy(self.base.default, lambda name: get(name, "*"), prunable=False)}
         else:
             layer_policies = {
-                layer: self._layer_policy(self.base.for_layer(layer), lambda knob, layer=layer: get(knob, layer), prunable=layer in grouped)
+                layer: self._layer_policy(self.base.for_layer(layer), lambda name, layer=layer: get(name, layer), prunable=layer in grouped)
                 for layer in self.layers
             }
         return _compact(self.base, layer_policies, student)
 
     def _student(self, knob_of: Mapping[tuple[str, str], Any]) -> Student | None:
-        if ("student_width", "*") not in knob_of and ("student_blocks", "*") not in knob_of:
+        chosen = [(k, knob_of[k.name, "*"]) for k in KNOBS.values() if k.for_student and (k.name, "*") in knob_of]
+        if not chosen:
             return self.base.student
         params = dict(self.base.student.params) if self.base.student else {}
-        if ("student_width", "*") in knob_of:
-            params["width"] = knob_of[("student_width", "*")]
-        if ("student_blocks", "*") in knob_of:
-            params["blocks"] = [knob_of[("student_blocks", "*")]] * 3
+        for k, value in chosen:
+            params = k.apply_student(params, value)
         base = self.base.student or Student(family=self.student_family)
         return dataclasses.replace(base, family=self.student_family, params=params)
 
     @staticmethod
     def _layer_policy(base: LayerPolicy, get, prunable: bool) -> LayerPolicy:
-        quantization = base.quantization
-        has_w, w_bits = get("weight_bits")
-        has_a, a_bits = get("activation_bits")
-        if has_w or has_a:
-            current = quantization or LayerQuant(weights=dataclasses.replace(DEFAULT_WEIGHTS, bits=None), activations=dataclasses.replace(DEFAULT_ACTIVATIONS, bits=None))
-            weights, activations = current.weights, current.activations
-            if has_w:
-                weights = _with_bits(weights if weights.bits else DEFAULT_WEIGHTS, w_bits)
-            if has_a:
-                activations = _with_bits(activations if activations.bits else DEFAULT_ACTIVATIONS, a_bits)
-            quantization = None if weights.bits is None and activations.bits is None else LayerQuant(weights=weights, activations=activations)
-        pruning = base.pruning
-        has_r, ratio = get("pruning_ratio")
-        has_c, criterion = get("pruning_criterion")
-        if has_r or has_c:
-            ratio = ratio if has_r else (pruning.ratio if pruning else 0.0)
-            criterion = criterion if has_c else (pruning.criterion if pruning else "l2")
-            pruning = Pruning(ratio=ratio, criterion=criterion) if ratio > 0 and prunable else None
-        sparsity = base.sparsity
-        has_s, level = get("sparsity")
-        if has_s:
-            sparsity = dataclasses.replace(sparsity or Sparsity(level=level), level=level) if level > 0 else None
-        return LayerPolicy(quantization=quantization, pruning=pruning, sparsity=sparsity)
+        policy = base
+        for k in KNOBS.values():  # registration order: later knobs override earlier ones
+            has, value = get(k.name)
+            if has and k.apply_layer is not None:
+                policy = k.apply_layer(policy, value, prunable)
+        quant = policy.quantization
+        if quant is not base.quantization and quant is not None and not (quant.weights.enabled or quant.activations.enabled):
+            policy = dataclasses.replace(policy, quantization=None)  # knobs made both sides float: no quantization
+        return policy
 
     # -- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -347,7 +315,7 @@ class SearchSpace:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SearchSpace":
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
         try:
             return _ADAPTER.validate_python(dict(data))
         except ValidationError as error:
@@ -356,7 +324,7 @@ class SearchSpace:
             raise SpaceError(f"invalid search space at {where}: {first['msg']}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "SearchSpace":
+    def from_json(cls, text: str) -> SearchSpace:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
@@ -369,16 +337,8 @@ class SearchSpace:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "SearchSpace":
+    def load(cls, path: str | Path) -> SearchSpace:
         return cls.from_json(Path(path).read_text())
-
-
-def _with_bits(spec, bits: int | None):
-    if bits is None:
-        return dataclasses.replace(spec, bits=None)
-    if bits < 8:  # narrow ranges need a good clip and a learned scale to hold accuracy
-        return dataclasses.replace(spec, bits=bits, range_init="mse", learn_scale=True)
-    return dataclasses.replace(spec, bits=bits)
 
 
 def _compact(base: Policy, layer_policies: Mapping[str, LayerPolicy], student: Student | None) -> Policy:

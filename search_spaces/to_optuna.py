@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
-
 from autocompress.search_spaces.space import Dimension, SearchSpace
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 
 def distribution(dim: Dimension) -> BaseDistribution:

@@ -118,13 +118,13 @@ study_name: from-config
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("model: ENTRY:model\ndata: ENTRY:loaders\ncolour: red\n", "colour: Extra inputs are not permitted"),
-        ("model: ENTRY:model\n", "data: Field required"),
+        ("model: ENTRY:model\ndata: ENTRY:loaders\ncolour: red\n", "unknown setting(s) colour"),
+        ("model: ENTRY:model\n", "data: an entry point 'package.module:function' is required"),
         ("model: no_such_module:model\ndata: ENTRY:loaders\n", "model: cannot import 'no_such_module'"),
         ("model: ENTRY\ndata: ENTRY:loaders\n", "is not an entry point; write it as 'package.module:function'"),
         ("model: ENTRY:nope\ndata: ENTRY:loaders\n", "module 'ENTRY' has no 'nope'"),
-        ("model: ENTRY:model\ndata: ENTRY:loaders\nfinetune: {epoch: 1}\n", "finetune or target has an unknown setting"),
-        ("model: ENTRY:model\ndata: ENTRY:loaders\nbackend: dask\n", "backend: Input should be 'optuna' or 'ray'"),
+        ("model: ENTRY:model\ndata: ENTRY:loaders\nfinetune: {epoch: 1}\n", "finetune: unknown setting(s) epoch"),
+        ("model: ENTRY:model\ndata: ENTRY:loaders\nbackend: dask\n", "unknown backend 'dask'"),
         ("- a list\n", "must be a mapping of settings"),
     ],
 )

@@ -100,12 +100,12 @@ def test_trials_run_on_both_nodes_and_are_measured_on_the_target(two_nodes, cnn,
     assert len(result.trials) == 4 and [t.number for t in result.trials] == [0, 1, 2, 3]
     finished = [t for t in result.trials if t.state == "COMPLETE"]
     assert len(finished) >= 3, [(t.state, t.error) for t in result.trials]
-    trained_on = {t.measurements["node_trained"] for t in finished}
+    trained_on = {t.measurements.node_trained for t in finished}
     assert trained_on == two_nodes.node_ids(), "with 1 CPU per node and 2 trials at once, both nodes train"
-    assert {t.measurements["node_measured"] for t in finished} == {two_nodes.head_id}, "latency only on the target node"
+    assert {t.measurements.node_measured for t in finished} == {two_nodes.head_id}, "latency only on the target node"
     for t in finished:
-        assert Path(t.measurements["ir_path"]).exists() and t.measurements["speedup"] > 0
-        assert t.values == (pytest.approx(t.measurements["latency_ratio"]),)
+        assert Path(t.measurements.ir_path).exists() and t.measurements.speedup > 0
+        assert t.values == (pytest.approx(t.measurements.latency_ratio),)
     # The preset's start points come first: uniform INT8 is trial 0.
     assert result.trials[0].policy.default.quantization.weights.bits == 8
     assert result.feasible and result.best.feasible and result.test["samples"] > 0
@@ -151,9 +151,9 @@ def test_a_lost_node_retries_its_trial_from_the_checkpoint(two_nodes, cnn, digit
         two_nodes.worker = two_nodes.cluster.add_node(**NODE)  # later tests get their second node back
         two_nodes.cluster.wait_for_nodes()
     assert all(t.state in ("COMPLETE", "PRUNED") for t in result.trials), [(t.state, t.error) for t in result.trials]
-    resumed = [t for t in result.trials if t.measurements.get("resumed_from") == "exported"]
+    resumed = [t for t in result.trials if t.measurements.resumed_from == "exported"]
     assert resumed, "the trial of the lost node went on from its post-export checkpoint"
-    assert all(t.measurements["node_trained"] != worker for t in resumed)
+    assert all(t.measurements.node_trained != worker for t in resumed)
 
 
 KILLED_DRIVER = textwrap.dedent(

@@ -60,7 +60,7 @@ def dominates(a: list[float], b: list[float]) -> bool:
 
 def minimised(record, objectives) -> list[float]:
     signs = [1 if o["direction"] == "minimize" else -1 for o in objectives]
-    return [s * v for s, v in zip(signs, record.values)] + [-record.measurements["accuracy"]]
+    return [s * v for s, v in zip(signs, record.values)] + [-record.measurements.accuracy]
 
 
 def assert_pareto(result: SearchResult) -> None:
@@ -119,7 +119,7 @@ def test_search_result_trials_best_pareto_and_deployment(first, cnn, digits_load
     assert len(study.trials) == len(result.trials) == 3
     assert [t.number for t in result.trials] == [0, 1, 2]
     assert all(t.state in FINISHED for t in study.trials)
-    assert "autocompress.config" in study.user_attrs and "autocompress.baseline" in study.user_attrs
+    assert "autocompress.settings" in study.user_attrs and "autocompress.baseline" in study.user_attrs
     # The preset's start points were tried first: uniform INT8, unpruned then pruned.
     starts = build_space(cnn, "compact", example_input=example).start_points
     assert [t.params for t in result.trials] == list(starts)
@@ -128,10 +128,10 @@ def test_search_result_trials_best_pareto_and_deployment(first, cnn, digits_load
         if t.state == "COMPLETE":
             m = t.measurements
             for key in ("accuracy", "latency_ratio", "size_ratio", "latency_ms", "speedup", "parameters"):
-                assert isinstance(m[key], (int, float)), key
-            assert 0 <= m["accuracy"] <= 1 and m["latency_ratio"] > 0 and 0 < m["size_ratio"] < 1  # INT8 weights
-            assert t.values == (pytest.approx(m["latency_ratio"]),)
-            assert t.violation == pytest.approx(result.baseline["accuracy"] - 0.05 - m["accuracy"])
+                assert isinstance(getattr(m, key), (int, float)), key
+            assert 0 <= m.accuracy <= 1 and m.latency_ratio > 0 and 0 < m.size_ratio < 1  # INT8 weights
+            assert t.values == (pytest.approx(m.latency_ratio),)
+            assert t.violation == pytest.approx(result.baseline["accuracy"] - 0.05 - m.accuracy)
             assert isinstance(t.policy, Policy) and t.seconds > 0
     # Trial 0 is plain INT8: it keeps the accuracy.
     assert result.trials[0].feasible
@@ -203,15 +203,14 @@ def test_same_graph_reuses_the_measured_latency(aggressive):
     first, second = result.trials
     assert (first.params, second.params) == ({"pruning_criterion": "l1"}, {"pruning_criterion": "l2"})
     assert first.state == second.state == "COMPLETE"
-    assert first.measurements["latency_cached"] is False
-    assert second.measurements["latency_cached"] is True
-    assert first.measurements["fingerprint"] == second.measurements["fingerprint"]
-    assert second.measurements["latency_ms"] == first.measurements["latency_ms"]
-    assert second.measurements["latency_ratio"] == first.measurements["latency_ratio"]
-    assert first.measurements["parameters"] == second.measurements["parameters"] < result.baseline["parameters"]
-    # The cache lives in the study, keyed by the fingerprint.
-    study = load(sqlite(workdir / "search.db"), result.study_name)
-    assert "latency:" + first.measurements["fingerprint"] in study.user_attrs
+    assert first.measurements.latency_cached is False
+    assert second.measurements.latency_cached is True
+    assert first.measurements.fingerprint == second.measurements.fingerprint
+    assert second.measurements.latency_ms == first.measurements.latency_ms
+    assert second.measurements.latency_ratio == first.measurements.latency_ratio
+    assert first.measurements.parameters == second.measurements.parameters < result.baseline["parameters"]
+    # The cache lives in the workdir, one file per fingerprint.
+    assert (workdir / "latency-cache" / f"{first.measurements.fingerprint}.json").exists()
 
 
 def test_infeasible_constraint_returns_the_closest_trial(aggressive):
@@ -222,7 +221,7 @@ def test_infeasible_constraint_returns_the_closest_trial(aggressive):
     closest = min(result.trials, key=lambda t: t.violation)
     assert result.best is not None and result.best.number == closest.number
     assert f"trial {closest.number}" in result.message
-    assert result.best.measurements["accuracy"] < result.baseline["accuracy"]
+    assert result.best.measurements.accuracy < result.baseline["accuracy"]
     # The closest candidate is still deployed, marked infeasible.
     manifest = json.loads((workdir / "best" / "manifest.json").read_text())
     assert manifest["feasible"] is False and manifest["trial"] == closest.number
@@ -235,10 +234,10 @@ def test_a_crashing_trial_is_recorded_and_the_search_goes_on(cnn, digits_loaders
     calls = []
 
     def size_once_broken(measurements):
-        calls.append(measurements["size_ratio"])
+        calls.append(measurements.size_ratio)
         if len(calls) == 1:
             raise RuntimeError("objective exploded")
-        return measurements["size_ratio"]
+        return measurements.size_ratio
 
     space = criterion_space(cnn, example, 0.0)  # no compression at all: cheap trials
     result = run_search(cnn, digits_loaders, tmp_path, space=space, objective=size_once_broken)
@@ -250,7 +249,7 @@ def test_a_crashing_trial_is_recorded_and_the_search_goes_on(cnn, digits_loaders
     # The failed trial counts against the budget (it is not retried).
     assert len(study.trials) == 3 and len(calls) == 3
     assert result.feasible and result.best.number in (1, 2)
-    assert result.best.values == (pytest.approx(result.best.measurements["size_ratio"]),)
+    assert result.best.values == (pytest.approx(result.best.measurements.size_ratio),)
     assert result.objectives == [{"name": "size_once_broken", "direction": "minimize"}]
 
 
@@ -356,7 +355,7 @@ def test_two_objectives_give_a_pareto_front(cnn, digits_loaders, tmp_path):
     assert complete
     for t in complete:
         assert len(t.values) == 2
-        assert t.values == (pytest.approx(t.measurements["latency_ratio"]), pytest.approx(t.measurements["size_ratio"]))
+        assert t.values == (pytest.approx(t.measurements.latency_ratio), pytest.approx(t.measurements.size_ratio))
     assert_pareto(result)
     for a in result.pareto:
         for b in result.pareto:

@@ -15,16 +15,19 @@ from autocompress.core import check_policy
 from autocompress.distillation import build_student
 from autocompress.graph import compressible_layers
 from autocompress.pruning import pruning_groups
-from autocompress.policies import Policy, Student
+from autocompress.policies import Policy, Sparsity, Student
 from autocompress.search_spaces import (
     KNOBS,
     PRESETS,
     Dimension,
+    Knob,
     SearchSpace,
     SpaceError,
     build_space,
+    register_knob,
     to_optuna,
 )
+from autocompress.search_spaces.knobs import knob, start_point
 
 MODELS = ("cnn", "resnet")
 
@@ -343,3 +346,113 @@ def test_suggest_skips_fixed_dimensions(compact):
     values = to_optuna.suggest(trial, space)
     assert "pruning_ratio" not in values and "pruning_ratio" not in trial.params
     assert space.policy(values).default.pruning.ratio == 0.25
+
+
+# -- the knob registry ----------------------------------------------------------------
+
+
+def test_knobs_are_looked_up_in_the_registry_with_a_clear_error():
+    assert list(KNOBS)[:7] == ["weight_bits", "activation_bits", "pruning_ratio", "pruning_criterion", "sparsity", "student_width", "student_blocks"]
+    assert knob("sparsity").scope == "layer" and knob("pruning_ratio").scope == "group" and knob("student_width").scope == "global"
+    with pytest.raises(SpaceError, match=r"unknown knob 'bits'; known knobs: weight_bits, activation_bits, .*keep_float"):
+        knob("bits")
+    with pytest.raises(SpaceError, match=r"invalid Dimension at knob: unknown knob 'bits'; known knobs: weight_bits"):
+        Dimension("bits", choices=(8,))
+    with pytest.raises(SpaceError, match="knob 'weight_bits' is already registered; pass replace=True"):
+        register_knob(KNOBS["weight_bits"])
+    register_knob(KNOBS["weight_bits"], replace=True)  # a replaced knob keeps its place in the order
+    assert list(KNOBS)[0] == "weight_bits"
+    with pytest.raises(SpaceError, match="apply_layer or apply_student"):
+        Knob("nothing", "layer", "anything", lambda v: True, starts_at=0)
+
+
+def test_start_points_come_from_the_knobs_fitted_to_each_dimension():
+    dims = [Dimension("pruning_ratio", low=0.0, high=0.2), Dimension("weight_bits", choices=(4, None)),
+            Dimension("pruning_criterion", choices=("l1", "l2")), Dimension("sparsity", layers=("fc",), low=0.0, high=0.9)]
+    assert start_point(dims, 0.0) == {"pruning_ratio": 0.0, "weight_bits": 4, "pruning_criterion": "l2", "sparsity:fc": 0.0}
+    assert start_point(dims, 0.5) == {"pruning_ratio": 0.2, "weight_bits": 4, "pruning_criterion": "l2", "sparsity:fc": 0.5}
+
+
+def test_keep_float_leaves_its_layers_unquantized(cnn, compact):
+    layers = compact.layers
+    space = SearchSpace(
+        dimensions=(Dimension("weight_bits", choices=(8,)), Dimension("keep_float", layers=("conv2",), choices=(False, True))),
+        layers=layers,
+    )
+    assert start_point(space.dimensions, 0.0) == {"weight_bits": 8, "keep_float:conv2": False}
+    kept = check_policy(cnn, space.policy({"weight_bits": 8, "keep_float:conv2": True}))
+    assert kept["conv2"].quantization is None  # applied after the bits: it overrides them
+    assert all(lp.quantization is not None and lp.quantization.weights.bits == 8 for layer, lp in kept.items() if layer != "conv2")
+    quantized = check_policy(cnn, space.policy({"weight_bits": 8, "keep_float:conv2": False}))
+    assert all(lp.quantization is not None and lp.quantization.weights.bits == 8 for lp in quantized.values())
+    assert SearchSpace.from_json(space.to_json()) == space
+    assert KNOBS["keep_float"].summarize([True, False, True]) == "keep float x2"
+    assert KNOBS["keep_float"].summarize([False]) is None
+    with pytest.raises(SpaceError, match=r"value 1 is not allowed; keep_float takes True"):
+        Dimension("keep_float", choices=(False, 1))
+    with pytest.raises(SpaceError, match="takes choices, not a range"):
+        Dimension("keep_float", low=0, high=1)
+
+
+def test_student_kernel_sets_the_resnet_students_kernel_size(resnet, example):
+    space = SearchSpace(
+        dimensions=(Dimension("student_width", choices=(0.5,)), Dimension("student_kernel", choices=(3, 5))),
+        layers=tuple(compressible_layers(resnet)),
+        student_family="resnet",
+    )
+    policy = space.policy({"student_width": 0.5, "student_kernel": 5})
+    assert policy.student.family == "resnet" and policy.student.params == {"width": 0.5, "kernel_size": 5}
+    student = build_student(resnet, policy.student, example_input=example)
+    assert student.layer1[0].conv1.kernel_size == (5, 5)
+    with torch.no_grad():
+        assert student.eval()(example).shape == resnet(example).shape
+    assert start_point(space.dimensions, 0.5) == {"student_width": 0.5, "student_kernel": 3}
+    for bad in (4, True, "3"):
+        with pytest.raises(SpaceError, match=r"student_kernel takes one of 1, 3, 5, 7"):
+            Dimension("student_kernel", choices=(3, bad))
+    with pytest.raises(SpaceError, match="student_kernel is global"):
+        Dimension("student_kernel", layers=("conv1",), choices=(3,))
+    with pytest.raises(SpaceError, match="need student_family"):
+        dataclasses.replace(space, student_family=None)
+
+
+@pytest.fixture
+def toy_knob():
+    """A knob registered by a test, as a user would: nothing else is touched."""
+    toy = register_knob(Knob(
+        "toy_sparsity", "layer", "a number in [0, 0.5]", lambda v: isinstance(v, float) and 0 <= v <= 0.5,
+        starts_at=lambda level: min(level, 0.5), ranged=True,
+        apply_layer=lambda lp, level, prunable: dataclasses.replace(lp, sparsity=Sparsity(level=level, schedule="constant")) if level else lp,
+        label="toy", digest=lambda label, values, params: f"{label} {max(values):g}",
+        column="toy sparsity", read=lambda lp: lp.sparsity.level if lp.sparsity else 0.0,
+    ))
+    yield toy
+    KNOBS.pop(toy.name)
+
+
+def test_a_registered_knob_works_in_dimensions_policies_and_optuna(cnn, quantization, toy_knob):
+    wider = quantization.extend(Dimension("toy_sparsity", layers=("fc",), low=0.0, high=0.5))
+    assert "toy_sparsity:fc" in wider.names() and list(KNOBS)[-1] == "toy_sparsity"
+    assert isinstance(to_optuna.distributions(wider)["toy_sparsity:fc"], FloatDistribution)
+    resolved = check_policy(cnn, wider.policy({**all_eight(quantization), "toy_sparsity:fc": 0.25}))
+    assert resolved["fc"].sparsity == Sparsity(level=0.25, schedule="constant")
+    assert resolved["fc"].quantization.weights.bits == 8  # the other knobs still apply
+    assert resolved["conv1"].sparsity is None
+    assert SearchSpace.from_json(wider.to_json()) == wider
+    assert start_point(wider.dimensions, 0.25)["toy_sparsity:fc"] == 0.25
+    assert toy_knob.summarize([0.25, 0.5]) == "toy 0.5"
+    with pytest.raises(SpaceError, match="toy_sparsity takes a number in"):
+        Dimension("toy_sparsity", low=0.0, high=0.75)
+
+
+def test_the_digest_and_the_report_read_the_registry(toy_knob):
+    from autocompress.search.report import knob_columns
+    from autocompress.search.result import summarize_policy
+
+    params = {"weight_bits:conv1": 8, "weight_bits:conv2": 8, "weight_bits:fc": None, "activation_bits": 8,
+              "pruning_ratio:conv1": 0.25, "pruning_ratio:conv2": 0.5, "pruning_criterion": "l2", "sparsity:fc": 0.5}
+    assert summarize_policy(params) == "W8x2 Wfx1 | A8x1 | prune 0.25-0.5 (l2) | sparsity 0.5-0.5"
+    assert summarize_policy({"student_width": 0.5, "student_blocks": 2, "student_kernel": 5}) == "student w0.5 b2 | student kernel 5"
+    assert summarize_policy({"keep_float:fc": True, "toy_sparsity:fc": 0.25}) == "keep float x1 | toy 0.25"
+    assert summarize_policy({}) == "-"
+    assert knob_columns() == ("weight bits", "activation bits", "pruning ratio", "toy sparsity")

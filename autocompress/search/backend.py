@@ -1,52 +1,60 @@
-"""Backend options (plain data; importing this does not import Ray)."""
+"""The Backend protocol: where and how a search's trials run.
+
+``search()`` and ``resume()`` validate the settings, build the space and the trial
+setup, and hand a Backend a SearchJob. The backend opens a session (a study in an Optuna
+storage; a Ray Tune experiment), says where exported models are measured, keeps the
+baseline with the search's state, and runs the trial function (autocompress.search.trial)
+for the budget, returning one TrialRecord per trial. Summarising, the final test-split
+check and the files are the driver's, the same for every backend.
+
+Two backends: OptunaBackend (autocompress.search.optuna_backend: trials one after another
+in this process) and RayBackend (autocompress.search.ray_backend: a Tune experiment on a
+cluster, measurements on the target's nodes).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Iterable, Protocol
 
-SCHEDULERS = (None, "asha")
+from autocompress.search.result import TrialRecord
+from autocompress.search.settings import SearchSettings
+from autocompress.search.trial import Baseline, Measure, Trial, TrialSetup
+from autocompress.search_spaces import SearchSpace
 
 
-@dataclasses.dataclass(frozen=True)
-class Ray:
-    """Run the search as a Ray Tune experiment: ``search(..., backend=Ray(...))`` or ``backend="ray"``.
+@dataclasses.dataclass
+class SearchJob:
+    """One search as a backend sees it: validated settings, the space and the shared
+    trial setup, under a study name; ``resuming`` when it continues an earlier run."""
 
-    address: None starts (or joins the already initialised) local Ray; "auto", "host:port"
-        or "ray://host:port" joins an existing cluster.
-    storage_path: absolute directory (shared by all nodes on a cluster) or cloud URI
-        (s3://, gs://) for the experiment ``<storage_path>/<study_name>``; default
-        ``<workdir>/ray``. search(storage=...) is then an optional Optuna RDB that
-        mirrors the sampler's study (for optuna-dashboard).
-    resources_per_trial: Ray resources a trial holds while it compresses and fine-tunes.
-    target_resource: a custom resource that marks the nodes of the target hardware
-        (``ray start --resources='{"ov_target": 1}'``): every latency measurement runs
-        there, one at a time per node. None: measured on the trial's own node.
-    max_concurrent: trials at once (default: as many as the resources allow).
-    max_failures: retries of a trial whose worker or node died (from its checkpoint);
-        a trial that raises (bad policy, NaN metric) is recorded as failed, not retried.
-    scheduler: None (the accuracy-floor early stop only) or "asha" (also stops trials
-        whose accuracy at the checks is in the bottom of their rung).
-    """
+    settings: SearchSettings
+    space: SearchSpace
+    setup: TrialSetup
+    study_name: str
+    workdir: Path
+    resuming: bool = False
+    progress: bool = True
+    test_loader: Iterable | None = None
 
-    address: str | None = None
-    storage_path: str | None = None
-    resources_per_trial: dict[str, float] = dataclasses.field(default_factory=lambda: {"cpu": 1})
-    target_resource: str | None = None
-    max_concurrent: int | None = None
-    max_failures: int = 2
-    scheduler: str | None = None
-    reuse_actors: bool = True
 
-    def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown Ray scheduler {self.scheduler!r}; use None or 'asha'")
-        if self.max_failures < 0:
-            raise ValueError(f"max_failures must be >= 0, got {self.max_failures}")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ValueError(f"max_concurrent must be >= 1 or None, got {self.max_concurrent}")
-        if not isinstance(self.resources_per_trial, dict) or not self.resources_per_trial:
-            raise ValueError(f"resources_per_trial must be a non-empty dict such as {{'cpu': 1}}, got {self.resources_per_trial!r}")
+class BackendSession(Protocol):
+    """An open search on one backend."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    location: str  # where the search's state lives: a storage URL, an experiment path
+    measure: Measure  # where the baseline, the candidates and the final check are measured
+
+    def stored_baseline(self) -> Baseline | None:
+        """The baseline an earlier run of this search measured (None: measure it)."""
+
+    def save_baseline(self, baseline: Baseline) -> None: ...
+
+    def run(self, trial: Trial) -> list[TrialRecord]:
+        """Run the trial function until the study holds the budget (or the time is up);
+        every trial of the search, in order."""
+
+
+class Backend(Protocol):
+    def open(self, job: SearchJob) -> AbstractContextManager[BackendSession]: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from typing import Any, Callable, Literal, Mapping
 
 Direction = Literal["minimize", "maximize"]
@@ -26,9 +27,9 @@ class Objective:
 
     name: str
     direction: Direction
-    read: Callable[[Mapping[str, Any]], float] = dataclasses.field(compare=False, repr=False)
+    read: Callable[[Any], float] = dataclasses.field(compare=False, repr=False)  # Measurements -> value
 
-    def __call__(self, measurements: Mapping[str, Any]) -> float:
+    def __call__(self, measurements: Any) -> float:
         value = float(self.read(measurements))
         if not math.isfinite(value):
             raise ValueError(f"objective {self.name!r} is {value} for this trial; objectives must be finite numbers")
@@ -37,7 +38,7 @@ class Objective:
 
 def _measure(name: str) -> Objective:
     key, direction = MEASURES[name]
-    return Objective(name, direction, lambda m, key=key: m[key])
+    return Objective(name, direction, operator.attrgetter(key))
 
 
 def _weighted(weights: Mapping[str, float]) -> Objective:
@@ -47,14 +48,15 @@ def _weighted(weights: Mapping[str, float]) -> Objective:
     if any(not isinstance(w, (int, float)) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ValueError(f"weighted objective {dict(weights)!r}: weights must be >= 0 and not all 0")
     # Every term as a ratio where lower is better (throughput -> its inverse, i.e. latency).
-    terms = {k: (lambda m: 1.0 / m["throughput_ratio"]) if k == "throughput" else (lambda m, key=MEASURES[k][0]: m[key]) for k in weights}
+    terms = {k: (lambda m: 1.0 / m.throughput_ratio) if k == "throughput" else operator.attrgetter(MEASURES[k][0]) for k in weights}
     name = "weighted(" + ",".join(f"{k}={w:g}" for k, w in weights.items()) + ")"
     return Objective(name, "minimize", lambda m: sum(w * terms[k](m) for k, w in weights.items()))
 
 
 def parse_objectives(spec: Any) -> list[Objective]:
     """``"latency" | "throughput" | "size"``, a {measure: weight} mix, a callable
-    ``f(measurements) -> float`` (minimised), or a list of these (a Pareto search)."""
+    ``f(measurements) -> float`` (minimised; it gets a search.Measurements), or a list of
+    these (a Pareto search)."""
     if isinstance(spec, (list, tuple)):
         if not spec:
             raise ValueError("objective list is empty; give at least one objective")

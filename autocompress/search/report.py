@@ -21,10 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from autocompress.search.result import SearchResult, TrialRecord, summarize_policy
+from autocompress.search_spaces.knobs import KNOBS, Knob
 
 log = logging.getLogger(__name__)
 
-KNOB_COLUMNS = ("weight bits", "activation bits", "pruning ratio")
+
+def _column_knobs() -> list[Knob]:
+    """The knobs with a per-layer report column, in registry order (read when drawn: a knob
+    registered later gets its column too)."""
+    return [k for k in KNOBS.values() if k.column]
+
+
+def knob_columns() -> tuple[str, ...]:
+    """The per-layer table's columns after "layer": weight bits, activation bits, pruning ratio."""
+    return tuple(k.column for k in _column_knobs())
 
 
 def write_report(result: SearchResult, directory: str | Path) -> dict[str, Path]:
@@ -41,7 +51,7 @@ def write_report(result: SearchResult, directory: str | Path) -> dict[str, Path]
 def _complete(result: SearchResult) -> list[TrialRecord]:
     return [
         t for t in result.trials
-        if t.state == "COMPLETE" and _number(t.measurements.get("speedup")) is not None and _number(t.measurements.get("accuracy")) is not None
+        if t.state == "COMPLETE" and _number(getattr(t.measurements, "speedup", None)) is not None and _number(getattr(t.measurements, "accuracy", None)) is not None
     ]
 
 
@@ -51,12 +61,12 @@ def _number(value: Any) -> float | None:
 
 def _front(result: SearchResult) -> list[TrialRecord]:
     """The Pareto trials in speedup order (to draw as one line)."""
-    return sorted((t for t in result.pareto if "speedup" in t.measurements), key=lambda t: t.measurements["speedup"])
+    return sorted((t for t in result.pareto if t.measurements is not None), key=lambda t: t.measurements.speedup)
 
 
 def layer_choices(result: SearchResult) -> list[dict[str, Any]]:
-    """The best policy per layer: [{"layer", "weight bits", "activation bits",
-    "pruning ratio"}], bits None = float. From the policy resolved over the model's
+    """The best policy per layer: [{"layer", *knob_columns()}] (weight bits, activation
+    bits, pruning ratio; bits None = float). From the policy resolved over the model's
     layers when the result knows them, else from the trial's parameters (a key
     ``knob:layer`` sets that layer, or for pruning the group starting there; a key
     without ``:`` sets every layer, shown as one row "(all layers)")."""
@@ -64,34 +74,27 @@ def layer_choices(result: SearchResult) -> list[dict[str, Any]]:
     if best is None:
         return []
     layers = list(result.layers)
+    knobs = _column_knobs()
+    columns = [k.column for k in knobs]
     if best.policy is not None and layers and best.policy.student is None:
-        rows = []
-        for name, lp in best.policy.resolve(layers).items():
-            quant = lp.quantization
-            rows.append({
-                "layer": name,
-                "weight bits": quant.weights.bits if quant else None,
-                "activation bits": quant.activations.bits if quant else None,
-                "pruning ratio": lp.pruning.ratio if lp.pruning else 0.0,
-            })
-        return rows
-    knobs = {"weight_bits": "weight bits", "activation_bits": "activation bits", "pruning_ratio": "pruning ratio"}
+        return [{"layer": name, **{k.column: k.read(lp) for k in knobs}} for name, lp in best.policy.resolve(layers).items()]
+    column_of = {k.name: k.column for k in knobs}
     per_layer: dict[str, dict[str, Any]] = {}
     everywhere: dict[str, Any] = {}
     for key, value in best.params.items():
         knob, _, layer = key.partition(":")
-        if knob not in knobs:
+        if knob not in column_of:
             continue
         if layer:
-            per_layer.setdefault(layer, {})[knobs[knob]] = value
+            per_layer.setdefault(layer, {})[column_of[knob]] = value
         else:
-            everywhere[knobs[knob]] = value
+            everywhere[column_of[knob]] = value
     if not per_layer:
-        return [{"layer": "(all layers)", **{c: everywhere.get(c) for c in KNOB_COLUMNS}}] if everywhere else []
+        return [{"layer": "(all layers)", **{c: everywhere.get(c) for c in columns}}] if everywhere else []
     rows = []
     for layer, values in per_layer.items():
         merged = {**everywhere, **values}
-        rows.append({"layer": layer, **{c: merged.get(c) for c in KNOB_COLUMNS}})
+        rows.append({"layer": layer, **{c: merged.get(c) for c in columns}})
     return rows
 
 
@@ -123,7 +126,10 @@ def _plot_trials(ax, result: SearchResult) -> None:
     trials = _complete(result)
     feasible = [t for t in trials if t.feasible]
     infeasible = [t for t in trials if not t.feasible]
-    xy = lambda ts: ([t.measurements["speedup"] for t in ts], [t.measurements["accuracy"] for t in ts])
+
+    def xy(ts):
+        return [t.measurements.speedup for t in ts], [t.measurements.accuracy for t in ts]
+
     if infeasible:
         ax.scatter(*xy(infeasible), marker="x", color="tab:red", alpha=0.7, label=f"infeasible ({len(infeasible)})")
     if feasible:
@@ -132,7 +138,7 @@ def _plot_trials(ax, result: SearchResult) -> None:
     if front:
         ax.plot(*xy(front), color="tab:blue", linewidth=1.2, label="Pareto front")
         for t in front:
-            ax.annotate(f"#{t.number}", (t.measurements["speedup"], t.measurements["accuracy"]),
+            ax.annotate(f"#{t.number}", (t.measurements.speedup, t.measurements.accuracy),
                         textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:blue")
     base = _number(result.baseline.get("accuracy"))
     if base is not None:
@@ -141,9 +147,9 @@ def _plot_trials(ax, result: SearchResult) -> None:
         ax.axhline(result.floor, color="tab:red", linestyle="--", linewidth=1, label=f"accuracy floor {result.floor:.4f}")
     best = result.best
     if best is not None and any(t.number == best.number for t in trials):
-        ax.scatter([best.measurements["speedup"]], [best.measurements["accuracy"]], s=260, facecolors="none",
+        ax.scatter([best.measurements.speedup], [best.measurements.accuracy], s=260, facecolors="none",
                    edgecolors="tab:green", linewidths=2.2, zorder=6,
-                   label=f"best: #{best.number}, {best.measurements['speedup']:.2f}x" + ("" if result.feasible else " (infeasible)"))
+                   label=f"best: #{best.number}, {best.measurements.speedup:.2f}x" + ("" if result.feasible else " (infeasible)"))
     ax.set_xlabel("speedup over the baseline (latency on the target)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"{len(trials)} finished trials (pruned and failed ones not shown)", fontsize=10)
@@ -161,19 +167,20 @@ def _plot_choices(ax, result: SearchResult, rows: list[dict[str, Any]]) -> None:
     import numpy as np
 
     # Colour = how much each knob compresses: fewer bits / more pruning is darker.
-    shade = np.zeros((len(rows), len(KNOB_COLUMNS)))
+    columns = knob_columns()
+    shade = np.zeros((len(rows), len(columns)))
     for i, row in enumerate(rows):
-        for j, column in enumerate(KNOB_COLUMNS):
+        for j, column in enumerate(columns):
             value = row[column]
             if column == "pruning ratio":
                 shade[i, j] = value or 0.0
-            else:
-                shade[i, j] = 0.0 if value is None else 0.25 + (8 - value) / 6 * 0.6
+            elif column.endswith("bits") and isinstance(value, int):  # another knob's column stays white
+                shade[i, j] = 0.25 + (8 - value) / 6 * 0.6
     ax.imshow(shade, cmap="Blues", vmin=0.0, vmax=1.2, aspect="auto")
     for i, row in enumerate(rows):
-        for j, column in enumerate(KNOB_COLUMNS):
+        for j, column in enumerate(columns):
             ax.text(j, i, _format_choice(column, row[column]), ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(KNOB_COLUMNS)), [c.replace(" ", "\n") for c in KNOB_COLUMNS], fontsize=8)
+    ax.set_xticks(range(len(columns)), [c.replace(" ", "\n") for c in columns], fontsize=8)
     ax.xaxis.tick_top()
     ax.set_yticks(range(len(rows)), [r["layer"] for r in rows], fontsize=8)
     ax.tick_params(length=0)
@@ -246,7 +253,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _comparison_table(result: SearchResult) -> str:
     base = result.baseline
-    m = result.best.measurements if result.best is not None else {}
+    m = result.best.measurements.to_dict() if result.best is not None and result.best.measurements is not None else {}
     test = result.test or {}
 
     def fmt(value: Any, kind: str) -> str:
@@ -290,7 +297,8 @@ def _delta(base: Any, value: Any) -> str:
 def _choices_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>(no per-layer choices)</p>"
-    return _table(["layer", *KNOB_COLUMNS], [[r["layer"], *(_format_choice(c, r[c]) for c in KNOB_COLUMNS)] for r in rows])
+    columns = knob_columns()
+    return _table(["layer", *columns], [[r["layer"], *(_format_choice(c, r[c]) for c in columns)] for r in rows])
 
 
 def _pareto_figure(result: SearchResult):
@@ -301,7 +309,7 @@ def _pareto_figure(result: SearchResult):
 
     def hover(t: TrialRecord) -> str:
         m = t.measurements
-        return (f"trial {t.number}<br>accuracy {m['accuracy']:.4f}, speedup {m['speedup']:.2f}x<br>"
+        return (f"trial {t.number}<br>accuracy {m.accuracy:.4f}, speedup {m.speedup:.2f}x<br>"
                 + html.escape(summarize_policy(t.params)))
 
     for label, group, symbol, colour in (
@@ -310,14 +318,14 @@ def _pareto_figure(result: SearchResult):
     ):
         if group:
             fig.add_trace(go.Scatter(
-                x=[t.measurements["speedup"] for t in group], y=[t.measurements["accuracy"] for t in group],
+                x=[t.measurements.speedup for t in group], y=[t.measurements.accuracy for t in group],
                 mode="markers", name=f"{label} ({len(group)})", marker={"symbol": symbol, "size": 9, "color": colour},
                 text=[hover(t) for t in group], hovertemplate="%{text}<extra></extra>",
             ))
     front = _front(result)
     if front:
         fig.add_trace(go.Scatter(
-            x=[t.measurements["speedup"] for t in front], y=[t.measurements["accuracy"] for t in front],
+            x=[t.measurements.speedup for t in front], y=[t.measurements.accuracy for t in front],
             mode="lines", name="Pareto front", line={"color": "#1f77b4"}, hoverinfo="skip",
         ))
     base = _number(result.baseline.get("accuracy"))
@@ -329,7 +337,7 @@ def _pareto_figure(result: SearchResult):
     best = result.best
     if best is not None and any(t.number == best.number for t in trials):
         fig.add_trace(go.Scatter(
-            x=[best.measurements["speedup"]], y=[best.measurements["accuracy"]], mode="markers", name=f"best (#{best.number})",
+            x=[best.measurements.speedup], y=[best.measurements.accuracy], mode="markers", name=f"best (#{best.number})",
             marker={"size": 20, "color": "rgba(0,0,0,0)", "line": {"color": "#2ca02c", "width": 3}},
             text=[hover(best)], hovertemplate="%{text}<extra>best</extra>",
         ))

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from autocompress.policies import Policy
+from autocompress.search.trial import Measurements, TrialOutcome
+from autocompress.search_spaces.knobs import KNOBS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,11 +21,17 @@ class TrialRecord:
     state: str  # COMPLETE, PRUNED, FAIL
     params: dict[str, Any]
     policy: Policy | None
-    measurements: dict[str, Any]
+    measurements: Measurements | None
     values: tuple[float, ...] | None  # objective values (ratios to the baseline)
     violation: float | None  # accuracy floor - accuracy; <= 0 is feasible
     seconds: float | None
     error: str | None = None
+
+    @classmethod
+    def from_outcome(cls, number: int, params: dict[str, Any], policy: Policy | None, outcome: TrialOutcome,
+                     seconds: float | None) -> TrialRecord:
+        return cls(number, outcome.state, dict(params), policy, outcome.measurements, outcome.values, outcome.violation,
+                   seconds, outcome.error)
 
     @property
     def feasible(self) -> bool:
@@ -35,12 +43,12 @@ class TrialRecord:
             "trial": self.number,
             "state": self.state,
             "feasible": self.feasible,
-            "accuracy": m.get("accuracy"),
-            "speedup": m.get("speedup"),
-            "size_ratio": m.get("size_ratio"),
+            "accuracy": m.accuracy if m else None,
+            "speedup": m.speedup if m else None,
+            "size_ratio": m.size_ratio if m else None,
             "values": list(self.values) if self.values else None,
             "seconds": self.seconds,
-            "latency_cached": m.get("latency_cached"),
+            "latency_cached": m.latency_cached if m else None,
             "error": self.error,
             "params": self.params,
         }
@@ -89,7 +97,10 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         def record(t: TrialRecord | None):
-            return None if t is None else {**t.row(), "policy": t.policy.to_dict() if t.policy else None, "measurements": t.measurements}
+            if t is None:
+                return None
+            measurements = t.measurements.to_dict() if t.measurements else None
+            return {**t.row(), "policy": t.policy.to_dict() if t.policy else None, "measurements": measurements}
 
         return {
             "study_name": self.study_name,
@@ -119,8 +130,8 @@ class SearchResult:
         for t in self.pareto:
             m = t.measurements
             lines.append([
-                str(t.number), f"{100 * m['accuracy']:.2f}%", f"{100 * (m['accuracy'] - base):+.2f}",
-                f"{m['speedup']:.2f}x", f"{m['latency_ms']:.4f}", f"{m['size_ratio']:.0%}", f"{m['parameters']:,}",
+                str(t.number), f"{100 * m.accuracy:.2f}%", f"{100 * (m.accuracy - base):+.2f}",
+                f"{m.speedup:.2f}x", f"{m.latency_ms:.4f}", f"{m.size_ratio:.0%}", f"{m.parameters:,}",
                 summarize_policy(t.params),
             ])
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
@@ -148,11 +159,11 @@ class SearchResult:
 
     def deploy(self, directory: str | Path) -> Path:
         """Copy the best model's IR, ONNX and policy, with a manifest of what was measured."""
-        if self.best is None or "ir_path" not in self.best.measurements:
+        if self.best is None or self.best.measurements is None:
             raise ValueError(f"no trial to deploy: {self.message}")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        source = Path(self.best.measurements["ir_path"])
+        source = Path(self.best.measurements.ir_path)
         for suffix in (".xml", ".bin", ".onnx"):
             if source.with_suffix(suffix).exists():
                 shutil.copy2(source.with_suffix(suffix), directory / f"model{suffix}")
@@ -164,7 +175,7 @@ class SearchResult:
             "trial": self.best.number,
             "feasible": self.feasible,
             "constraint": self.constraint,
-            "validation": {k: v for k, v in self.best.measurements.items() if not k.endswith("_path")},
+            "validation": {k: v for k, v in self.best.measurements.to_dict().items() if not k.endswith("_path")},
             "baseline": self.baseline,
             "test": self.test,
             "study": {"name": self.study_name, "storage": self.storage, "objectives": self.objectives},
@@ -174,23 +185,68 @@ class SearchResult:
 
 
 def summarize_policy(params: dict[str, Any]) -> str:
-    """A one-line digest of a trial's choices, e.g. 'W8x20 float x2 | A8x22 | prune 0.25-0.5 (l2)'."""
+    """A one-line digest of a trial's choices, e.g. 'W8x20 Wfx2 | A8x22 | prune 0.25-0.5 (l2)':
+    each registered knob's part, from the values of its dimensions (``knob`` or ``knob:layer``)."""
     parts = []
-    for knob, label in (("weight_bits", "W"), ("activation_bits", "A")):
-        values = [v for k, v in params.items() if k.split(":")[0] == knob]
-        if values:
-            counts: dict[Any, int] = {}
-            for v in values:
-                counts[v] = counts.get(v, 0) + 1
-            parts.append(" ".join(f"{label}{'f' if v is None else v}x{n}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1])))
-    ratios = [v for k, v in params.items() if k.split(":")[0] == "pruning_ratio"]
-    if ratios:
-        lo, hi = min(ratios), max(ratios)
-        crit = params.get("pruning_criterion", "")
-        parts.append(f"prune {lo:g}" + (f"-{hi:g}" if hi != lo else "") + (f" ({crit})" if crit else ""))
-    levels = [v for k, v in params.items() if k.split(":")[0] == "sparsity"]
-    if levels:
-        parts.append(f"sparsity {min(levels):g}-{max(levels):g}")
-    if "student_width" in params:
-        parts.append(f"student w{params['student_width']:g}" + (f" b{params['student_blocks']}" if "student_blocks" in params else ""))
+    for knob in KNOBS.values():
+        part = knob.summarize([v for k, v in params.items() if k.split(":")[0] == knob.name], params)
+        if part:
+            parts.append(part)
     return " | ".join(parts) or "-"
+
+
+def summarize_trials(
+    records: list[TrialRecord], *, objectives: list, constraint, baseline, layers: tuple[str, ...], name: str, storage: str,
+    workdir: Path, strategy: str,
+) -> SearchResult:
+    """A SearchResult from the trials of a search (any backend): best, Pareto front, message."""
+    finished = [r for r in records if r.state == "COMPLETE"]
+    feasible = [r for r in finished if r.feasible]
+    pareto = pareto_front(feasible, objectives)
+    if feasible:
+        best = pareto[0]
+        values = ", ".join(f"{o.name} {v:.4g}" for o, v in zip(objectives, best.values or ()))
+        message = f"best feasible trial {best.number}: {values}, validation accuracy {best.measurements.accuracy:.4f}"
+    elif finished:
+        best = min(finished, key=lambda r: r.violation)
+        message = (f"INFEASIBLE: no trial met {constraint.describe(baseline.accuracy)}; the closest, trial "
+                   f"{best.number}, reached {best.measurements.accuracy:.4f}. Allow a larger drop, a longer "
+                   "fine-tune, or a gentler space.")
+    else:
+        best = None
+        errors = {r.error for r in records if r.error}
+        message = "no trial finished" + (f"; errors: {'; '.join(sorted(errors))[:1000]}" if errors else "")
+    return SearchResult(
+        study_name=name,
+        storage=storage,
+        objectives=[{"name": o.name, "direction": o.direction} for o in objectives],
+        constraint=constraint.describe(baseline.accuracy),
+        baseline=baseline.to_dict(),
+        trials=records,
+        best=best,
+        pareto=pareto,
+        feasible=bool(feasible),
+        message=message,
+        workdir=str(workdir),
+        strategy=strategy,
+        floor=constraint.floor(baseline.accuracy),
+        layers=tuple(layers),
+    )
+
+
+def pareto_front(records: list[TrialRecord], objectives: list) -> list[TrialRecord]:
+    """Non-dominated records over the objectives and accuracy; sorted by the first objective."""
+    signs = [1 if o.direction == "minimize" else -1 for o in objectives]
+
+    def key(r: TrialRecord) -> list[float]:  # all minimised
+        return [s * v for s, v in zip(signs, r.values)] + [-r.measurements.accuracy]
+
+    keys = {r.number: key(r) for r in records}
+    front = [
+        r for r in records
+        if not any(all(a <= b for a, b in zip(keys[o.number], keys[r.number])) and keys[o.number] != keys[r.number] for o in records)
+    ]
+    unique: dict[tuple, TrialRecord] = {}
+    for r in sorted(front, key=lambda r: (keys[r.number], r.number)):
+        unique.setdefault(tuple(keys[r.number]), r)  # equal measurements: keep the first trial
+    return list(unique.values())

@@ -12,6 +12,8 @@ same parameters by the next worker that starts a trial.
 
 from __future__ import annotations
 
+import random
+import time
 import warnings
 from pathlib import Path
 
@@ -46,14 +48,17 @@ def open_storage(url: str | BaseStorage, *, heartbeat_interval: int | None = 30,
     """Open ``url`` (see storage_url) with heartbeats and retries for RDBs; clear errors otherwise."""
     if isinstance(url, BaseStorage):
         return url
-    try:
-        if url.startswith("journal:"):
-            path = Path(url.removeprefix("journal:"))
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
-        scheme = url.split("://", 1)[0].split("+", 1)[0]
-        if scheme not in RDB_SCHEMES:
-            raise ValueError(f"unsupported scheme {scheme!r}; use sqlite, postgresql or mysql")
+        except OSError as error:
+            raise ValueError(f"cannot open the journal storage {path}: {error}") from None
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in RDB_SCHEMES:
+        raise ValueError(f"cannot open the search storage {_redact(url)!r}: unsupported scheme {scheme!r}; use sqlite, postgresql or mysql")
+    try:
         if scheme == "sqlite":
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
@@ -65,13 +70,36 @@ def open_storage(url: str | BaseStorage, *, heartbeat_interval: int | None = 30,
                     grace_period=grace_period or 3 * heartbeat_interval,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
                 )
-            return RDBStorage(url, engine_kwargs=_engine_kwargs(scheme), **heartbeat)
+            # Several processes opening a new database at once race to create its tables.
+            return _retrying(lambda: RDBStorage(url, engine_kwargs=_engine_kwargs(scheme), **heartbeat))
     except Exception as error:  # SQLAlchemy / driver errors come in many types
-        raise ValueError(
-            f"cannot open the search storage {_redact(url)!r}: {type(error).__name__}: {error}. "
-            "Check the URL, that the database server is up and reachable, and that its driver is installed "
-            "(PostgreSQL: pip install psycopg2-binary)."
-        ) from None
+        hint = "Check the path and that the file is an Optuna SQLite database."
+        if scheme != "sqlite":
+            hint = ("Check the URL, that the database server is up and reachable, and that its driver is installed "
+                    "(PostgreSQL: pip install psycopg2-binary).")
+        raise ValueError(f"cannot open the search storage {_redact(url)!r}: {type(error).__name__}: {error}. {hint}") from None
+
+
+def create_or_load_study(storage: BaseStorage, name: str, **kwargs) -> optuna.Study:
+    """``optuna.create_study(load_if_exists=True)`` that does not fail when another process
+    creates the same study at the same moment (it loads it instead)."""
+    return _retrying(lambda: optuna.create_study(storage=storage, study_name=name, load_if_exists=True, **kwargs))
+
+
+def _retrying(make, attempts: int = 6):
+    """``make()``, retried with a growing random pause on the errors of a creation race
+    (a table or study another process created between our check and our insert)."""
+    for attempt in range(attempts):
+        try:
+            return make()
+        except Exception as error:
+            race = isinstance(error, optuna.exceptions.DuplicatedStudyError) or any(
+                text in str(error).lower() for text in ("already exists", "unique constraint", "database is locked", "duplicate")
+            )
+            if not race or attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _engine_kwargs(scheme: str) -> dict:
@@ -98,7 +126,7 @@ def recover_interrupted(study: optuna.Study) -> int:
     Returns how many were recovered."""
     recovered = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         recovered += 1
     return recovered

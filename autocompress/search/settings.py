@@ -1,0 +1,204 @@
+"""Everything that defines a search, as one validated, JSON-serialisable object.
+
+``search()`` builds a SearchSettings from its keyword arguments, the YAML config
+(autocompress.config) from its file, and ``resume()`` reads it back from the study or the
+Ray experiment: one validation, one serialisation. Importing this module imports no Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+import optuna
+
+from autocompress.core import Finetune
+from autocompress.evaluators.target import Target
+from autocompress.search.objectives import AccuracyConstraint, describe_objectives, parse_objectives
+
+# Pruned candidates need a float recovery before QAT (see the pruning benchmark): 1 epoch
+# at the training lr, then a short QAT at a small lr.
+SEARCH_FINETUNE = Finetune(epochs=0.5, lr=1e-4, recovery_epochs=1.0, rewind_lr=1e-3)
+SAMPLERS = ("auto", "tpe", "nsga2", "gp", "random")
+STRATEGIES = ("direct", "condensa")
+BACKENDS = ("optuna", "ray")
+SCHEDULERS = (None, "asha")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ray:
+    """Run the search as a Ray Tune experiment: ``search(..., backend=Ray(...))`` or ``backend="ray"``.
+
+    address: None starts (or joins the already initialised) local Ray; "auto", "host:port"
+        or "ray://host:port" joins an existing cluster.
+    storage_path: absolute directory (shared by all nodes on a cluster) or cloud URI
+        (s3://, gs://) for the experiment ``<storage_path>/<study_name>``; default
+        ``<workdir>/ray``. search(storage=...) is then an optional Optuna RDB that
+        mirrors the sampler's study (for optuna-dashboard).
+    resources_per_trial: Ray resources a trial holds while it compresses and fine-tunes.
+    target_resource: a custom resource that marks the nodes of the target hardware
+        (``ray start --resources='{"ov_target": 1}'``): every latency measurement runs
+        there, one at a time per node. None: measured on the trial's own node.
+    max_concurrent: trials at once (default: as many as the resources allow).
+    max_failures: retries of a trial whose worker or node died (from its checkpoint);
+        a trial that raises (bad policy, NaN metric) is recorded as failed, not retried.
+    scheduler: None (the accuracy-floor early stop only) or "asha" (also stops trials
+        whose accuracy at the checks is in the bottom of their rung).
+    """
+
+    address: str | None = None
+    storage_path: str | None = None
+    resources_per_trial: dict[str, float] = dataclasses.field(default_factory=lambda: {"cpu": 1})
+    target_resource: str | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    scheduler: str | None = None
+    reuse_actors: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown Ray scheduler {self.scheduler!r}; use None or 'asha'")
+        _check_int("Ray.max_failures", self.max_failures, 0)
+        if self.max_concurrent is not None:
+            _check_int("Ray.max_concurrent", self.max_concurrent, 1)
+        if not isinstance(self.resources_per_trial, dict) or not self.resources_per_trial:
+            raise ValueError(f"resources_per_trial must be a non-empty dict such as {{'cpu': 1}}, got {self.resources_per_trial!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Ray:
+        return cls(**_known(cls, data, "ray"))
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """One search: what it optimises, under which constraint, over which space, where.
+
+    objective: "latency", "throughput", "size", a {name: weight} mix, a callable(measurements)
+        -> float to minimise, or a list of these (a Pareto search). A callable is stored by
+        name: pass it again to resume.
+    space: a preset name (see autocompress.search_spaces.PRESETS), or the space itself as a
+        dict (search() stores the space it built, so resume needs no model analysis).
+    backend: "optuna" (trials in this process) or a Ray (Tune on a cluster).
+    """
+
+    objective: Any = "latency"
+    max_accuracy_drop: float = 0.01
+    relative_drop: bool = False
+    space: str | dict[str, Any] = "joint"
+    n_trials: int = 30
+    timeout: float | None = None
+    workdir: str = "autocompress-search"
+    study_name: str | None = None
+    storage: str | None = None
+    target: Target = Target()
+    finetune: Finetune = SEARCH_FINETUNE
+    sampler: str = "auto"
+    strategy: str = "direct"
+    early_stop_margin: float | None = 0.05
+    seed: int = 0
+    backend: str | Ray = "optuna"
+
+    def __post_init__(self) -> None:
+        parse_objectives(self.objective)  # raises with the reason
+        AccuracyConstraint(self.max_accuracy_drop, self.relative_drop)
+        _check_int("n_trials", self.n_trials, 1)
+        _check_int("seed", self.seed, 0)
+        if self.timeout is not None and (not _number(self.timeout) or self.timeout <= 0):
+            raise ValueError(f"timeout must be a number of seconds > 0 or None, got {self.timeout!r}")
+        if self.early_stop_margin is not None and (not _number(self.early_stop_margin) or self.early_stop_margin < 0):
+            raise ValueError(f"early_stop_margin must be >= 0 or None, got {self.early_stop_margin!r}")
+        if not isinstance(self.space, (str, dict)):
+            raise TypeError(f"space must be a preset name or a search space, got {type(self.space).__name__}")
+        if not isinstance(self.target, Target):
+            raise TypeError(f"target must be an autocompress.Target, got {type(self.target).__name__}")
+        if not isinstance(self.finetune, Finetune):
+            raise TypeError(f"finetune must be an autocompress.Finetune, got {type(self.finetune).__name__}")
+        if self.sampler not in SAMPLERS and not _is_sampler(self.sampler):
+            raise ValueError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)} or an optuna sampler instance")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        if self.backend not in BACKENDS and not isinstance(self.backend, Ray):
+            raise ValueError(f"unknown backend {self.backend!r}; use 'optuna', 'ray' or autocompress.search.Ray(...)")
+        if self.backend == "ray":
+            object.__setattr__(self, "backend", Ray())
+        if isinstance(self.backend, Ray) and self.strategy != "direct":
+            raise ValueError(f"strategy={self.strategy!r} runs on the Optuna backend only; use backend='optuna' or strategy='direct'")
+
+    @property
+    def uses_ray(self) -> bool:
+        return isinstance(self.backend, Ray)
+
+    @property
+    def constraint(self) -> AccuracyConstraint:
+        return AccuracyConstraint(self.max_accuracy_drop, self.relative_drop)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able; an objective callable and a sampler instance are stored by name."""
+        return {
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+            "objective": describe_objectives(self.objective),
+            "target": self.target.to_dict(),
+            "finetune": dataclasses.asdict(self.finetune),
+            "sampler": self.sampler if isinstance(self.sampler, str) else type(self.sampler).__name__,
+            "backend": self.backend.to_dict() if isinstance(self.backend, Ray) else self.backend,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **replace: Any) -> SearchSettings:
+        """The settings ``to_dict`` wrote (or a config file's), with ``replace`` applied; unknown
+        keys are errors. A stored callable objective must come back through ``replace``."""
+        values = {**_known(cls, data, "search settings"), **replace}
+        if isinstance(values.get("target"), Mapping):
+            values["target"] = Target.from_dict(dict(values["target"]))
+        if isinstance(values.get("finetune"), Mapping):
+            values["finetune"] = Finetune(**_known(Finetune, values["finetune"], "finetune"))
+        if isinstance(values.get("backend"), Mapping):
+            values["backend"] = Ray.from_dict(values["backend"])
+        if stored_callable(values.get("objective")):
+            raise ValueError(
+                f"the search optimised a callable objective ({values['objective']}); code is not stored: pass it again as objective="
+            )
+        if isinstance(values.get("sampler"), str) and values["sampler"] not in SAMPLERS:
+            values["sampler"] = "auto"  # a sampler instance was stored by its class name
+        return cls(**values)
+
+    def comparable(self) -> dict[str, Any]:
+        """The settings that must match to continue a study (budget, time and places may change)."""
+        d = self.to_dict()
+        for key in ("n_trials", "timeout", "workdir", "storage", "study_name"):
+            d.pop(key)
+        return json.loads(json.dumps(d, default=str))
+
+
+def stored_callable(objective: Any) -> bool:
+    """Whether a stored objective description names a callable (which must be passed again)."""
+    if isinstance(objective, (list, tuple)):
+        return any(stored_callable(o) for o in objective)
+    return isinstance(objective, Mapping) and "callable" in objective
+
+
+def _known(cls, data: Mapping[str, Any], what: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} must be a mapping, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"{what}: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(names)}")
+    return dict(data)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _is_sampler(value: Any) -> bool:
+    return isinstance(value, optuna.samplers.BaseSampler)

@@ -1,0 +1,444 @@
+"""One trial, the same on every backend: policy in -> compress -> export -> measure -> outcome.
+
+``Trial`` binds what every trial shares (the model, the data, the baseline, the
+objectives and the constraint); calling it with a policy runs one candidate and returns a
+typed ``TrialOutcome``. A backend decides only where this runs and where its exported
+model is measured (a ``Measure``: on this machine, or on a Ray node of the target).
+
+All OpenVINO work for a candidate (IR conversion, accuracy on the validation data,
+latency against the baseline in alternating rounds) runs in ONE child process, so the
+per-trial overhead outside fine-tuning is one interpreter start. Latency depends on the
+graph, not on the weight values, so it is cached by a fingerprint of the exported graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Protocol
+
+import numpy as np
+import onnx
+from torch import nn
+
+from autocompress.core import Finetune, apply_policy
+from autocompress.evaluators.child import ConvertToIR, Infer, MeasureLatency, run_jobs, unwrap
+from autocompress.evaluators.metrics import Metric, score
+from autocompress.evaluators.runtime import Dataset
+from autocompress.evaluators.size import count_flops, parameter_stats
+from autocompress.evaluators.target import LatencyConfig, Target
+from autocompress.export import export_onnx
+from autocompress.evaluators.torch_side import module_logits
+from autocompress.policies import Policy
+from autocompress.search.objectives import AccuracyConstraint, Objective
+
+log = logging.getLogger(__name__)
+
+# Per-trial latency: short alternating rounds against the baseline (5, so that one burst of
+# neighbour load cannot pick the winner); the chosen policy is re-measured fully.
+TRIAL_LATENCY = LatencyConfig(rounds=5, min_iterations=50, min_seconds=0.1)
+State = Literal["COMPLETE", "PRUNED", "FAIL"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """The uncompressed model as exported and measured on the target."""
+
+    onnx_path: str
+    ir_path: str
+    accuracy: float
+    latency_ms: float
+    size_bytes: int
+    parameters: int
+    flops: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Baseline:
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurements:
+    """What was measured of one candidate: accuracy of the exported IR on the validation
+    data (OpenVINO), latency on the target (ms, and ratio to the baseline measured in the
+    same alternating rounds), size of the IR's weights, and where the time went."""
+
+    accuracy: float
+    latency_ms: float
+    latency_ratio: float  # candidate / baseline: 0.25 = 4x faster
+    speedup: float
+    throughput: float  # samples per second at the target's batch
+    throughput_ratio: float
+    size_bytes: int  # the IR's .bin
+    size_ratio: float
+    parameters: int
+    flops: int
+    runtime_precision: dict[str, Any] | None
+    latency_cached: bool  # the same graph was timed earlier in this search
+    fingerprint: str
+    ir_path: str
+    onnx_path: str
+    seconds_compress: float | None = None
+    seconds_export: float | None = None
+    seconds_measure: float | None = None
+    node_trained: str | None = None  # Ray: where it was fine-tuned and where it was measured
+    node_measured: str | None = None
+    resumed_from: str | None = None  # Ray: "exported" when a retried trial went on from its checkpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurements:
+        return cls(**data)
+
+    def with_paths(self, ir_path: str, onnx_path: str) -> Measurements:
+        return dataclasses.replace(self, ir_path=ir_path, onnx_path=onnx_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """A compressed candidate exported to ONNX, with what measuring it needs from torch."""
+
+    onnx_path: str
+    fingerprint: str
+    parameters: int
+    flops: int
+    seconds_compress: float | None
+    seconds_export: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Exported:
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial ended: COMPLETE (measured), PRUNED (stopped early below the accuracy
+    floor) or FAIL (it raised: the same policy would fail again)."""
+
+    state: State
+    measurements: Measurements | None = None
+    values: tuple[float, ...] | None = None  # the objectives, in order
+    violation: float | None = None  # accuracy floor - accuracy; <= 0 is feasible
+    error: str | None = None
+    checks: tuple[tuple[str, float], ...] = ()  # (stage, torch validation accuracy) on the way
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["measurements"] = self.measurements.to_dict() if self.measurements else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialOutcome:
+        data = dict(data)
+        data["measurements"] = Measurements.from_dict(data["measurements"]) if data.get("measurements") else None
+        data["values"] = tuple(data["values"]) if data.get("values") is not None else None
+        data["checks"] = tuple(tuple(c) for c in data.get("checks") or ())
+        return cls(**data)
+
+
+class TrialStopped(Exception):
+    """Raised inside fine-tuning to stop a candidate early (it ends PRUNED)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Latency:
+    latency_ms: float
+    latency_ratio: float
+    runtime_precision: dict[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasuredIR:
+    """What a Measure returns for one exported model."""
+
+    bin_bytes: int
+    logits: np.ndarray
+    latency: Latency | None  # None when not asked for (a cached graph)
+    node: str | None = None
+
+
+class Measure(Protocol):
+    """Where exported models are measured: on this machine (LocalMeasure) or on a node of
+    the target hardware (the Ray backend's).
+
+    candidate(): converts ``onnx_path`` to an IR at ``ir_path``, runs the validation inputs
+        through it and, if ``latency``, times it against the baseline IR ``against`` (None:
+        alone) in alternating rounds.
+    compare(): the outputs of the IRs ``ir_paths`` on ``inputs_file`` and their latencies in
+        alternating rounds, the first being the reference (the final test-split check)."""
+
+    def candidate(self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool) -> MeasuredIR: ...
+
+    def compare(self, ir_paths: list[str], inputs_file: Path, config: LatencyConfig) -> tuple[list[np.ndarray], dict]: ...
+
+
+def measure_candidate(
+    onnx_path: Path, ir_path: Path, inputs_file: Path, target: Target, config: LatencyConfig, *, against: str | None, latency: bool
+) -> MeasuredIR:
+    """IR conversion, validation logits and (optionally) latency, in ONE OpenVINO child process."""
+    shape = list(np.load(inputs_file, mmap_mode="r").shape[1:])
+    logits_path = Path(ir_path).with_name("val_logits.npy")
+    jobs = [
+        ConvertToIR(str(onnx_path), str(ir_path), [target.batch, *shape]),
+        Infer(str(ir_path), str(inputs_file), str(logits_path), target.to_dict()),
+    ]
+    if latency:
+        paths = [against, str(ir_path)] if against else [str(ir_path)]
+        jobs.append(MeasureLatency(paths, target.to_dict(), config.to_dict()))
+    results = [unwrap(r) for r in run_jobs(jobs)]
+    logits = np.load(logits_path)
+    logits_path.unlink()
+    timed = None
+    if latency:
+        models = results[2]["models"]
+        ratio = results[2]["ratios_to_first"][-1] if against else 1.0
+        timed = Latency(models[-1]["median_ms"], ratio, models[-1].get("runtime_precision"))
+    return MeasuredIR(int(results[0]["bin_bytes"]), logits, timed)
+
+
+def compare_irs(ir_paths: list[str], inputs_file: Path, target: Target, config: LatencyConfig) -> tuple[list[np.ndarray], dict]:
+    """Outputs of each IR on the inputs, and their latencies in alternating rounds (the
+    first IR is the reference), in one OpenVINO child process on this machine."""
+    with tempfile.TemporaryDirectory(prefix="autocompress-check-") as tmp:
+        jobs: list = [Infer(p, str(inputs_file), f"{tmp}/{i}.npy", target.to_dict()) for i, p in enumerate(ir_paths)]
+        jobs.append(MeasureLatency(list(ir_paths), target.to_dict(), config.to_dict()))
+        results = [unwrap(r) for r in run_jobs(jobs)]
+        logits = [np.load(f"{tmp}/{i}.npy") for i in range(len(ir_paths))]
+    return logits, results[-1]
+
+
+@dataclasses.dataclass
+class LocalMeasure:
+    """Measure on this machine (see Measure)."""
+
+    inputs_file: Path
+    target: Target
+    config: LatencyConfig = TRIAL_LATENCY
+
+    def candidate(self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool) -> MeasuredIR:
+        return measure_candidate(onnx_path, ir_path, self.inputs_file, self.target, self.config, against=against, latency=latency)
+
+    def compare(self, ir_paths: list[str], inputs_file: Path, config: LatencyConfig) -> tuple[list[np.ndarray], dict]:
+        return compare_irs(ir_paths, inputs_file, self.target, config)
+
+
+class LatencyCache:
+    """Latency per graph fingerprint, one JSON file per fingerprint in ``directory``
+    (written atomically, so trials on several processes or nodes can share it)."""
+
+    def __init__(self, directory: str | Path | None) -> None:
+        self.directory = Path(directory) if directory else None
+
+    def get(self, fingerprint: str) -> Latency | None:
+        path = self.directory / f"{fingerprint}.json" if self.directory else None
+        if path is None or not path.exists():
+            return None
+        try:
+            return Latency(**json.loads(path.read_text()))
+        except (ValueError, TypeError):  # a damaged entry is measured again
+            return None
+
+    def put(self, fingerprint: str, latency: Latency) -> None:
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        staging = self.directory / f".{fingerprint}.{os.getpid()}.tmp"
+        staging.write_text(json.dumps(dataclasses.asdict(latency)))
+        staging.replace(self.directory / f"{fingerprint}.json")
+
+
+def graph_fingerprint(onnx_path: str | Path, target: Target) -> str:
+    """sha256 of the ONNX graph with every tensor's values dropped (shapes and types
+    kept), plus the target: two candidates with this fingerprint run the same kernels."""
+    model = onnx.load(str(onnx_path))
+    for tensor in model.graph.initializer:
+        tensor.ClearField("raw_data")
+        for field in ("float_data", "int32_data", "int64_data", "double_data"):
+            tensor.ClearField(field)
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                attribute.t.ClearField("raw_data")
+    digest = hashlib.sha256(model.graph.SerializeToString(deterministic=True))
+    digest.update(repr(sorted(target.to_dict().items())).encode())
+    return digest.hexdigest()[:24]
+
+
+@dataclasses.dataclass
+class TrialSetup:
+    """The search problem every trial shares: the user's model and data, how candidates
+    are fine-tuned and scored. Plain data, picklable (Ray ships it to the workers once)."""
+
+    model: nn.Module
+    train_loader: Iterable
+    val: Dataset
+    objectives: list[Objective]
+    constraint: AccuracyConstraint
+    finetune: Finetune
+    target: Target
+    metric: Metric | None = None
+    loss_fn: Callable | None = None
+    early_stop_margin: float | None = 0.05
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.val.inputs.shape[1:])
+
+    def torch_accuracy(self, module: nn.Module) -> float:
+        """The metric of a torch module on the validation data (for early stopping)."""
+        return score(self.metric, module_logits(module, self.val.inputs, 500), self.val.targets, "a candidate during fine-tuning")
+
+    def export(self, module: nn.Module, directory: str | Path, seconds_compress: float | None = None) -> Exported:
+        """Export a (compressed) module to ``directory``/model.onnx, with what the rest of the
+        measurement needs from torch (parameters, FLOPs), so it can go on without it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        onnx_path = directory / "model.onnx"
+        started = time.perf_counter()
+        export_onnx(module, (self.target.batch, *self.input_shape), onnx_path)
+        return Exported(
+            onnx_path=str(onnx_path),
+            fingerprint=graph_fingerprint(onnx_path, self.target),
+            parameters=parameter_stats(module)["parameters"],
+            flops=count_flops(module, (1, *self.input_shape)),
+            seconds_compress=seconds_compress,
+            seconds_export=time.perf_counter() - started,
+        )
+
+    def measure_baseline(self, directory: str | Path, measure: Measure) -> Baseline:
+        """Export the uncompressed model and measure it once (accuracy, latency, size)."""
+        exported = self.export(self.model, Path(directory))
+        ir_path = Path(exported.onnx_path).with_name("model.xml")
+        measured = measure.candidate(Path(exported.onnx_path), ir_path, against=None, latency=True)
+        return Baseline(
+            onnx_path=exported.onnx_path,
+            ir_path=str(ir_path),
+            accuracy=score(self.metric, measured.logits, self.val.targets, "the uncompressed model"),
+            latency_ms=measured.latency.latency_ms,
+            size_bytes=measured.bin_bytes,
+            parameters=exported.parameters,
+            flops=exported.flops,
+        )
+
+
+@dataclasses.dataclass
+class Trial:
+    """The trial function both backends run: ``trial(policy, directory, ...) -> TrialOutcome``.
+
+    measure: where the exported candidate is measured; latency_cache: shared timings by
+    graph fingerprint. on_check(stage, accuracy) sees the torch validation accuracy at the
+    end of pruning recovery, half-way through the final fine-tuning and after it;
+    should_stop() lets a scheduler or pruner stop the trial there. ``exported`` resumes a
+    trial that was exported before its worker died (skipping the fine-tune), and
+    on_exported(exported) lets a backend checkpoint that point."""
+
+    setup: TrialSetup
+    baseline: Baseline
+
+    def __call__(
+        self,
+        policy: Policy,
+        directory: str | Path,
+        *,
+        measure: Measure,
+        latency_cache: LatencyCache | None = None,
+        on_check: Callable[[str, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        exported: Exported | None = None,
+        on_exported: Callable[[Exported], None] | None = None,
+    ) -> TrialOutcome:
+        checks: list[tuple[str, float]] = []
+
+        def check(stage: str, accuracy: float) -> None:
+            checks.append((stage, accuracy))
+            if on_check is not None:
+                on_check(stage, accuracy)
+
+        try:
+            if exported is None:
+                exported = self._compress_and_export(policy, Path(directory), check, should_stop)
+                if on_exported is not None:
+                    on_exported(exported)
+            measurements = self._measure(exported, policy, measure, latency_cache or LatencyCache(None))
+            values = tuple(objective(measurements) for objective in self.setup.objectives)
+        except TrialStopped as stopped:
+            return TrialOutcome("PRUNED", error=str(stopped), checks=tuple(checks))
+        except Exception as error:  # recorded, not retried: the same policy would fail again
+            log.warning("trial failed: %s: %s", type(error).__name__, error, exc_info=log.isEnabledFor(logging.DEBUG))
+            return TrialOutcome("FAIL", error=f"{type(error).__name__}: {error}"[:2000], checks=tuple(checks))
+        violation = self.setup.constraint.violation(measurements.accuracy, self.baseline.accuracy)
+        return TrialOutcome("COMPLETE", measurements, values, violation, checks=tuple(checks))
+
+    def _compress_and_export(self, policy: Policy, directory: Path, check, should_stop) -> Exported:
+        floor = self.setup.constraint.floor(self.baseline.accuracy)
+        margin = self.setup.early_stop_margin
+
+        def watch(stage: str, accuracy: float) -> None:
+            check(stage, accuracy)
+            if margin is not None and accuracy < floor - margin:
+                raise TrialStopped(f"{stage}: validation accuracy {accuracy:.4f} is below the floor {floor:.4f} by more than {margin}")
+            if should_stop is not None and should_stop():
+                raise TrialStopped(f"{stage}: stopped by the search's scheduler at accuracy {accuracy:.4f}")
+
+        def on_step(stage: str, step: int, total: int, module: nn.Module) -> None:
+            # Mid-recovery accuracy says little (the lr is still high); its last step says a lot.
+            checkpoint = total - 1 if stage == "recovery" else total // 2
+            if total >= 4 and step == checkpoint:
+                watch(stage, self.setup.torch_accuracy(module))
+
+        started = time.perf_counter()
+        module = apply_policy(
+            self.setup.model, policy, self.setup.train_loader, finetune=self.setup.finetune, loss_fn=self.setup.loss_fn,
+            on_finetune_step=on_step,
+        ).module
+        seconds = time.perf_counter() - started
+        check("compressed", self.setup.torch_accuracy(module))
+        return self.setup.export(module, directory, seconds)
+
+    def _measure(self, exported: Exported, policy: Policy, measure: Measure, cache: LatencyCache) -> Measurements:
+        onnx_path = Path(exported.onnx_path)
+        ir_path = onnx_path.with_name("model.xml")
+        cached = cache.get(exported.fingerprint)
+        started = time.perf_counter()
+        measured = measure.candidate(onnx_path, ir_path, against=self.baseline.ir_path, latency=cached is None)
+        seconds = time.perf_counter() - started
+        latency = cached or measured.latency
+        if cached is None:
+            cache.put(exported.fingerprint, latency)
+        policy.save(onnx_path.with_name("policy.json"))
+        batch = self.setup.target.batch
+        return Measurements(
+            accuracy=score(self.setup.metric, measured.logits, self.setup.val.targets, "a candidate"),
+            latency_ms=latency.latency_ms,
+            latency_ratio=latency.latency_ratio,
+            speedup=1.0 / latency.latency_ratio,
+            throughput=1000.0 * batch / latency.latency_ms,
+            throughput_ratio=1.0 / latency.latency_ratio,
+            size_bytes=measured.bin_bytes,
+            size_ratio=measured.bin_bytes / self.baseline.size_bytes,
+            parameters=exported.parameters,
+            flops=exported.flops,
+            runtime_precision=latency.runtime_precision,
+            latency_cached=cached is not None,
+            fingerprint=exported.fingerprint,
+            ir_path=str(ir_path),
+            onnx_path=str(onnx_path),
+            seconds_compress=exported.seconds_compress,
+            seconds_export=exported.seconds_export,
+            seconds_measure=seconds,
+            node_measured=measured.node,
+        )
