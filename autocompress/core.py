@@ -102,7 +102,7 @@ def apply_policy(
     to watch accuracy and stop a hopeless candidate early by raising.
     """
     if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a autocompress.policies.Policy, got {type(policy).__name__}; load JSON with Policy.load(path)")
+        raise TypeError(f"policy must be an autocompress.policies.Policy, got {type(policy).__name__}; load JSON with Policy.load(path)")
     calibration_loader = calibration_loader if calibration_loader is not None else train_loader
     input_shape = _first_input_shape(train_loader if train_loader is not None else calibration_loader)
     history: dict[str, Any] = {}

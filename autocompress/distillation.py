@@ -85,7 +85,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 def _check_config(config: Distillation) -> Distillation:
     """Re-check the numbers: a Distillation built with model_construct/copy skips pydantic."""
     if not isinstance(config, Distillation):
-        raise TypeError(f"distillation must be a autocompress.policies.Distillation, got {type(config).__name__}")
+        raise TypeError(f"distillation must be an autocompress.policies.Distillation, got {type(config).__name__}")
     _check_temperature(config.temperature)
     if not 0.0 <= config.alpha <= 1.0:
         raise ValueError(f"distillation alpha must be in [0, 1], got {config.alpha!r}")
@@ -319,7 +319,7 @@ def build_student(teacher: nn.Module, student: Student, *, example_input: torch.
     call :func:`init_from_teacher` when ``student.init_from_teacher`` is set.
     """
     if not isinstance(student, Student):
-        raise TypeError(f"student must be a autocompress.policies.Student, got {type(student).__name__}")
+        raise TypeError(f"student must be an autocompress.policies.Student, got {type(student).__name__}")
     if student.family not in _FAMILIES:
         raise PolicyError(
             f"unknown student family {student.family!r}; registered: {', '.join(student_families()) or '(none)'} "
@@ -375,7 +375,7 @@ def _number(value: Any) -> bool:
 def _check_teacher(family: str, teacher: nn.Module, needed: type) -> None:
     if not isinstance(teacher, needed):
         raise PolicyError(
-            f"student family {family!r} needs a {needed.__module__}.{needed.__name__} teacher, "
+            f"student family {family!r} needs an {needed.__module__}.{needed.__name__} teacher, "
             f"got {type(teacher).__name__}; registered families: {', '.join(student_families())}"
         )
 

@@ -41,7 +41,7 @@ NODE = dict(num_cpus=1, object_store_memory=256 * 1024**2)
 
 def inner_seconds(trial) -> float:
     m = trial.measurements
-    return (m.get("seconds_compress") or 0) + (m.get("seconds_export") or 0) + (m.get("seconds_measure") or 0)
+    return (m.seconds_compress or 0) + (m.seconds_export or 0) + (m.seconds_measure or 0)
 
 
 def run(label: str, workers: int | None, model, loaders, args, workdir: Path) -> dict:
@@ -77,7 +77,7 @@ def run(label: str, workers: int | None, model, loaders, args, workdir: Path) ->
         "overhead": statistics.median(t.seconds - inner_seconds(t) for t in complete) if complete and workers else None,
         "trial_s": statistics.median(t.seconds for t in complete) if complete else None,
         "policies": sorted(str(sorted(t.params.items())) for t in result.trials),
-        "best": result.best.measurements.get("speedup") if result.best else None,
+        "best": result.best.measurements.speedup if result.best else None,
     }
 
 

@@ -52,16 +52,16 @@ def trials_to_95(result: SearchResult) -> int | None:
     feasible = [t for t in result.trials if t.feasible]
     if not feasible:
         return None
-    final = max(t.measurements["speedup"] for t in feasible)
+    final = max(t.measurements.speedup for t in feasible)
     for index, t in enumerate(result.trials, start=1):
-        if t.feasible and t.measurements["speedup"] >= 0.95 * final:
+        if t.feasible and t.measurements.speedup >= 0.95 * final:
             return index
     return None
 
 
 def overhead(result: SearchResult) -> float | None:
     """Median seconds per finished trial spent outside apply_policy (export, IR, measurement)."""
-    values = [t.seconds - t.measurements["seconds_compress"] for t in result.trials if t.state == "COMPLETE" and t.seconds]
+    values = [t.seconds - (t.measurements.seconds_compress or 0) for t in result.trials if t.state == "COMPLETE" and t.seconds]
     return statistics.median(values) if values else None
 
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = result
             print(f"[{name}] {time.perf_counter() - t0:.0f} s: {result.message}", flush=True)
             if result.best is not None and result.feasible:
-                ir = Path(result.best.measurements["ir_path"])
+                ir = Path(result.best.measurements.ir_path)
                 artifacts[name] = ExportedModel(onnx_path=ir.with_suffix(".onnx"), ir_path=ir, input_shape=fp32.input_shape)
 
         data = Dataset(test)

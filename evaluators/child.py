@@ -21,7 +21,7 @@ WORKER_FILE = os.path.join(_EVALUATORS_DIR, "runtime_worker.py")
 # The worker is loaded from its file under its package name, with `autocompress` and
 # `autocompress.evaluators` registered as bare packages by directory: nothing on the user's
 # sys.path (a folder named `evaluators` or `autocompress` in the working directory, say) can
-# replace it, and autocompress/__init__ (which would be harmless, but is not needed) never runs.
+# replace it, and autocompress/__init__, which imports torch, never runs in the worker.
 _BOOTSTRAP = """\
 import importlib.util, json, sys, types
 if sys.path and sys.path[0] in ("", "."):

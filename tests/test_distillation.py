@@ -160,9 +160,9 @@ def test_bad_student_params_are_named(resnet, cnn, family, params, message):
 
 
 def test_family_mismatch_and_unknown_family_are_explained(cnn, resnet):
-    with pytest.raises(PolicyError, match="'resnet' needs a autocompress.zoo.ResNet20 teacher, got MnistCNN"):
+    with pytest.raises(PolicyError, match="'resnet' needs an autocompress.models.ResNet20 teacher, got MnistCNN"):
         build_student(cnn, Student("resnet", {"width": 0.5}))
-    with pytest.raises(PolicyError, match="'mnist_cnn' needs a autocompress.zoo.MnistCNN teacher, got ResNet20"):
+    with pytest.raises(PolicyError, match="'mnist_cnn' needs an autocompress.models.MnistCNN teacher, got ResNet20"):
         build_student(resnet, Student("mnist_cnn"))
     with pytest.raises(PolicyError, match=r"unknown student family 'vit'; registered: .*mnist_cnn.*resnet"):
         build_student(cnn, Student("vit"))

@@ -1,0 +1,42 @@
+"""Study storages: several processes creating or loading one study at the same moment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import optuna
+import pytest
+
+from autocompress.search.storage import open_storage, storage_url
+
+WORKER = textwrap.dedent("""
+    import pathlib, sys, time
+    from autocompress.search.storage import create_or_load_study, open_storage, storage_url
+
+    where, index, go = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+    while not go.exists():  # all start at once
+        time.sleep(0.005)
+    storage = open_storage(storage_url(where, pathlib.Path.cwd()), heartbeat_interval=None)
+    study = create_or_load_study(storage, "shared", directions=["minimize"])
+    study.set_user_attr("worker" + index, True)
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("name", ["search.db", "search.log"])
+def test_processes_creating_one_study_at_once_all_succeed(tmp_path, name):
+    where, go = str(tmp_path / name), tmp_path / "go"
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WORKER, where, str(i), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(6)
+    ]
+    go.touch()
+    outputs = [w.communicate(timeout=180) for w in workers]
+    failed = [err.strip().splitlines()[-1] for w, (out, err) in zip(workers, outputs) if w.returncode != 0 or "ok" not in out]
+    assert not failed, failed
+    storage = open_storage(storage_url(where, tmp_path), heartbeat_interval=None)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    assert [s.study_name for s in summaries] == ["shared"]
+    assert set(optuna.load_study(study_name="shared", storage=storage).user_attrs) == {f"worker{i}" for i in range(6)}
