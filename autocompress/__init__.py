@@ -1,11 +1,11 @@
 """autocompress: find the best way to compress a trained PyTorch model for a target machine.
 
-    compressed = autocompress.apply_policy(model, Policy.quantize(8, 8), train_loader)
-    report = autocompress.evaluate({"fp32": model, "int8": compressed}, test_loader)
-    print(report.table())
-    autocompress.export(compressed, "deploy/")
+compressed = autocompress.apply_policy(model, Policy.quantize(8, 8), train_loader)
+report = autocompress.evaluate({"fp32": model, "int8": compressed}, test_loader)
+print(report.table())
+autocompress.export(compressed, "deploy/")
 
-    result = autocompress.search(model, train_loader, val_loader, test_loader=test_loader)
+result = autocompress.search(model, train_loader, val_loader, test_loader=test_loader)
 """
 
 from autocompress.core import CompressedModel, Finetune, ModelError, apply_policy, compressible_layers

@@ -12,15 +12,17 @@ import autocompress
 from autocompress.core import Finetune, ModelError, apply_policy, compressible_layers
 from autocompress.data import DATASETS, load_dataset, make_loaders
 from autocompress.evaluate import evaluate
-from autocompress.search.settings import SAMPLERS, SEARCH_FINETUNE, STRATEGIES
-from autocompress.zoo import default_cache_dir, parse_model_spec, pretrained
 from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
+from autocompress.search.settings import SAMPLERS, SEARCH_FINETUNE, STRATEGIES
 from autocompress.search_spaces import PRESETS, SpaceError
+from autocompress.zoo import default_cache_dir, parse_model_spec, pretrained
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autocompress", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="autocompress", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
@@ -33,36 +35,71 @@ def main(argv: list[str] | None = None) -> int:
     _add_search_options(demo)
 
     search = commands.add_parser(
-        "search", help="constrained policy search on a zoo model, or on your own with --config (Optuna or Ray; resumable)"
+        "search",
+        help="constrained policy search on a zoo model, or on your own with --config (Optuna or Ray; resumable)",
     )
-    search.add_argument("--config", type=Path, default=None,
-                        help="a YAML search config (model/data/metric as module:function entry points, backend, ray "
-                             "options; see autocompress.config): the file is the whole search, other options are ignored")
+    search.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a YAML search config (model/data/metric as module:function entry points, backend, ray "
+        "options; see autocompress.config): the file is the whole search, other options are ignored",
+    )
     _add_search_options(search)
-    search.add_argument("--storage", default=None,
-                        help="Optuna storage: a .db file, a journal .log file or an RDB URL (default: search.db in --out)")
+    search.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage: a .db file, a journal .log file or an RDB URL (default: search.db in --out)",
+    )
     search.add_argument("--study-name", default=None, help="study name (default: autocompress-SPACE)")
-    search.add_argument("--strategy", choices=STRATEGIES, default="direct",
-                        help="condensa: first the highest uniform INT8 pruning level meeting the constraint, then the space below it")
+    search.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="direct",
+        help="condensa: first the highest uniform INT8 pruning level meeting the constraint, then the space below it",
+    )
     search.add_argument("--sampler", choices=SAMPLERS, default="auto")
     search.add_argument("--seed", type=int, default=0)
 
     res = commands.add_parser(
-        "resume", help="continue a search: a Ray experiment directory (PATH), or an Optuna storage and study "
-        "(--storage, --study-name, with the search's --model, --data and --baseline-epochs)"
+        "resume",
+        help="continue a search: a Ray experiment directory (PATH), or an Optuna storage and study "
+        "(--storage, --study-name, with the search's --model, --data and --baseline-epochs)",
     )
-    res.add_argument("path", nargs="?", default=None, help="a Ray search's experiment directory (<storage_path>/<study_name>)")
-    res.add_argument("--address", default=None, help="Ray cluster to run the rest on (default: the one the search ran on; 'local': a fresh local Ray)")
-    res.add_argument("--storage", default=None, help="the search's storage (e.g. autocompress-out/search.db or a URL)")
+    res.add_argument(
+        "path",
+        nargs="?",
+        default=None,
+        help="a Ray search's experiment directory (<storage_path>/<study_name>)",
+    )
+    res.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to run the rest on (default: the one the search ran on; 'local': a fresh local Ray)",
+    )
+    res.add_argument(
+        "--storage", default=None, help="the search's storage (e.g. autocompress-out/search.db or a URL)"
+    )
     res.add_argument("--study-name", default=None)
     _add_model_options(res)
-    res.add_argument("--trials", type=int, default=None, help="finished trials the study should hold (default: the original budget)")
+    res.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="finished trials the study should hold (default: the original budget)",
+    )
     res.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
 
-    ev = commands.add_parser("evaluate", help="compress a model with a policy and print baseline vs compressed")
-    ev.add_argument("--model", default="zoo:resnet20", help="zoo:NAME[:key=value,...], e.g. zoo:resnet20:width=2")
+    ev = commands.add_parser(
+        "evaluate", help="compress a model with a policy and print baseline vs compressed"
+    )
+    ev.add_argument(
+        "--model", default="zoo:resnet20", help="zoo:NAME[:key=value,...], e.g. zoo:resnet20:width=2"
+    )
     ev.add_argument("--data", default="mnist5k", choices=DATASETS)
-    ev.add_argument("--policy", required=True, type=Path, help="policy JSON (see autocompress.policies.Policy)")
+    ev.add_argument(
+        "--policy", required=True, type=Path, help="policy JSON (see autocompress.policies.Policy)"
+    )
     _add_common(ev)
 
     args = parser.parse_args(argv)
@@ -75,36 +112,75 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="zoo:resnet20", help="zoo:NAME[:key=value,...], e.g. zoo:resnet20:width=2")
+    parser.add_argument(
+        "--model", default="zoo:resnet20", help="zoo:NAME[:key=value,...], e.g. zoo:resnet20:width=2"
+    )
     parser.add_argument("--data", default="mnist5k", choices=DATASETS)
-    parser.add_argument("--baseline-epochs", type=int, default=8, help="training epochs of the cached baseline")
+    parser.add_argument(
+        "--baseline-epochs", type=int, default=8, help="training epochs of the cached baseline"
+    )
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
-    parser.add_argument("--space", default="compact", choices=PRESETS, help="search space preset (default: compact, 4 global knobs)")
-    parser.add_argument("--objective", default="latency",
-                        help="latency, throughput or size; a,b for a Pareto search; name=weight,... for a weighted mix")
-    parser.add_argument("--max-drop", type=float, default=0.01, help="allowed validation accuracy drop (0.01 = 1 point)")
-    parser.add_argument("--relative-drop", action="store_true", help="--max-drop is a fraction of the baseline accuracy")
+    parser.add_argument(
+        "--space",
+        default="compact",
+        choices=PRESETS,
+        help="search space preset (default: compact, 4 global knobs)",
+    )
+    parser.add_argument(
+        "--objective",
+        default="latency",
+        help="latency, throughput or size; a,b for a Pareto search; name=weight,... for a weighted mix",
+    )
+    parser.add_argument(
+        "--max-drop", type=float, default=0.01, help="allowed validation accuracy drop (0.01 = 1 point)"
+    )
+    parser.add_argument(
+        "--relative-drop", action="store_true", help="--max-drop is a fraction of the baseline accuracy"
+    )
     parser.add_argument("--trials", type=int, default=12, help="number of trials")
     parser.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
-    parser.add_argument("--epochs", type=float, default=SEARCH_FINETUNE.epochs, help="QAT fine-tuning epochs per trial")
-    parser.add_argument("--recovery-epochs", type=float, default=SEARCH_FINETUNE.recovery_epochs,
-                        help="float recovery epochs after pruning, per trial")
-    parser.add_argument("--threads", type=int, default=None, help="OpenVINO inference threads (default: runtime)")
-    parser.add_argument("--precision", choices=["f32", "bf16"], default=None, help="precision hint for float layers")
-    parser.add_argument("--out", type=Path, default=Path("autocompress-out"), help="work directory: trials, best model, report")
+    parser.add_argument(
+        "--epochs", type=float, default=SEARCH_FINETUNE.epochs, help="QAT fine-tuning epochs per trial"
+    )
+    parser.add_argument(
+        "--recovery-epochs",
+        type=float,
+        default=SEARCH_FINETUNE.recovery_epochs,
+        help="float recovery epochs after pruning, per trial",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OpenVINO inference threads (default: runtime)"
+    )
+    parser.add_argument(
+        "--precision", choices=["f32", "bf16"], default=None, help="precision hint for float layers"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("autocompress-out"),
+        help="work directory: trials, best model, report",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs after compression")
     parser.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
-    parser.add_argument("--baseline-epochs", type=int, default=8, help="training epochs of the cached baseline")
-    parser.add_argument("--threads", type=int, default=None, help="OpenVINO inference threads (default: runtime)")
-    parser.add_argument("--precision", choices=["f32", "bf16"], default=None, help="precision hint for float layers")
+    parser.add_argument(
+        "--baseline-epochs", type=int, default=8, help="training epochs of the cached baseline"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OpenVINO inference threads (default: runtime)"
+    )
+    parser.add_argument(
+        "--precision", choices=["f32", "bf16"], default=None, help="precision hint for float layers"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="alternating latency rounds")
-    parser.add_argument("--out", type=Path, default=None, help="directory for IR/ONNX files, policies and report.json")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="directory for IR/ONNX files, policies and report.json"
+    )
 
 
 def _setup(args):
@@ -127,7 +203,12 @@ def _compress(model, policy: Policy, train_loader, args, label: str):
 def _report(models: dict, test_loader, target: Target, args, targets: dict | None = None) -> int:
     started = time.perf_counter()
     report = evaluate(
-        models, test_loader, target=target, targets=targets, latency=LatencyConfig(rounds=args.rounds), workdir=args.out
+        models,
+        test_loader,
+        target=target,
+        targets=targets,
+        latency=LatencyConfig(rounds=args.rounds),
+        workdir=args.out,
     )
     print(f"measured in {time.perf_counter() - started:.1f} s\n")
     print(report.table())
@@ -149,7 +230,9 @@ def demo_policies(layers: list[str]) -> dict[str, Policy]:
     """W8A8 everywhere, and a mixed policy: 4-bit weights in the inner layers, 8-bit in
     the first and last (the layers most sensitive to quantization)."""
     four_bit = LayerPolicy(
-        quantization=LayerQuant(weights=TensorQuant(bits=4, per_channel=True, range_init="mse", learn_scale=True))
+        quantization=LayerQuant(
+            weights=TensorQuant(bits=4, per_channel=True, range_init="mse", learn_scale=True)
+        )
     )
     return {
         "w8a8": Policy.quantize(8, 8),
@@ -173,14 +256,20 @@ def parse_objective(text: str):
         try:
             weights[name.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"--objective {text!r}: weight {value!r} of {name.strip()!r} is not a number") from None
+            raise ValueError(
+                f"--objective {text!r}: weight {value!r} of {name.strip()!r} is not a number"
+            ) from None
     return weights
 
 
 def _load(args):
     """The pretrained zoo model and the (train, val, test) loaders of --data."""
     name, kwargs = parse_model_spec(args.model)
-    print(f"baseline {args.model} on {args.data}: {args.baseline_epochs} training epochs, once (cached in {default_cache_dir()})", flush=True)
+    print(
+        f"baseline {args.model} on {args.data}: {args.baseline_epochs} training epochs, once "
+        f"(cached in {default_cache_dir()})",
+        flush=True,
+    )
     started = time.perf_counter()
     model = pretrained(name, args.data, epochs=args.baseline_epochs, **kwargs)
     print(f"baseline {args.model} on {args.data}: ready in {time.perf_counter() - started:.1f} s", flush=True)
@@ -195,11 +284,19 @@ def _search(args) -> int:
         result = SearchConfig.load(args.config).run(progress=True)
         return _print_result(result, args)
     objective = parse_objective(args.objective)
-    finetune = Finetune(**{**dataclasses.asdict(SEARCH_FINETUNE), "epochs": args.epochs, "recovery_epochs": args.recovery_epochs})
+    finetune = Finetune(
+        **{
+            **dataclasses.asdict(SEARCH_FINETUNE),
+            "epochs": args.epochs,
+            "recovery_epochs": args.recovery_epochs,
+        }
+    )
     target = Target(threads=args.threads, precision_hint=args.precision)
     model, train_loader, val_loader, test_loader = _load(args)
     result = autocompress.search(
-        model, train_loader, val_loader,
+        model,
+        train_loader,
+        val_loader,
         test_loader=test_loader,
         objective=objective,
         max_accuracy_drop=args.max_drop,
@@ -225,12 +322,21 @@ def _resume(args) -> int:
         result = autocompress.resume(args.path, address=args.address, timeout=args.timeout, progress=True)
         return _print_result(result, args)
     if args.storage is None or args.study_name is None:
-        raise ValueError("resume needs a Ray experiment PATH, or --storage and --study-name of an Optuna search")
+        raise ValueError(
+            "resume needs a Ray experiment PATH, or --storage and --study-name of an Optuna search"
+        )
     model, train_loader, val_loader, test_loader = _load(args)
     _check_same_model(args, model)
     result = autocompress.resume(
-        model, train_loader, val_loader, storage=args.storage, study_name=args.study_name, test_loader=test_loader,
-        n_trials=args.trials, timeout=args.timeout, progress=True,
+        model,
+        train_loader,
+        val_loader,
+        storage=args.storage,
+        study_name=args.study_name,
+        test_loader=test_loader,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        progress=True,
     )
     return _print_result(result, args)
 
@@ -261,13 +367,21 @@ def _check_same_model(args, model) -> None:
 
 def _print_result(result, args) -> int:
     """After the search's own summary (printed as it finishes): the Pareto table, the best policy, the files."""
-    print("\nPareto front (feasible trials, best first; validation accuracy, speedup from the trial's latency rounds):")
+    print(
+        "\nPareto front (feasible trials, best first; validation accuracy, speedup from the trial's latency rounds):"
+    )
     print(result.pareto_table() if result.pareto else "(no feasible trial)")
     if result.best is not None and result.best.policy is not None:
         label = "best policy" if result.feasible else "closest (infeasible) policy"
         print(f"\n{label}, trial {result.best.number}:\n{result.best.policy.describe()}")
     workdir = Path(result.workdir)
-    files = [workdir / "best" / "policy.json", workdir / "best" / "model.xml", workdir / "report.html", workdir / "report.png", workdir / "result.json"]
+    files = [
+        workdir / "best" / "policy.json",
+        workdir / "best" / "model.xml",
+        workdir / "report.html",
+        workdir / "report.png",
+        workdir / "result.json",
+    ]
     print("\nwritten:")
     for path in files:
         if path.exists():
@@ -276,8 +390,11 @@ def _print_result(result, args) -> int:
     if Path(storage, "autocompress.json").exists():  # a Ray experiment
         print(f"\nto continue this search: autocompress resume {storage}")
     elif getattr(args, "config", None) is None and ("://" in storage or storage.startswith("journal:")):
-        print(f"\nto continue this search: autocompress resume --storage {result.storage} --study-name {result.study_name} "
-              f"--model {args.model} --data {args.data} --baseline-epochs {args.baseline_epochs} --trials N")
+        print(
+            f"\nto continue this search: autocompress resume --storage {result.storage} "
+            f"--study-name {result.study_name} "
+            f"--model {args.model} --data {args.data} --baseline-epochs {args.baseline_epochs} --trials N"
+        )
     return 0 if result.best is not None else 1
 
 

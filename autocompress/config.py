@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from autocompress.search.settings import SEARCH_FINETUNE, Ray, SearchSettings
 
@@ -52,7 +53,9 @@ class SearchConfig:
         except yaml.YAMLError as error:
             raise ValueError(f"search config {path} is not valid YAML: {error}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"search config {path} must be a mapping of settings (model:, data:, ...), got {type(data).__name__}")
+            raise ValueError(
+                f"search config {path} must be a mapping of settings (model:, data:, ...), got {type(data).__name__}"
+            )
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as error:
@@ -72,8 +75,13 @@ class SearchConfig:
             data["backend"] = Ray.from_dict(ray_options or {})
         if isinstance(data.get("finetune"), dict):
             data["finetune"] = {**dataclasses.asdict(SEARCH_FINETUNE), **data["finetune"]}
-        return cls(model=points["model"], data=points["data"], metric=points["metric"], loss=points["loss"],
-                   settings=SearchSettings.from_dict(data))
+        return cls(
+            model=points["model"],
+            data=points["data"],
+            metric=points["metric"],
+            loss=points["loss"],
+            settings=SearchSettings.from_dict(data),
+        )
 
     def run(self, progress: bool = True):
         """Resolve the entry points and run the search; returns the SearchResult."""
@@ -86,11 +94,15 @@ class SearchConfig:
         model = build_model()
         loaders = build_loaders()
         if not isinstance(loaders, (tuple, list)) or len(loaders) not in (2, 3):
-            raise ValueError(f"data entry point {self.data} must return (train_loader, val_loader) or (train, val, test), "
-                             f"got {type(loaders).__name__}")
+            raise ValueError(
+                f"data entry point {self.data} must return (train_loader, val_loader) or (train, val, test), "
+                f"got {type(loaders).__name__}"
+            )
         train, val, test = (*loaders, None)[:3]
         settings = dataclasses.replace(self.settings, workdir=str(Path(self.settings.workdir).resolve()))
-        return run_search(settings, model, train, val, test, metric, loss_fn, make_backend(settings), progress)
+        return run_search(
+            settings, model, train, val, test, metric, loss_fn, make_backend(settings), progress
+        )
 
 
 def entry_point(spec: str, what: str) -> Callable:
@@ -101,8 +113,10 @@ def entry_point(spec: str, what: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"{what}: cannot import {module_name!r} ({error}); is it installed or on PYTHONPATH "
-                         "(on a cluster: in the job's working_dir)?") from None
+        raise ValueError(
+            f"{what}: cannot import {module_name!r} ({error}); is it installed or on PYTHONPATH "
+            "(on a cluster: in the job's working_dir)?"
+        ) from None
     try:
         function = getattr(module, attribute)
     except AttributeError:

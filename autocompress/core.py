@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import operator
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -19,11 +20,11 @@ from torch.nn.utils import fusion, parametrize
 
 from autocompress.distillation import DistillationLoss, Ensemble, build_student, distill, init_from_teacher
 from autocompress.graph import COMPRESSIBLE, ModelError, compressible_layers, inputs_of, trace
+from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 from autocompress.pruning import prune, pruning_groups, resolve_group_ratios
 from autocompress.quantization import FakeQuantizer
 from autocompress.sparsity import SparsityController
 from autocompress.training import train
-from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
@@ -56,7 +57,8 @@ class Finetune:
             raise ValueError(f"Finetune.prune_steps must be >= 1, got {self.prune_steps}")
         if min(self.lr, self.distill_lr, self.rewind_lr or 1.0) <= 0:
             raise ValueError(
-                f"learning rates must be > 0, got lr={self.lr}, distill_lr={self.distill_lr}, rewind_lr={self.rewind_lr}"
+                f"learning rates must be > 0, got lr={self.lr}, distill_lr={self.distill_lr}, "
+                f"rewind_lr={self.rewind_lr}"
             )
 
 
@@ -90,19 +92,22 @@ def apply_policy(
     Order (KD -> prune -> QAT): with ``policy.student``, a student is built from the
     model (the teacher), warm-started from its weights and trained by distillation for
     ``finetune.distill_epochs``; the per-layer policy then applies to the student, whose
-    later fine-tuning keeps the distillation loss. Then structured pruning (channels physically removed, optionally in several steps
-    with recovery fine-tuning), then BatchNorm folding, sparsity masks and fake
-    quantizers, calibration, and one fine-tuning run in which sparsity ramps up and
-    quantization is trained (QAT). calibration_loader defaults to train_loader;
-    finetune=None skips fine-tuning (post-training compression). The user's model is
-    never modified.
+    later fine-tuning keeps the distillation loss. Then structured pruning (channels
+    physically removed, optionally in several steps with recovery fine-tuning), then
+    BatchNorm folding, sparsity masks and fake quantizers, calibration, and one
+    fine-tuning run in which sparsity ramps up and quantization is trained (QAT).
+    calibration_loader defaults to train_loader; finetune=None skips fine-tuning
+    (post-training compression). The user's model is never modified.
 
     ``on_finetune_step(stage, step, total_steps, module)`` runs before each step of the
     pruning recovery (stage "recovery") and of the final fine-tuning ("finetune"), e.g.
     to watch accuracy and stop a hopeless candidate early by raising.
     """
     if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be an autocompress.policies.Policy, got {type(policy).__name__}; load JSON with Policy.load(path)")
+        raise TypeError(
+            f"policy must be an autocompress.policies.Policy, got {type(policy).__name__}; "
+            "load JSON with Policy.load(path)"
+        )
     calibration_loader = calibration_loader if calibration_loader is not None else train_loader
     input_shape = _first_input_shape(train_loader if train_loader is not None else calibration_loader)
     history: dict[str, Any] = {}
@@ -114,13 +119,28 @@ def apply_policy(
         if policy.student is not None:
             working = _distilled_student(model, policy, input_shape, train_loader, finetune, loss_fn, history)
         # KD throughout: later fine-tuning (recovery, QAT) keeps learning from the teacher.
-        kd_later = policy.distillation.always or (policy.student is not None and policy.distillation.throughout)
-        kd = DistillationLoss(model, dataclasses.replace(policy.distillation, hint_weight=0.0), task_loss=loss_fn) if kd_later else None
+        kd_later = policy.distillation.always or (
+            policy.student is not None and policy.distillation.throughout
+        )
+        kd = (
+            DistillationLoss(
+                model, dataclasses.replace(policy.distillation, hint_weight=0.0), task_loss=loss_fn
+            )
+            if kd_later
+            else None
+        )
         task_loss = kd.loss_fn if kd else loss_fn
         layers = check_policy(working, policy)
         if any(lp.pruning is not None for lp in layers.values()):
             working = _prune_stepwise(
-                working, policy, layers, input_shape, train_loader, finetune, loss_fn, history,
+                working,
+                policy,
+                layers,
+                input_shape,
+                train_loader,
+                finetune,
+                loss_fn,
+                history,
                 recovery_losses={"loss_fn": task_loss, "extra_loss": kd.extra_loss if kd else None},
                 on_step=on_finetune_step,
             )
@@ -131,7 +151,9 @@ def apply_policy(
     quantized = {name: lp.quantization for name, lp in layers.items() if lp.quantization is not None}
     if quantized:
         if calibration_loader is None:
-            raise ValueError("quantization needs data to calibrate activation ranges: pass train_loader or calibration_loader")
+            raise ValueError(
+                "quantization needs data to calibrate activation ranges: pass train_loader or calibration_loader"
+            )
         _fold_batchnorm(graph_module, quantized)
     sparse = {name: lp.sparsity for name, lp in layers.items() if lp.sparsity is not None}
     controller = None
@@ -154,7 +176,9 @@ def apply_policy(
             finetune,
             task_loss,
             extra_loss=_sum_losses(extra_losses),
-            on_step=_step_hooks(graph_module, "finetune", controller.on_step if controller else None, on_finetune_step),
+            on_step=_step_hooks(
+                graph_module, "finetune", controller.on_step if controller else None, on_finetune_step
+            ),
         )
     if controller is not None:
         history["sparsity"] = controller.finalize()
@@ -162,7 +186,9 @@ def apply_policy(
     return CompressedModel(graph_module, policy, layers, input_shape, history)
 
 
-def _step_hooks(module: nn.Module, stage: str, schedule: Callable | None, user: Callable | None) -> Callable | None:
+def _step_hooks(
+    module: nn.Module, stage: str, schedule: Callable | None, user: Callable | None
+) -> Callable | None:
     if user is None:
         return schedule
 
@@ -221,7 +247,9 @@ def _distilled_student(
     return student.eval()
 
 
-def _finetune(module: nn.Module, loader: Iterable, finetune: Finetune, loss_fn, lr: float | None = None, **hooks) -> dict:
+def _finetune(
+    module: nn.Module, loader: Iterable, finetune: Finetune, loss_fn, lr: float | None = None, **hooks
+) -> dict:
     return train(
         module,
         loader,
@@ -272,8 +300,13 @@ def _prune_stepwise(
         if finetune is not None and finetune.recovery_epochs > 0 and data is not None:
             recovery = dataclasses.replace(finetune, epochs=finetune.recovery_epochs)
             _finetune(
-                pruned, data, recovery, recovery_losses["loss_fn"], lr=finetune.rewind_lr,
-                extra_loss=recovery_losses["extra_loss"], on_step=_step_hooks(pruned, "recovery", None, on_step),
+                pruned,
+                data,
+                recovery,
+                recovery_losses["loss_fn"],
+                lr=finetune.rewind_lr,
+                extra_loss=recovery_losses["extra_loss"],
+                on_step=_step_hooks(pruned, "recovery", None, on_step),
             )
     history["pruning"] = {name: {"channels": original[name], "kept": current[name]} for name in targets}
     return pruned
@@ -293,7 +326,9 @@ def _fold_batchnorm(gm: fx.GraphModule, quantized: dict[str, LayerQuant]) -> Non
         if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
             continue
         producer = node.args[0]
-        if not (isinstance(producer, fx.Node) and producer.op == "call_module" and producer.target in quantized):
+        if not (
+            isinstance(producer, fx.Node) and producer.op == "call_module" and producer.target in quantized
+        ):
             continue
         conv = modules[producer.target]
         if not isinstance(conv, nn.Conv2d) or len(producer.users) != 1:
@@ -325,7 +360,11 @@ def insert_quantizers(gm: fx.GraphModule, quantized: dict[str, LayerQuant], aux:
         consumer, value = _hoist_above_passthrough(consumer, value, modules)
         key = (value.name, spec)
         if key not in shared:
-            name = f"{value.name}_q" if not any(k[0] == value.name for k in shared) else f"{value.name}_q{len(shared)}"
+            name = (
+                f"{value.name}_q"
+                if not any(k[0] == value.name for k in shared)
+                else f"{value.name}_q{len(shared)}"
+            )
             container[name] = FakeQuantizer(spec, "activation")
             with gm.graph.inserting_after(value):
                 shared[key] = gm.graph.call_module(f"activation_quantizers.{name}", (value,))
@@ -354,7 +393,9 @@ _PASSTHROUGH_FUNCTIONS = {torch.flatten, torch.reshape, nn.functional.max_pool2d
 _PASSTHROUGH_METHODS = {"view", "reshape", "flatten"}
 
 
-def _hoist_above_passthrough(consumer: fx.Node, value: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node, fx.Node]:
+def _hoist_above_passthrough(
+    consumer: fx.Node, value: fx.Node, modules: dict[str, nn.Module]
+) -> tuple[fx.Node, fx.Node]:
     """Move a quantizer above max-pooling and reshapes that only feed this consumer.
 
     Quantization commutes with them exactly (they select or move values), and OpenVINO
@@ -374,7 +415,9 @@ def _hoist_above_passthrough(consumer: fx.Node, value: fx.Node, modules: dict[st
 
 def calibrate(gm: fx.GraphModule, loader: Iterable, batches: int) -> None:
     """Run up to ``batches`` batches through the model to set activation ranges."""
-    activation_quantizers = [m for m in gm.modules() if isinstance(m, FakeQuantizer) and m.role == "activation"]
+    activation_quantizers = [
+        m for m in gm.modules() if isinstance(m, FakeQuantizer) and m.role == "activation"
+    ]
     for quantizer in activation_quantizers:
         quantizer.observe()
     seen = 0

@@ -70,7 +70,7 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int], int, 
     return x, np.asarray(y, dtype=np.int64), shape, n_val, n_test
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_dataset(name: str) -> DatasetSplits:
     """Load ``name`` (one of :data:`DATASETS`) with fixed stratified splits.
 

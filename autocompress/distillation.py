@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autocompress.training import train
 from autocompress.models import RESNET_KERNEL_SIZES, BasicBlock, MnistCNN, ResNet20
 from autocompress.policies import Distillation, PolicyError, Student
+from autocompress.training import train
 
 __all__ = [
     "kd_loss",
@@ -60,7 +61,12 @@ MAX_WIDTH = 4.0
 
 
 def _check_temperature(temperature: float) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
         raise ValueError(f"distillation temperature must be a finite number > 0, got {temperature!r}")
     return float(temperature)
 
@@ -85,7 +91,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 def _check_config(config: Distillation) -> Distillation:
     """Re-check the numbers: a Distillation built with model_construct/copy skips pydantic."""
     if not isinstance(config, Distillation):
-        raise TypeError(f"distillation must be an autocompress.policies.Distillation, got {type(config).__name__}")
+        raise TypeError(
+            f"distillation must be an autocompress.policies.Distillation, got {type(config).__name__}"
+        )
     _check_temperature(config.temperature)
     if not 0.0 <= config.alpha <= 1.0:
         raise ValueError(f"distillation alpha must be in [0, 1], got {config.alpha!r}")
@@ -156,7 +164,9 @@ class DistillationLoss(nn.Module):
     def _setup_hints(self, hint_layers: Mapping[str, str] | None, example_input: torch.Tensor | None) -> None:
         student, teacher = self.student, self.teacher
         if student is None:
-            raise ValueError("hint (feature) distillation needs the student: DistillationLoss(teacher, config, student=...)")
+            raise ValueError(
+                "hint (feature) distillation needs the student: DistillationLoss(teacher, config, student=...)"
+            )
         if hint_layers is None:
             s_names, t_names = dict(student.named_modules()), dict(teacher.named_modules())
             if not all(n in s_names and n in t_names for n in _RESNET_HINTS):
@@ -169,19 +179,30 @@ class DistillationLoss(nn.Module):
         self.pairs = dict(hint_layers)
         if not self.pairs:
             raise ValueError("hint_layers is empty; give at least one {student_module: teacher_module} pair")
-        for side, model, names in (("student", student, self.pairs.keys()), ("teacher", teacher, self.pairs.values())):
+        for side, model, names in (
+            ("student", student, self.pairs.keys()),
+            ("teacher", teacher, self.pairs.values()),
+        ):
             modules = dict(model.named_modules())
             for name in names:
                 if name not in modules or name == "":
                     shown = ", ".join(n for n in modules if n)
-                    raise ValueError(f"hint layer {name!r} is not a module of the {side} ({type(model).__name__}); modules: {shown}")
+                    raise ValueError(
+                        f"hint layer {name!r} is not a module of the {side} ({type(model).__name__}); modules: {shown}"
+                    )
         if example_input is None:
-            raise ValueError("hint distillation needs example_input (a batch of inputs) to size the 1x1 projections")
+            raise ValueError(
+                "hint distillation needs example_input (a batch of inputs) to size the 1x1 projections"
+            )
 
         s_modules, t_modules = dict(student.named_modules()), dict(teacher.named_modules())
         for s_name, t_name in self.pairs.items():
-            self._handles.append(s_modules[s_name].register_forward_hook(self._recorder(self._student_features, s_name)))
-            self._handles.append(t_modules[t_name].register_forward_hook(self._recorder(self._teacher_features, t_name)))
+            self._handles.append(
+                s_modules[s_name].register_forward_hook(self._recorder(self._student_features, s_name))
+            )
+            self._handles.append(
+                t_modules[t_name].register_forward_hook(self._recorder(self._teacher_features, t_name))
+            )
         with torch.no_grad():
             _run_eval(student, example_input)
             _run_eval(teacher, example_input)
@@ -189,7 +210,9 @@ class DistillationLoss(nn.Module):
             s_feat, t_feat = self._student_features.get(s_name), self._teacher_features.get(t_name)
             if s_feat is None or t_feat is None:
                 side, name = ("student", s_name) if s_feat is None else ("teacher", t_name)
-                raise ValueError(f"hint layer {name!r} of the {side} is never called in forward (a container of a traced model?)")
+                raise ValueError(
+                    f"hint layer {name!r} of the {side} is never called in forward (a container of a traced model?)"
+                )
             if s_feat.dim() not in (2, 4) or s_feat.dim() != t_feat.dim():
                 raise ValueError(
                     f"hint pair {s_name!r} -> {t_name!r}: features must both be (N, C) or (N, C, H, W), "
@@ -216,7 +239,9 @@ class DistillationLoss(nn.Module):
         losses = []
         for s_name, t_name in self.pairs.items():
             if s_name not in self._student_features or t_name not in self._teacher_features:
-                raise RuntimeError(f"hint pair {s_name!r} -> {t_name!r}: no features recorded; run student and teacher first")
+                raise RuntimeError(
+                    f"hint pair {s_name!r} -> {t_name!r}: no features recorded; run student and teacher first"
+                )
             s_feat = self.projections[_key(s_name)](self._student_features[s_name])
             t_feat = self._teacher_features[t_name]
             if s_feat.dim() == 4 and s_feat.shape[2:] != t_feat.shape[2:]:
@@ -265,7 +290,7 @@ class DistillationLoss(nn.Module):
         self._handles.clear()
         self._clear()
 
-    def __enter__(self) -> "DistillationLoss":
+    def __enter__(self) -> DistillationLoss:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -299,7 +324,9 @@ def register_student_family(name: str, builder: StudentBuilder, *, replace: bool
     if not isinstance(name, str) or not name:
         raise ValueError(f"student family name must be a non-empty string, got {name!r}")
     if not callable(builder):
-        raise TypeError(f"student family {name!r}: builder must be callable(teacher, params), got {type(builder).__name__}")
+        raise TypeError(
+            f"student family {name!r}: builder must be callable(teacher, params), got {type(builder).__name__}"
+        )
     if name in _FAMILIES and not replace and _FAMILIES[name] is not builder:
         raise ValueError(f"student family {name!r} is already registered; pass replace=True to override it")
     _FAMILIES[name] = builder
@@ -311,7 +338,9 @@ def student_families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def build_student(teacher: nn.Module, student: Student, *, example_input: torch.Tensor | None = None) -> nn.Module:
+def build_student(
+    teacher: nn.Module, student: Student, *, example_input: torch.Tensor | None = None
+) -> nn.Module:
     """A freshly initialised student for ``teacher`` as ``student`` (a autocompress.policies.Student) says.
 
     Checks that the student's output shape equals the teacher's on ``example_input``
@@ -327,7 +356,9 @@ def build_student(teacher: nn.Module, student: Student, *, example_input: torch.
         )
     model = _FAMILIES[student.family](teacher, dict(student.params))
     if not isinstance(model, nn.Module):
-        raise TypeError(f"student family {student.family!r} returned {type(model).__name__}, not an nn.Module")
+        raise TypeError(
+            f"student family {student.family!r} returned {type(model).__name__}, not an nn.Module"
+        )
     example = example_input if example_input is not None else _example_input(teacher)
     with torch.no_grad():
         try:
@@ -365,7 +396,9 @@ def _example_input(teacher: nn.Module) -> torch.Tensor:
 def _check_params(family: str, params: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = [key for key in params if key not in allowed]
     if unknown:
-        raise PolicyError(f"student family {family!r}: unknown param {unknown[0]!r}; allowed params: {', '.join(allowed)}")
+        raise PolicyError(
+            f"student family {family!r}: unknown param {unknown[0]!r}; allowed params: {', '.join(allowed)}"
+        )
 
 
 def _number(value: Any) -> bool:
@@ -384,12 +417,16 @@ def _widths(family: str, value: Any, stages: int) -> tuple[float, ...]:
     allowed = f"a number in (0, {MAX_WIDTH:g}]" + (f" or {stages} per-stage numbers" if stages > 1 else "")
     if _number(value):
         widths = (float(value),) * stages
-    elif stages > 1 and isinstance(value, (list, tuple)) and len(value) == stages and all(map(_number, value)):
+    elif (
+        stages > 1 and isinstance(value, (list, tuple)) and len(value) == stages and all(map(_number, value))
+    ):
         widths = tuple(float(v) for v in value)
     else:
         raise PolicyError(f"student family {family!r}: param 'width' must be {allowed}, got {value!r}")
     if not all(0 < w <= MAX_WIDTH for w in widths):
-        raise PolicyError(f"student family {family!r}: param 'width' must be {allowed} (each > 0 and <= {MAX_WIDTH:g}), got {value!r}")
+        raise PolicyError(
+            f"student family {family!r}: param 'width' must be {allowed} (each > 0 and <= {MAX_WIDTH:g}), got {value!r}"
+        )
     return widths
 
 
@@ -404,11 +441,20 @@ def _resnet_student(teacher: nn.Module, params: dict[str, Any]) -> nn.Module:
     _check_params(family, params, ("width", "blocks", "kernel_size"))
     widths = _widths(family, params.get("width", 1.0), 3)
     blocks = params.get("blocks", [len(teacher.layer1), len(teacher.layer2), len(teacher.layer3)])
-    if not (isinstance(blocks, (list, tuple)) and len(blocks) == 3 and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in blocks)):
-        raise PolicyError(f"student family {family!r}: param 'blocks' must be 3 ints >= 1 (blocks per stage), got {blocks!r}")
+    if not (
+        isinstance(blocks, (list, tuple))
+        and len(blocks) == 3
+        and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in blocks)
+    ):
+        raise PolicyError(
+            f"student family {family!r}: param 'blocks' must be 3 ints >= 1 (blocks per stage), got {blocks!r}"
+        )
     kernel_size = params.get("kernel_size", teacher.layer1[0].conv1.kernel_size[0])
     if isinstance(kernel_size, bool) or kernel_size not in RESNET_KERNEL_SIZES:
-        raise PolicyError(f"student family {family!r}: param 'kernel_size' must be one of {', '.join(map(str, RESNET_KERNEL_SIZES))}, got {kernel_size!r}")
+        raise PolicyError(
+            f"student family {family!r}: param 'kernel_size' must be one of "
+            f"{', '.join(map(str, RESNET_KERNEL_SIZES))}, got {kernel_size!r}"
+        )
     channels = [max(1, round(c * w)) for c, w in zip(_resnet_stage_channels(teacher), widths)]
     # ResNet20 takes multipliers of 16/32/64; these give exactly the channels above.
     absolute = (channels[0] / 16, channels[1] / 32, channels[2] / 64)
@@ -543,7 +589,9 @@ def recalibrate_batchnorm(model: nn.Module, data: Iterable, batches: int = 10) -
     """
     if batches < 1:
         raise ValueError(f"bn_batches must be >= 1, got {batches}")
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     if not norms:
         return 0
     was_training = model.training
@@ -572,7 +620,8 @@ def recalibrate_batchnorm(model: nn.Module, data: Iterable, batches: int = 10) -
 
 def _is_resnet_like(model: nn.Module) -> bool:
     return all(
-        isinstance(getattr(model, n, None), nn.Sequential) and all(isinstance(b, BasicBlock) for b in getattr(model, n))
+        isinstance(getattr(model, n, None), nn.Sequential)
+        and all(isinstance(b, BasicBlock) for b in getattr(model, n))
         for n in _RESNET_HINTS
     )
 

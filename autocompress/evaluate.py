@@ -5,19 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from torch import nn
 
 from autocompress.core import CompressedModel
-from autocompress.export import export
-from autocompress.evaluators.metrics import Metric, top1_accuracy
 from autocompress.evaluators.artifact import ExportedModel
+from autocompress.evaluators.metrics import Metric, top1_accuracy
 from autocompress.evaluators.runtime import Dataset, OnnxRuntimeLatency, OpenVINOAccuracy, OpenVINOLatency
 from autocompress.evaluators.size import ModelSize
-from autocompress.evaluators.torch_side import TorchAccuracy
 from autocompress.evaluators.target import LatencyConfig, Target
+from autocompress.evaluators.torch_side import TorchAccuracy
+from autocompress.export import export
 
 Candidate = nn.Module | CompressedModel | ExportedModel
 
@@ -34,13 +35,26 @@ class Report:
         return self.rows[name]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "target": self.target.to_dict(), "latency_config": self.latency_config.to_dict()}
+        return {
+            "rows": self.rows,
+            "target": self.target.to_dict(),
+            "latency_config": self.latency_config.to_dict(),
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     def table(self) -> str:
-        header = ["model", "accuracy (OV)", "accuracy (torch)", "latency ms", "spread", "speedup", "IR weights KiB", "params"]
+        header = [
+            "model",
+            "accuracy (OV)",
+            "accuracy (torch)",
+            "latency ms",
+            "spread",
+            "speedup",
+            "IR weights KiB",
+            "params",
+        ]
         lines = [header]
         for name, row in self.rows.items():
             lines.append(
@@ -59,10 +73,15 @@ class Report:
         rendered = ["  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)) for line in lines]
         rendered.insert(1, "  ".join("-" * w for w in widths))
         hints = {name: row.get("precision_hint") for name, row in self.rows.items()}
-        overridden = ", ".join(f"{name}: {hint}" for name, hint in hints.items() if hint != self.target.precision_hint)
+        overridden = ", ".join(
+            f"{name}: {hint}" for name, hint in hints.items() if hint != self.target.precision_hint
+        )
+        precision = (self.target.precision_hint or "runtime default") + (
+            f" ({overridden})" if overridden else ""
+        )
         note = (
             f"target: {self.target.device}, threads={self.target.threads or 'default'}, batch={self.target.batch}, "
-            f"precision={self.target.precision_hint or 'runtime default'}{f' ({overridden})' if overridden else ''}; latency = median of "
+            f"precision={precision}; latency = median of "
             f"{self.latency_config.rounds} alternating rounds; speedup vs the first row"
         )
         return "\n".join(rendered + [note])
@@ -97,7 +116,11 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="autocompress-eval-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         exported = {
-            name: (m if isinstance(m, ExportedModel) else export(m, root / name, input_shape=_shape_for(m, input_shape), batch=target.batch))
+            name: (
+                m
+                if isinstance(m, ExportedModel)
+                else export(m, root / name, input_shape=_shape_for(m, input_shape), batch=target.batch)
+            )
             for name, m in candidates.items()
         }
         rows: dict[str, dict[str, Any]] = {name: {} for name in exported}

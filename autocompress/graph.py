@@ -35,5 +35,7 @@ def compressible_layers(model: nn.Module) -> list[str]:
 def inputs_of(batch: Any) -> torch.Tensor:
     inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
     if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"loader batches must be tensors or (inputs, targets) pairs, got {type(inputs).__name__}")
+        raise TypeError(
+            f"loader batches must be tensors or (inputs, targets) pairs, got {type(inputs).__name__}"
+        )
     return inputs

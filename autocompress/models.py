@@ -11,7 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["MnistCNN", "BasicBlock", "ResNet20", "RESNET_KERNEL_SIZES", "InvertedResidual", "ConcatBlock", "MobileNetCat"]
+__all__ = [
+    "MnistCNN",
+    "BasicBlock",
+    "ResNet20",
+    "RESNET_KERNEL_SIZES",
+    "InvertedResidual",
+    "ConcatBlock",
+    "MobileNetCat",
+]
 
 
 def _ch(base: int, width: float) -> int:
@@ -155,7 +163,9 @@ class ResNet20(nn.Module):
         _kaiming_init(self)
 
     @staticmethod
-    def _make_stage(in_planes: int, planes: int, blocks: int, stride: int, kernel_size: int = 3) -> nn.Sequential:
+    def _make_stage(
+        in_planes: int, planes: int, blocks: int, stride: int, kernel_size: int = 3
+    ) -> nn.Sequential:
         layers = [BasicBlock(in_planes, planes, stride, kernel_size)]
         layers += [BasicBlock(planes, planes, 1, kernel_size) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)

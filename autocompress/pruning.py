@@ -35,7 +35,8 @@ import copy
 import dataclasses
 import fnmatch
 import typing
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -62,7 +63,16 @@ CRITERIA: tuple[str, ...] = typing.get_args(Criterion)
 # (_OutputOp is new in 1.6: 1.5 has no node for the model's output.)
 _CHANNEL_OPS = tuple(
     getattr(tp.ops, name)
-    for name in ("_ElementWiseOp", "_ConcatOp", "_SplitOp", "_ReshapeOp", "_SliceOp", "_UnbindOp", "_ExpandOp", "_OutputOp")
+    for name in (
+        "_ElementWiseOp",
+        "_ConcatOp",
+        "_SplitOp",
+        "_ReshapeOp",
+        "_SliceOp",
+        "_UnbindOp",
+        "_ExpandOp",
+        "_OutputOp",
+    )
     if hasattr(tp.ops, name)
 )
 _OUTPUT_OP = getattr(tp.ops, "_OutputOp", ())
@@ -110,7 +120,9 @@ class _Analysis:
     roots: dict[str, nn.Module]  # group name -> its leading module (in the analysed copy)
 
 
-def pruning_groups(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str] = ()) -> list[PruneGroup]:
+def pruning_groups(
+    model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str] = ()
+) -> list[PruneGroup]:
     """The model's groups of coupled Conv/Linear layers, in execution order.
 
     ``pinned``: layer names or fnmatch patterns whose output channels are kept; a group
@@ -122,12 +134,16 @@ def pruning_groups(model: nn.Module, example_input: torch.Tensor, pinned: Iterab
 def _analyse(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str]) -> _Analysis:
     """Trace ``model`` (a copy the caller owns) and group its layers."""
     if not isinstance(example_input, torch.Tensor):
-        raise TypeError(f"example_input must be a tensor (a batch of inputs), got {type(example_input).__name__}")
+        raise TypeError(
+            f"example_input must be a tensor (a batch of inputs), got {type(example_input).__name__}"
+        )
     pinned = _check_pinned(model, pinned)
     names = {module: name for name, module in model.named_modules()}
     order, calls = _execution_order(model, example_input, names)
     if not order:
-        raise ModelError(f"{type(model).__name__} calls no Conv or Linear layer on this input; nothing to prune")
+        raise ModelError(
+            f"{type(model).__name__} calls no Conv or Linear layer on this input; nothing to prune"
+        )
     graph = tp.DependencyGraph()
     try:
         with torch.enable_grad():
@@ -146,7 +162,9 @@ def _analyse(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str
         if module in covered or module not in graph.module2node:
             continue
         pruner = graph.get_pruner_of_module(module)
-        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module))))
+        group = graph.get_pruning_group(
+            module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module)))
+        )
         members: list[tuple[str, nn.Module, list[int], list[int]]] = []
         problems: list[str] = []
         for item in group:
@@ -163,18 +181,28 @@ def _analyse(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str
             if isinstance(node_module, _CHANNEL_OPS):
                 continue
             if not isinstance(node_module, _SAFE_MODULES):  # e.g. LayerNorm, ConvTranspose, LSTM
-                problems.append(f"it includes {member_name!r} ({type(node_module).__name__}), which this pruner does not handle")
+                problems.append(
+                    f"it includes {member_name!r} ({type(node_module).__name__}), which this pruner does not handle"
+                )
                 continue
-            if isinstance(node_module, nn.modules.conv._ConvNd) and 1 < node_module.groups and not _is_depthwise(node_module):
+            if (
+                isinstance(node_module, nn.modules.conv._ConvNd)
+                and 1 < node_module.groups
+                and not _is_depthwise(node_module)
+            ):
                 problems.append(f"{member_name!r} is a grouped convolution (groups={node_module.groups})")
             if isinstance(node_module, COMPRESSIBLE) and not out_role:
                 continue  # a consumer: loses input channels, is not part of the group
             members.append((member_name, node_module, list(item.root_idxs), list(item.idxs)))
-        layers = sorted((m for m in members if isinstance(m[1], COMPRESSIBLE)), key=lambda m: rank.get(m[0], len(rank)))
+        layers = sorted(
+            (m for m in members if isinstance(m[1], COMPRESSIBLE)), key=lambda m: rank.get(m[0], len(rank))
+        )
         for member_name, member, _, _ in layers:
             covered.add(member)
             if calls.get(member_name, 1) > 1:
-                problems.append(f"layer {member_name!r} is called {calls[member_name]} times per forward pass")
+                problems.append(
+                    f"layer {member_name!r} is called {calls[member_name]} times per forward pass"
+                )
         layer_names = [m[0] for m in layers]
         pinned_layers = [n for n in layer_names if _is_pinned(n, pinned)]
         if pinned_layers:
@@ -192,8 +220,15 @@ def _analyse(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str
     for name, module, members, problems in raw:
         others = [g for g in shared.get(name, []) if g != name]
         if others:
-            problems.append(f"its leading layer {name!r} is also coupled to group(s) {', '.join(map(repr, others))}")
-        layers = tuple(sorted({m[0] for m in members if isinstance(m[1], COMPRESSIBLE)}, key=lambda n: rank.get(n, len(rank))))
+            problems.append(
+                f"its leading layer {name!r} is also coupled to group(s) {', '.join(map(repr, others))}"
+            )
+        layers = tuple(
+            sorted(
+                {m[0] for m in members if isinstance(m[1], COMPRESSIBLE)},
+                key=lambda n: rank.get(n, len(rank)),
+            )
+        )
         reason = "; ".join(dict.fromkeys(problems)) or None
         groups.append(
             PruneGroup(
@@ -286,7 +321,9 @@ def _check_criterion(criterion: str) -> None:
         raise PolicyError(f"unknown pruning criterion {criterion!r}; allowed: {', '.join(CRITERIA)}")
 
 
-def _importance(model: nn.Module, group: PruneGroup, criterion: str, taylor: dict[str, torch.Tensor] | None) -> torch.Tensor:
+def _importance(
+    model: nn.Module, group: PruneGroup, criterion: str, taylor: dict[str, torch.Tensor] | None
+) -> torch.Tensor:
     modules = dict(model.named_modules())
     missing = [name for name, _, _ in group.members if name not in modules]
     if missing or not group.members:
@@ -331,10 +368,14 @@ def _importance(model: nn.Module, group: PruneGroup, criterion: str, taylor: dic
     return total.float()
 
 
-def _taylor_scores(model: nn.Module, data: Iterable | None, loss_fn: Callable | None, batches: int) -> dict[str, torch.Tensor]:
+def _taylor_scores(
+    model: nn.Module, data: Iterable | None, loss_fn: Callable | None, batches: int
+) -> dict[str, torch.Tensor]:
     """Per Conv/Linear layer and output channel: mean over batches of sum |w * dL/dw|."""
     if data is None:
-        raise ValueError("criterion 'taylor' needs data: pass train_loader (data=...) of (inputs, targets) batches")
+        raise ValueError(
+            "criterion 'taylor' needs data: pass train_loader (data=...) of (inputs, targets) batches"
+        )
     if batches < 1:
         raise ValueError(f"batches must be >= 1, got {batches}")
     loss_fn = loss_fn or nn.functional.cross_entropy
@@ -429,7 +470,11 @@ def masked_twin(
                     tensor = getattr(module, attr, None)
                     if isinstance(tensor, torch.Tensor):
                         tensor[index] = 0
-                if isinstance(module, _NORMS) and module.track_running_stats and module.running_mean is not None:
+                if (
+                    isinstance(module, _NORMS)
+                    and module.track_running_stats
+                    and module.running_mean is not None
+                ):
                     module.running_mean[index] = 0
                     module.running_var[index] = 1
     twin.train(model.training)
@@ -455,7 +500,9 @@ def _select(
         ratio, criterion = _unpack(name, spec)
         if name not in groups:
             owner = next((g.name for g in analysis.groups if name in g.layers), None)
-            hint = f" ({name!r} is a layer of group {owner!r}; ratios are keyed by group name)" if owner else ""
+            hint = (
+                f" ({name!r} is a layer of group {owner!r}; ratios are keyed by group name)" if owner else ""
+            )
             raise ValueError(f"unknown pruning group {name!r}{hint}; groups: {', '.join(groups)}")
         group = groups[name]
         if not group.prunable and ratio > 0:
@@ -483,7 +530,9 @@ def _unpack(name: str, spec: Any) -> tuple[float, str]:
         ratio, criterion = spec
         ratio = float(ratio)
     except (TypeError, ValueError):
-        raise ValueError(f"ratios[{name!r}] must be (ratio, criterion), e.g. (0.5, 'l1'), got {spec!r}") from None
+        raise ValueError(
+            f"ratios[{name!r}] must be (ratio, criterion), e.g. (0.5, 'l1'), got {spec!r}"
+        ) from None
     if not 0.0 <= ratio < 1.0:
         raise PolicyError(f"pruning ratio for group {name!r} must be in [0, 1), got {ratio}")
     _check_criterion(criterion)
@@ -529,7 +578,11 @@ def resolve_group_ratios(
         if (not group.prunable or pinned_layers) and any(p.ratio > 0 for p in asking.values()):
             reason = group.reason if not group.prunable else f"layer {pinned_layers[0]!r} is pinned"
             layer = next(layer for layer, p in asking.items() if p.ratio > 0)
-            coupled = f" (coupled with {', '.join(l for l in group.layers if l != layer)})" if len(group.layers) > 1 else ""
+            coupled = (
+                f" (coupled with {', '.join(other for other in group.layers if other != layer)})"
+                if len(group.layers) > 1
+                else ""
+            )
             raise PolicyError(
                 f"layer {layer!r} asks for pruning ({asking[layer].short()}), but its output channels cannot be "
                 f"pruned{coupled}: {reason}. Set its pruning to null, e.g. overrides "

@@ -92,7 +92,9 @@ class FakeQuantizer(nn.Module):
 
     def _resize(self, channels: int) -> None:
         self.channels = channels
-        self.scale = nn.Parameter(torch.ones(channels if self.spec.binarize is None else 1), requires_grad=self.scale.requires_grad)
+        self.scale = nn.Parameter(
+            torch.ones(channels if self.spec.binarize is None else 1), requires_grad=self.scale.requires_grad
+        )
         self.zero_point = torch.zeros(channels, dtype=torch.int32)
         if self.spec.binarize == "scale_threshold":
             self.threshold = nn.Parameter(torch.full((channels,), 0.5))
@@ -105,7 +107,9 @@ class FakeQuantizer(nn.Module):
 
     def finish_calibration(self) -> None:
         if self._low is None:
-            raise RuntimeError("activation quantizer saw no data during calibration; is the calibration loader empty?")
+            raise RuntimeError(
+                "activation quantizer saw no data during calibration; is the calibration loader empty?"
+            )
         samples = torch.cat(self._samples, dim=1) if self._samples else None
         self._set_range(self._low, self._high, samples)
         self.observing = False
@@ -114,7 +118,11 @@ class FakeQuantizer(nn.Module):
     def init_from_weight(self, weight: torch.Tensor) -> None:
         """Weights are known up front: set the range directly from them."""
         with torch.no_grad():
-            flat = weight.detach().reshape(weight.shape[0], -1) if self.channels > 1 else weight.detach().reshape(1, -1)
+            flat = (
+                weight.detach().reshape(weight.shape[0], -1)
+                if self.channels > 1
+                else weight.detach().reshape(1, -1)
+            )
             self._set_range(flat.min(dim=1).values, flat.max(dim=1).values, flat)
 
     @torch.no_grad()
@@ -177,7 +185,9 @@ class FakeQuantizer(nn.Module):
         else:
             low, high = low.clamp_max(0), high.clamp_min(0)
             scale = (high - low) / (self.qmax - self.qmin)
-            zero_point = (self.qmin - low / scale.clamp_min(1e-12)).round().clamp(self.qmin, self.qmax).to(torch.int32)
+            zero_point = (
+                (self.qmin - low / scale.clamp_min(1e-12)).round().clamp(self.qmin, self.qmax).to(torch.int32)
+            )
         return scale.clamp_min(1e-8), zero_point
 
     def _mse_range(self, low: torch.Tensor, high: torch.Tensor, samples: torch.Tensor):
@@ -204,7 +214,9 @@ class FakeQuantizer(nn.Module):
         if self.spec.binarize:
             return self._binarize_weight(x)
         if not self.calibrated:
-            raise RuntimeError("quantizer used before calibration; apply policies with autocompress.apply_policy")
+            raise RuntimeError(
+                "quantizer used before calibration; apply policies with autocompress.apply_policy"
+            )
         if self.spec.learn_scale and self.training:
             return self._lsq(x)
         return self._fake_quantize(x)

@@ -32,7 +32,7 @@ epoch is only 20 steps; they scale with the number of steps, not with the data s
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -153,7 +153,9 @@ class MagnitudeMask(nn.Module):
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:
         if mask.shape != self.mask.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(self.mask.shape)}")
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(self.mask.shape)}"
+            )
         self.mask.copy_((mask != 0).to(self.mask.dtype))
 
     def zero_units(self) -> int:
@@ -348,7 +350,9 @@ class SparsityController:
         self.l0_init = l0_init
         self.l0_freeze = l0_freeze
         modules = dict(module.named_modules())
-        self.layers: dict[str, nn.Module] = {name: self._check(modules, name, spec) for name, spec in self.specs.items()}
+        self.layers: dict[str, nn.Module] = {
+            name: self._check(modules, name, spec) for name, spec in self.specs.items()
+        }
         self.masks: dict[str, MagnitudeMask | L0Gate] = {}
         self.attached = False
         self.finalized = False
@@ -358,7 +362,9 @@ class SparsityController:
     # -- validation -----------------------------------------------------------------
     def _check(self, modules: dict[str, nn.Module], name: str, spec: Sparsity) -> nn.Module:
         if not isinstance(spec, Sparsity):
-            raise TypeError(f"layer {name!r}: expected a autocompress.policies.Sparsity, got {type(spec).__name__}")
+            raise TypeError(
+                f"layer {name!r}: expected a autocompress.policies.Sparsity, got {type(spec).__name__}"
+            )
         if name not in modules or name == "":
             with_weights = [n for n, m in modules.items() if n and isinstance(_weight_of(m), torch.Tensor)]
             raise SparsityError(
@@ -399,7 +405,9 @@ class SparsityController:
         for name, layer in self.layers.items():
             spec = self.specs[name]
             if spec.method == "l0":
-                mask: MagnitudeMask | L0Gate = L0Gate(layer.weight, level=spec.level, init=self.l0_init, name=name)
+                mask: MagnitudeMask | L0Gate = L0Gate(
+                    layer.weight, level=spec.level, init=self.l0_init, name=name
+                )
             else:
                 mask = MagnitudeMask(layer.weight, block=spec.block, name=name)
             parametrize.register_parametrization(layer, "weight", mask)
@@ -450,7 +458,9 @@ class SparsityController:
         progress = min(1.0, (step - travel_steps) / (settle_end - travel_steps))
         return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def extra_loss(self, inputs: torch.Tensor | None = None, outputs: torch.Tensor | None = None) -> torch.Tensor:
+    def extra_loss(
+        self, inputs: torch.Tensor | None = None, outputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``l0_lambda * sum (E[density] - (1 - level))^2`` over live L0 gates, else 0.
 
         ``inputs``/``outputs`` are ignored (the ``train(extra_loss=...)`` signature).
@@ -508,7 +518,9 @@ class SparsityController:
     def expected_densities(self) -> dict[str, float]:
         """E[density] of each layer that still has live L0 gates."""
         self._require()
-        return {n: float(m.expected_density().detach()) for n, m in self.masks.items() if isinstance(m, L0Gate)}
+        return {
+            n: float(m.expected_density().detach()) for n, m in self.masks.items() if isinstance(m, L0Gate)
+        }
 
     def describe(self) -> str:
         lines = []

@@ -15,8 +15,9 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,7 +43,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mnist_cnn": MnistCNN, "resnet20": ResNet20, "mobilenet_cat": MobileNetCat}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mnist_cnn": MnistCNN,
+    "resnet20": ResNet20,
+    "mobilenet_cat": MobileNetCat,
+}
 
 
 def _check_name(name: str) -> None:
@@ -50,9 +55,7 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")
 
 
-def build_model(
-    name: str, input_shape: tuple[int, int, int], num_classes: int, **kwargs: Any
-) -> nn.Module:
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **kwargs: Any) -> nn.Module:
     """Instantiate zoo model ``name`` for (C, H, W) inputs and ``num_classes`` outputs."""
     _check_name(name)
     if len(input_shape) != 3:
@@ -165,7 +168,11 @@ def pretrained(
     splits = load_dataset(dataset)
     path = _cache_path(
         Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(),
-        name, dataset, epochs, seed, model_kwargs,
+        name,
+        dataset,
+        epochs,
+        seed,
+        model_kwargs,
     )
 
     torch.manual_seed(seed)
@@ -183,7 +190,12 @@ def pretrained(
     stats = train(model, train_loader, epochs=epochs, lr=_PRETRAIN_LR, optimizer="adam", seed=seed)
     log.info(
         "pretrained %s/%s: trained %d steps in %.1fs (final loss %.4f); caching to %s",
-        name, dataset, stats["steps"], stats["seconds"], stats["final_loss"], path,
+        name,
+        dataset,
+        stats["steps"],
+        stats["seconds"],
+        stats["final_loss"],
+        path,
     )
     _atomic_save(model.state_dict(), path)
     return model.eval()

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from autocompress import Finetune, LatencyConfig, Target, apply_policy, export
 from autocompress.data import load_dataset, make_loaders
-from autocompress.zoo import pretrained
 from autocompress.evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
 from autocompress.evaluators.size import ModelSize
 from autocompress.policies import Distillation, LayerPolicy, Policy, Pruning, Student
+from autocompress.zoo import pretrained
 
 STUDENTS = {  # name -> params relative to the teacher
     "w1/2 d3": {"width": 0.5, "blocks": [3, 3, 3]},
@@ -38,7 +38,9 @@ TRAININGS = {  # label -> (distillation alpha, init from teacher)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--teacher-width", type=float, default=2.0)
     parser.add_argument("--baseline-epochs", type=int, default=8)
     parser.add_argument("--distill-epochs", type=float, default=3.0)
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides={"fc": LayerPolicy(quantization=int8)},
         )
         started = time.perf_counter()
-        schedule = Finetune(epochs=1, lr=1e-4, distill_epochs=args.distill_epochs, recovery_epochs=1, rewind_lr=1e-2)
+        schedule = Finetune(
+            epochs=1, lr=1e-4, distill_epochs=args.distill_epochs, recovery_epochs=1, rewind_lr=1e-2
+        )
         compressed = apply_policy(teacher, pipeline, train, finetune=schedule)
         name = f"{args.pipeline_student} | KD -> prune 25% -> QAT INT8"
         exported[name] = export(compressed, root / "pipeline")

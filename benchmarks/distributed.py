@@ -23,8 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-for _key, _value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-                     "RAY_AIR_NEW_OUTPUT": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1"}.items():
+for _key, _value in {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",
+}.items():
     os.environ.setdefault(_key, _value)
 
 import ray  # noqa: E402
@@ -47,8 +52,15 @@ def inner_seconds(trial) -> float:
 def run(label: str, workers: int | None, model, loaders, args, workdir: Path) -> dict:
     train, val, _ = loaders
     options = dict(
-        space="compact", sampler="random", seed=0, n_trials=args.trials, max_accuracy_drop=args.max_drop,
-        target=Target(threads=1, precision_hint="f32"), finetune=SEARCH_FINETUNE, progress=False, workdir=workdir / label,
+        space="compact",
+        sampler="random",
+        seed=0,
+        n_trials=args.trials,
+        max_accuracy_drop=args.max_drop,
+        target=Target(threads=1, precision_hint="f32"),
+        finetune=SEARCH_FINETUNE,
+        progress=False,
+        workdir=workdir / label,
         study_name=label,
     )
     cluster = None
@@ -74,7 +86,9 @@ def run(label: str, workers: int | None, model, loaders, args, workdir: Path) ->
         "wall": wall,
         "trials": len(finished),
         "per_hour": 3600 * len(finished) / wall,
-        "overhead": statistics.median(t.seconds - inner_seconds(t) for t in complete) if complete and workers else None,
+        "overhead": statistics.median(t.seconds - inner_seconds(t) for t in complete)
+        if complete and workers
+        else None,
         "trial_s": statistics.median(t.seconds for t in complete) if complete else None,
         "policies": sorted(str(sorted(t.params.items())) for t in result.trials),
         "best": result.best.measurements.speedup if result.best else None,
@@ -82,7 +96,9 @@ def run(label: str, workers: int | None, model, loaders, args, workdir: Path) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--max-drop", type=float, default=0.01)
@@ -101,18 +117,26 @@ def main(argv: list[str] | None = None) -> int:
         run("ray-2", 2, model, loaders, args, workdir),
     ]
     one = next(r for r in rows if r["label"] == "ray-1")
-    print(f"\nresnet20 width {args.width:g}, MNIST-5k, compact space, random sampler (seed 0), {args.trials} trials, "
-          f"{os.cpu_count()} cores; latency measured on the head node")
-    print(f"{'configuration':<28}{'wall s':>8}{'trials':>8}{'trials/h':>10}{'vs 1 worker':>13}{'trial s':>9}{'Ray ovh s':>11}{'best':>8}")
+    print(
+        f"\nresnet20 width {args.width:g}, MNIST-5k, compact space, random sampler (seed 0), {args.trials} trials, "
+        f"{os.cpu_count()} cores; latency measured on the head node"
+    )
+    print(
+        f"{'configuration':<28}{'wall s':>8}{'trials':>8}{'trials/h':>10}{'vs 1 worker':>13}{'trial s':>9}{'Ray ovh s':>11}{'best':>8}"
+    )
     names = {"optuna": "Optuna, in-process", "ray-1": "Ray, 1 worker node", "ray-2": "Ray, 2 worker nodes"}
     for r in rows:
         overhead = f"{r['overhead']:.2f}" if r["overhead"] is not None else "-"
         best = f"{r['best']:.2f}x" if r["best"] else "-"
-        print(f"{names[r['label']]:<28}{r['wall']:>8.0f}{r['trials']:>8}{r['per_hour']:>10.0f}{one['wall'] / r['wall']:>12.2f}x"
-              f"{r['trial_s']:>9.1f}{overhead:>11}{best:>8}")
+        print(
+            f"{names[r['label']]:<28}{r['wall']:>8.0f}{r['trials']:>8}{r['per_hour']:>10.0f}{one['wall'] / r['wall']:>12.2f}x"
+            f"{r['trial_s']:>9.1f}{overhead:>11}{best:>8}"
+        )
     same = len({tuple(r["policies"]) for r in rows}) == 1
-    print(f"\nsame policies in every configuration: {same}. trial s: median Tune/Optuna trial time; Ray ovh: "
-          "trial time minus compression, export and measurement inside it (median).")
+    print(
+        f"\nsame policies in every configuration: {same}. trial s: median Tune/Optuna trial time; Ray ovh: "
+        "trial time minus compression, export and measurement inside it (median)."
+    )
     return 0
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from autocompress import Finetune, LatencyConfig, Target, apply_policy, export
 from autocompress.data import load_dataset, make_loaders
-from autocompress.zoo import pretrained
 from autocompress.evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
 from autocompress.evaluators.size import ModelSize
 from autocompress.policies import LayerPolicy, Policy, Pruning, Sparsity
+from autocompress.zoo import pretrained
 
 CRITERIA = ("l1", "l2", "geometric_median", "bn_scale", "taylor")
 RATIOS = (0.25, 0.5, 0.75)
@@ -45,7 +45,9 @@ def sparsity_policy(level: float) -> Policy:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--width", type=float, default=2.0)
     parser.add_argument("--baseline-epochs", type=int, default=8)
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         fp32 = export(model, root / "dense", input_shape=splits.input_shape)
         qat = Finetune(epochs=0.5, lr=1e-4)  # QAT of a trained model wants a small lr
-        dense_int8 = export(apply_policy(model, Policy.quantize(8, 8), train, finetune=qat), root / "dense-int8")
+        dense_int8 = export(
+            apply_policy(model, Policy.quantize(8, 8), train, finetune=qat), root / "dense-int8"
+        )
         timed = {"dense FP32": fp32, "dense INT8": dense_int8}
         targets = {"dense FP32": f32, "dense INT8": default}
         accuracy_rows = []
@@ -85,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
                     timed[f"pruned {ratio:.0%} FP32"] = exported
                     targets[f"pruned {ratio:.0%} FP32"] = f32
                     # prune -> recover (float, same budget) -> calibrate -> short QAT
-                    prune_then_qat = dataclasses.replace(qat, recovery_epochs=args.finetune_epochs, rewind_lr=args.lr)
-                    int8 = apply_policy(model, pruning_policy(ratio, criterion, quantize=True), train, finetune=prune_then_qat)
+                    prune_then_qat = dataclasses.replace(
+                        qat, recovery_epochs=args.finetune_epochs, rewind_lr=args.lr
+                    )
+                    int8 = apply_policy(
+                        model, pruning_policy(ratio, criterion, quantize=True), train, finetune=prune_then_qat
+                    )
                     timed[f"pruned {ratio:.0%} INT8"] = export(int8, root / f"{criterion}-{ratio}-int8")
                     targets[f"pruned {ratio:.0%} INT8"] = default
         for level in (0.5, 0.9):
@@ -102,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {name: ModelSize()(artifact) for name, artifact in timed.items()}
 
     dense = accuracy_of["dense FP32"]
-    print(f"\nResNet-20 width {args.width:g} on MNIST-5k, dense FP32 accuracy {dense:.2%}; "
-          f"fine-tune {args.finetune_epochs:g} epoch(s) at lr {args.lr:g} after compression\n")
+    print(
+        f"\nResNet-20 width {args.width:g} on MNIST-5k, dense FP32 accuracy {dense:.2%}; "
+        f"fine-tune {args.finetune_epochs:g} epoch(s) at lr {args.lr:g} after compression\n"
+    )
     print(f"{'criterion':<17}" + "".join(f"{f'{r:.0%} pruned':>14}" for r in RATIOS))
     for criterion in args.criteria.split(","):
         cells = [f"{100 * a:>13.2f}%" for c, r, a, _, _ in accuracy_rows if c == criterion]
@@ -118,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<20} {100 * accuracy_of[name]:>6.2f}% {m['median_ms']:>8.4f} {m['spread']:>6.0%} "
             f"{1 / m['ratio_to_first']:>7.2f}x {z['ir_weights_bytes'] / 1024:>11.1f} {z['parameters']:>9,} {z['nonzero_parameters']:>9,}"
         )
-    print("\nspeedup: vs dense FP32 at f32 precision, median over alternating rounds in one process; "
-          "INT8 rows run at the runtime default precision.")
+    print(
+        "\nspeedup: vs dense FP32 at f32 precision, median over alternating rounds in one process; "
+        "INT8 rows run at the runtime default precision."
+    )
     return 0
 
 

@@ -25,11 +25,11 @@ import numpy as np
 from autocompress import Finetune, LatencyConfig, Target, apply_policy, compressible_layers, export
 from autocompress.cli import demo_policies
 from autocompress.data import load_dataset, make_loaders
-from autocompress.zoo import pretrained
 from autocompress.evaluators.artifact import ExportedModel
 from autocompress.evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
 from autocompress.evaluators.size import ModelSize
 from autocompress.policies import LayerPolicy, LayerQuant, Policy, TensorQuant
+from autocompress.zoo import pretrained
 
 MODELS = {
     "resnet20_wide": ("resnet20", {"width": 2.0}),
@@ -44,7 +44,9 @@ def policies(layers: list[str]) -> dict[str, Policy]:
     def uniform(bits: int, learn: bool = False) -> LayerPolicy:
         return LayerPolicy(
             quantization=LayerQuant(
-                weights=TensorQuant(bits=bits, per_channel=True, range_init="mse" if bits < 8 else "minmax", learn_scale=learn),
+                weights=TensorQuant(
+                    bits=bits, per_channel=True, range_init="mse" if bits < 8 else "minmax", learn_scale=learn
+                ),
                 activations=TensorQuant(bits=bits, symmetric=False, learn_scale=learn),
             )
         )
@@ -53,7 +55,9 @@ def policies(layers: list[str]) -> dict[str, Policy]:
     return {
         "ours W8A8": demo["w8a8"],
         "ours mixed (4-bit inner W)": demo["mixed_w4_w8"],
-        "ours W4A4 (learned)": Policy(default=uniform(4, learn=True), overrides={first: uniform(8), last: uniform(8)}),
+        "ours W4A4 (learned)": Policy(
+            default=uniform(4, learn=True), overrides={first: uniform(8), last: uniform(8)}
+        ),
         "ours W6A6": Policy(default=uniform(6), overrides={first: uniform(8), last: uniform(8)}),
     }
 
@@ -147,11 +151,18 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated from {list(MODELS)}")
     parser.add_argument("--baseline-epochs", type=int, default=8)
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
-    parser.add_argument("--threads", type=int, default=1, help="OpenVINO inference threads (1 = least noise on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="OpenVINO inference threads (1 = least noise on a shared machine)",
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--round-seconds", type=float, default=1.0)
     parser.add_argument("--nncf-subset", type=int, default=300)

@@ -27,7 +27,11 @@ class ExportedModel:
         return self.ir_path.with_suffix(".bin")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"onnx_path": str(self.onnx_path), "ir_path": str(self.ir_path), "input_shape": list(self.input_shape)}
+        return {
+            "onnx_path": str(self.onnx_path),
+            "ir_path": str(self.ir_path),
+            "input_shape": list(self.input_shape),
+        }
 
 
 @runtime_checkable

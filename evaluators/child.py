@@ -111,7 +111,9 @@ def worker_command(request: str, response: str) -> list[str]:
     return [sys.executable, "-c", _BOOTSTRAP, json.dumps(packages), WORKER_FILE, request, response]
 
 
-def run_jobs(jobs: list[Job | dict], *, timeout: float = 600, workdir: str | os.PathLike | None = None) -> list[dict]:
+def run_jobs(
+    jobs: list[Job | dict], *, timeout: float = 600, workdir: str | os.PathLike | None = None
+) -> list[dict]:
     """Run jobs in order in one fresh worker; returns one result dict per job.
 
     Raises RuntimeError (exit code + last stderr lines) if the worker crashes, times out or writes no response.
@@ -123,14 +125,23 @@ def run_jobs(jobs: list[Job | dict], *, timeout: float = 600, workdir: str | os.
         with open(req, "w", encoding="utf-8") as f:
             json.dump({"jobs": requests}, f)
         try:
-            proc = subprocess.run(worker_command(req, resp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, errors="replace", timeout=timeout)
+            proc = subprocess.run(
+                worker_command(req, resp),
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired as e:
             err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-            raise RuntimeError(f"OpenVINO worker timed out after {timeout} s; stderr tail:\n{_tail(err)}") from None
+            raise RuntimeError(
+                f"OpenVINO worker timed out after {timeout} s; stderr tail:\n{_tail(err)}"
+            ) from None
         if proc.returncode != 0 or not os.path.exists(resp):
-            raise RuntimeError(f"OpenVINO worker exited with code {proc.returncode}; stderr tail:\n"
-                               f"{_tail(proc.stderr or proc.stdout)}")
+            raise RuntimeError(
+                f"OpenVINO worker exited with code {proc.returncode}; stderr tail:\n"
+                f"{_tail(proc.stderr or proc.stdout)}"
+            )
         with open(resp, encoding="utf-8") as f:
             results = json.load(f)["results"]
     if len(results) != len(requests):

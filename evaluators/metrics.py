@@ -4,7 +4,7 @@ one metric scores torch and OpenVINO outputs alike. No torch, no openvino."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -24,7 +24,9 @@ def score(metric: Metric | None, logits: np.ndarray, targets: np.ndarray, what: 
     """``metric`` (default top-1) of ``logits``; a clear error when it is not a finite number."""
     value = float((metric or top1_accuracy)(logits, targets))
     if not math.isfinite(value):
-        raise ValueError(f"the metric returned {value} for {what}; it must return a finite number (higher is better)")
+        raise ValueError(
+            f"the metric returned {value} for {what}; it must return a finite number (higher is better)"
+        )
     return value
 
 

@@ -7,14 +7,15 @@ torch in one long-lived process have aborted at exit on this machine.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from autocompress.evaluators.artifact import ExportedModel, Measurement
-from autocompress.evaluators.metrics import Metric, score
 from autocompress.evaluators.child import Infer, MeasureLatency, MeasureOrtLatency, run_jobs, unwrap
+from autocompress.evaluators.metrics import Metric, score
 from autocompress.evaluators.target import LatencyConfig, Target
 
 
@@ -51,7 +52,13 @@ class OpenVINOAccuracy:
 
     name = "openvino"
 
-    def __init__(self, data: Dataset | Iterable, metric: Metric | None = None, target: Target = Target(), batch_size: int = 250):
+    def __init__(
+        self,
+        data: Dataset | Iterable,
+        metric: Metric | None = None,
+        target: Target = Target(),
+        batch_size: int = 250,
+    ):
         self.data = data if isinstance(data, Dataset) else Dataset(data)
         self.metric = metric
         self.target = target
@@ -60,10 +67,19 @@ class OpenVINOAccuracy:
     def __call__(self, model: ExportedModel) -> Measurement:
         with tempfile.TemporaryDirectory(prefix="autocompress-logits-") as tmp:
             outputs = Path(tmp) / "logits.npy"
-            job = Infer(str(model.ir_path), str(self.data.inputs_file()), str(outputs), self.target.to_dict(), self.batch_size)
+            job = Infer(
+                str(model.ir_path),
+                str(self.data.inputs_file()),
+                str(outputs),
+                self.target.to_dict(),
+                self.batch_size,
+            )
             unwrap(run_jobs([job])[0])
             logits = np.load(outputs)
-        return {"accuracy": score(self.metric, logits, self.data.targets, "the exported model"), "samples": len(self.data.targets)}
+        return {
+            "accuracy": score(self.metric, logits, self.data.targets, "the exported model"),
+            "samples": len(self.data.targets),
+        }
 
 
 class OpenVINOLatency:
@@ -78,7 +94,9 @@ class OpenVINOLatency:
     def __call__(self, model: ExportedModel) -> Measurement:
         return self.compare({"model": model})["model"]
 
-    def compare(self, models: Mapping[str, ExportedModel], targets: Mapping[str, Target] | None = None) -> dict[str, Measurement]:
+    def compare(
+        self, models: Mapping[str, ExportedModel], targets: Mapping[str, Target] | None = None
+    ) -> dict[str, Measurement]:
         """Measure several models in alternating rounds; adds each one's ratio to the first.
 
         ``targets`` overrides the target per model name (e.g. one IR at f32 and at bf16).
@@ -107,7 +125,9 @@ class OnnxRuntimeLatency:
 
     def compare(self, models: Mapping[str, ExportedModel]) -> dict[str, Measurement]:
         names = list(models)
-        job = MeasureOrtLatency([str(models[n].onnx_path) for n in names], self.threads, self.config.to_dict())
+        job = MeasureOrtLatency(
+            [str(models[n].onnx_path) for n in names], self.threads, self.config.to_dict()
+        )
         return _per_model(names, unwrap(run_jobs([job])[0]))
 
 

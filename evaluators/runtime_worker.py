@@ -1,16 +1,17 @@
 """OpenVINO / ONNX Runtime side of the evaluators, run in a child process.
 
-    python -m autocompress.evaluators.runtime_worker REQUEST.json RESPONSE.json
+    (started by autocompress.evaluators.child) REQUEST.json RESPONSE.json
 
 REQUEST is {"jobs": [{"op": OP, "args": {...}}, ...]}; RESPONSE gets {"results": [...]}, one entry per job
 in order.  A job that raises gives {"op", "error": "ExcType: message", "traceback"} and the later jobs still run.
 
 This module must never import torch: a process mixing torch training with several compiled OpenVINO models
-has aborted at exit on this machine, so everything runtime-related lives here and `autocompress.evaluators.child.run_jobs`
-starts it in a fresh interpreter.  Keep `evaluators/__init__.py` free of eager torch imports too (`-m` imports it).
+has aborted at exit on this machine, so everything runtime-related lives here, and
+`autocompress.evaluators.child.run_jobs` starts it in a fresh interpreter by file (see child.py).
 
 All functions take and return plain, JSON-friendly data.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,10 @@ def _read_with_batch(core, xml_path: str, batch: int):
         raise ValueError(f"expected a model with one input, got {len(model.inputs)}")
     ps = model.inputs[0].get_partial_shape()
     if any(d.is_dynamic for d in list(ps)[1:]):
-        raise ValueError(f"model input shape {ps} is dynamic beyond the batch dim; "
-                         "convert with convert_to_ir(input_shape=...)")
+        raise ValueError(
+            f"model input shape {ps} is dynamic beyond the batch dim; "
+            "convert with convert_to_ir(input_shape=...)"
+        )
     shape = [int(batch)] + [int(d.get_length()) for d in list(ps)[1:]]
     if ps.is_dynamic or int(ps[0].get_length()) != batch:
         model.reshape(shape)
@@ -112,7 +115,9 @@ def _fixed_input(shape: list[int], seed: int, inputs_npy: str | None) -> np.ndar
         return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     data = np.load(inputs_npy).astype(np.float32, copy=False)
     if list(data.shape[1:]) != list(shape[1:]):
-        raise ValueError(f"inputs {inputs_npy} have sample shape {list(data.shape[1:])}, model expects {shape[1:]}")
+        raise ValueError(
+            f"inputs {inputs_npy} have sample shape {list(data.shape[1:])}, model expects {shape[1:]}"
+        )
     reps = -(-shape[0] // data.shape[0])
     return np.ascontiguousarray(np.concatenate([data] * reps)[: shape[0]] if reps > 1 else data[: shape[0]])
 
@@ -150,14 +155,16 @@ def _summaries(per_round: list[list[float]], iterations: list[int]) -> tuple[lis
     out = []
     for rounds_ms, n in zip(per_round, iterations):
         med = statistics.median(rounds_ms)
-        out.append({
-            "median_ms": med,
-            "min_ms": min(rounds_ms),
-            "max_ms": max(rounds_ms),
-            "spread": (max(rounds_ms) - min(rounds_ms)) / med if med > 0 else 0.0,
-            "rounds_ms": rounds_ms,
-            "iterations": n,
-        })
+        out.append(
+            {
+                "median_ms": med,
+                "min_ms": min(rounds_ms),
+                "max_ms": max(rounds_ms),
+                "spread": (max(rounds_ms) - min(rounds_ms)) / med if med > 0 else 0.0,
+                "rounds_ms": rounds_ms,
+                "iterations": n,
+            }
+        )
     ratios = None
     if len(per_round) > 1:
         first = per_round[0]
@@ -182,7 +189,9 @@ def runtime_info() -> dict:
     }
 
 
-def convert_to_ir(onnx_path: str, xml_path: str, input_shape: list[int], compress_to_fp16: bool = False) -> dict:
+def convert_to_ir(
+    onnx_path: str, xml_path: str, input_shape: list[int], compress_to_fp16: bool = False
+) -> dict:
     """ONNX -> OpenVINO IR with a static input shape (dynamic shapes cost FP32 2-8 %, INT8 20-50 % here).
 
     openvino.convert_model (not Core.read_model) runs the offline transformations that fold
@@ -205,7 +214,9 @@ def convert_to_ir(onnx_path: str, xml_path: str, input_shape: list[int], compres
     }
 
 
-def infer(xml_path: str, inputs_npy: str, outputs_npy: str, target: dict | None = None, batch_size: int = 256) -> dict:
+def infer(
+    xml_path: str, inputs_npy: str, outputs_npy: str, target: dict | None = None, batch_size: int = 256
+) -> dict:
     """Run the IR on all inputs (N, ...) float32 in batches, save the first output (logits) to outputs_npy.
 
     The model is reshaped to batch min(batch_size, N); the last partial batch is zero-padded and the padding
@@ -223,12 +234,14 @@ def infer(xml_path: str, inputs_npy: str, outputs_npy: str, target: dict | None 
     bs = max(1, min(int(batch_size), n))
     model, shape = _read_with_batch(core, xml_path, bs)
     if list(data.shape[1:]) != shape[1:]:
-        raise ValueError(f"inputs {inputs_npy} have sample shape {list(data.shape[1:])}, model expects {shape[1:]}")
+        raise ValueError(
+            f"inputs {inputs_npy} have sample shape {list(data.shape[1:])}, model expects {shape[1:]}"
+        )
     compiled = core.compile_model(model, tgt.device, tgt.ov_config())
     request = compiled.create_infer_request()
     outs = []
     for start in range(0, n, bs):
-        chunk = data[start:start + bs]
+        chunk = data[start : start + bs]
         m = chunk.shape[0]
         if m < bs:
             chunk = np.concatenate([chunk, np.zeros((bs - m,) + chunk.shape[1:], np.float32)])
@@ -240,8 +253,12 @@ def infer(xml_path: str, inputs_npy: str, outputs_npy: str, target: dict | None 
     return {"n": n, "seconds": time.perf_counter() - t0, "batch_size": bs, "output_shape": list(logits.shape)}
 
 
-def measure_latency(xml_paths: list[str], target: dict | list[dict] | None = None, config: dict | None = None,
-                    inputs_npy: str | None = None) -> dict:
+def measure_latency(
+    xml_paths: list[str],
+    target: dict | list[dict] | None = None,
+    config: dict | None = None,
+    inputs_npy: str | None = None,
+) -> dict:
     """Latency of one or more IRs, measured in alternating rounds (see LatencyConfig).
 
     Every model is compiled with its target's ov_config() on its device at its batch and driven through one
@@ -253,7 +270,9 @@ def measure_latency(xml_paths: list[str], target: dict | list[dict] | None = Non
         raise ValueError("xml_paths must be a non-empty list of paths")
     targets = target if isinstance(target, list) else [target] * len(xml_paths)
     if len(targets) != len(xml_paths):
-        raise ValueError(f"got {len(targets)} targets for {len(xml_paths)} models; pass one target or one per model")
+        raise ValueError(
+            f"got {len(targets)} targets for {len(xml_paths)} models; pass one target or one per model"
+        )
     targets = [Target.from_dict(t or {}) for t in targets]
     cfg = LatencyConfig.from_dict(config or {})
     core = ov.Core()
@@ -269,14 +288,16 @@ def measure_latency(xml_paths: list[str], target: dict | list[dict] | None = Non
         request.set_input_tensor(tensor)
         keep.append((compiled, x, tensor))
         runs.append(request.infer)
-        info.append({
-            "xml": path,
-            "target": tgt.to_dict(),
-            "input_shape": shape,
-            "compile_seconds": compile_s,
-            "inference_precision": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
-            "runtime_precision": _runtime_precision(compiled),
-        })
+        info.append(
+            {
+                "xml": path,
+                "target": tgt.to_dict(),
+                "input_shape": shape,
+                "compile_seconds": compile_s,
+                "inference_precision": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
+                "runtime_precision": _runtime_precision(compiled),
+            }
+        )
     per_round, iterations = _alternating_rounds(runs, cfg)
     stats, ratios = _summaries(per_round, iterations)
     models = [{**meta, **s} for meta, s in zip(info, stats)]
@@ -286,8 +307,13 @@ def measure_latency(xml_paths: list[str], target: dict | list[dict] | None = Non
     return out
 
 
-def measure_ort_latency(onnx_paths: list[str], threads: int | None = None, config: dict | None = None,
-                        inputs_npy: str | None = None, batch: int = 1) -> dict:
+def measure_ort_latency(
+    onnx_paths: list[str],
+    threads: int | None = None,
+    config: dict | None = None,
+    inputs_npy: str | None = None,
+    batch: int = 1,
+) -> dict:
     """The same alternating-round protocol with onnxruntime (CPUExecutionProvider)."""
     ort = _ort()
     cfg = LatencyConfig.from_dict(config or {})
@@ -340,20 +366,27 @@ def run_job(job: dict) -> dict:
             raise ValueError(f"args of {op} must be an object, got {type(args).__name__}")
         return OPS[op](**args)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, the next jobs still run
-        return {"op": op, "error": f"{type(exc).__name__}: {exc}".strip(), "traceback": traceback.format_exc()}
+        return {
+            "op": op,
+            "error": f"{type(exc).__name__}: {exc}".strip(),
+            "traceback": traceback.format_exc(),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) != 2:
-        print("usage: python -m autocompress.evaluators.runtime_worker REQUEST.json RESPONSE.json", file=sys.stderr)
+        print(
+            "usage: python -m autocompress.evaluators.runtime_worker REQUEST.json RESPONSE.json",
+            file=sys.stderr,
+        )
         return 2
     request_path, response_path = argv
     with open(request_path, encoding="utf-8") as f:
         request = json.load(f)
     jobs = request.get("jobs", []) if isinstance(request, dict) else None
     if not isinstance(jobs, list):
-        print(f"{request_path}: expected {{\"jobs\": [...]}}", file=sys.stderr)
+        print(f'{request_path}: expected {{"jobs": [...]}}', file=sys.stderr)
         return 2
     results = [to_jsonable(run_job(job)) for job in jobs]
     tmp = response_path + ".tmp"

@@ -53,7 +53,7 @@ def parameter_stats(module: nn.Module) -> Measurement:
     for owner in module.modules():
         if _is_quantizer_state(owner):
             continue
-        for name, parameter in owner.named_parameters(recurse=False):
+        for parameter in owner.parameters(recurse=False):
             parameters += parameter.numel()
             nonzero += int((parameter != 0).sum())
             bits += parameter.numel() * FLOAT_BITS

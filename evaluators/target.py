@@ -1,4 +1,5 @@
 """Where and how latency is measured: plain, JSON-friendly settings (no torch, no openvino import)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -39,18 +40,22 @@ class Target:
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not self.device.strip():
-            raise ValueError(f"Target.device must be a non-empty OpenVINO device name such as 'CPU', got {self.device!r}")
+            raise ValueError(
+                f"Target.device must be a non-empty OpenVINO device name such as 'CPU', got {self.device!r}"
+            )
         _check_int("Target", "threads", self.threads, 1, allow_none=True)
         _check_int("Target", "batch", self.batch, 1)
         _check_int("Target", "num_streams", self.num_streams, 1)
         if self.precision_hint not in PRECISION_HINTS:
-            raise ValueError(f"Target.precision_hint must be one of {list(PRECISION_HINTS)}, got {self.precision_hint!r}")
+            raise ValueError(
+                f"Target.precision_hint must be one of {list(PRECISION_HINTS)}, got {self.precision_hint!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Target":
+    def from_dict(cls, d: dict) -> Target:
         return _from_dict(cls, d)
 
     def ov_config(self) -> dict[str, str]:
@@ -77,12 +82,16 @@ class LatencyConfig:
         _check_int("LatencyConfig", "rounds", self.rounds, 1)
         _check_int("LatencyConfig", "min_iterations", self.min_iterations, 1)
         _check_int("LatencyConfig", "seed", self.seed, 0)
-        if isinstance(self.min_seconds, bool) or not isinstance(self.min_seconds, (int, float)) or self.min_seconds < 0:
+        if (
+            isinstance(self.min_seconds, bool)
+            or not isinstance(self.min_seconds, (int, float))
+            or self.min_seconds < 0
+        ):
             raise ValueError(f"LatencyConfig.min_seconds must be a number >= 0, got {self.min_seconds!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LatencyConfig":
+    def from_dict(cls, d: dict) -> LatencyConfig:
         return _from_dict(cls, d)

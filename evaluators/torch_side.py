@@ -18,7 +18,10 @@ def module_logits(module: nn.Module, inputs: np.ndarray, batch_size: int = 250) 
     try:
         with torch.no_grad():
             return np.concatenate(
-                [module(torch.from_numpy(inputs[i : i + batch_size])).numpy() for i in range(0, len(inputs), batch_size)]
+                [
+                    module(torch.from_numpy(inputs[i : i + batch_size])).numpy()
+                    for i in range(0, len(inputs), batch_size)
+                ]
             )
     finally:
         module.train(was_training)
@@ -36,6 +39,8 @@ class TorchAccuracy:
 
     def __call__(self, model: ExportedModel) -> Measurement:
         if model.module is None:
-            raise ValueError("TorchAccuracy needs the torch module: export with autocompress.export, which attaches it")
+            raise ValueError(
+                "TorchAccuracy needs the torch module: export with autocompress.export, which attaches it"
+            )
         logits = module_logits(model.module, self.data.inputs, self.batch_size)
         return {"accuracy": score(self.metric, logits, self.data.targets, "the torch module")}

@@ -3,9 +3,9 @@
 from autocompress.policies.schema import (
     DEFAULT_ACTIVATIONS,
     DEFAULT_WEIGHTS,
-    Distillation,
     POLICY_FORMAT,
     POLICY_VERSION,
+    Distillation,
     LayerPolicy,
     LayerQuant,
     Policy,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
@@ -61,8 +62,7 @@ class TensorQuant:
     def __post_init__(self) -> None:
         if self.bits == 1 and self.binarize is None:
             raise ValueError(
-                "bits=1 needs binarize: 'xnor' or 'dorefa' for weights, "
-                "'scale_threshold' for activations"
+                "bits=1 needs binarize: 'xnor' or 'dorefa' for weights, 'scale_threshold' for activations"
             )
         if self.binarize is not None and self.bits != 1:
             raise ValueError(f"binarize={self.binarize!r} needs bits=1, got bits={self.bits}")
@@ -241,7 +241,7 @@ class Policy:
         weight_bits: int | None = 8,
         activation_bits: int | None = 8,
         overrides: Mapping[str, LayerPolicy] | None = None,
-    ) -> "Policy":
+    ) -> Policy:
         """Uniform WxAy quantization of every Conv/Linear layer (the common case)."""
         quant = LayerQuant(
             weights=dataclasses.replace(DEFAULT_WEIGHTS, bits=weight_bits),
@@ -279,14 +279,17 @@ class Policy:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
         if not isinstance(data, Mapping):
             raise PolicyError(f"a policy must be a JSON object, got {type(data).__name__}")
         if data.get("format", POLICY_FORMAT) != POLICY_FORMAT:
-            raise PolicyError(f"not an autocompress policy: format={data.get('format')!r}, expected {POLICY_FORMAT!r}")
+            raise PolicyError(
+                f"not an autocompress policy: format={data.get('format')!r}, expected {POLICY_FORMAT!r}"
+            )
         if data.get("version", POLICY_VERSION) != POLICY_VERSION:
             raise PolicyError(
-                f"policy version {data.get('version')!r} is not supported; this autocompress reads version {POLICY_VERSION}"
+                f"policy version {data.get('version')!r} is not supported; "
+                f"this autocompress reads version {POLICY_VERSION}"
             )
         try:
             return _ADAPTER.validate_python(dict(data))
@@ -294,7 +297,7 @@ class Policy:
             raise PolicyError(_explain(error)) from None
 
     @classmethod
-    def from_json(cls, text: str) -> "Policy":
+    def from_json(cls, text: str) -> Policy:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
@@ -307,7 +310,7 @@ class Policy:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Policy":
+    def load(cls, path: str | Path) -> Policy:
         path = Path(path)
         if not path.is_file():
             raise PolicyError(f"policy file {str(path)!r} does not exist")
@@ -323,7 +326,10 @@ class Policy:
             student = self.student
             params = ", ".join(f"{k}={v}" for k, v in student.params.items())
             ensemble = f" x{student.ensemble}" if student.ensemble > 1 else ""
-            lines.append(f"  student: {student.family}({params}){ensemble}, KD T={self.distillation.temperature:g} alpha={self.distillation.alpha:g}")
+            lines.append(
+                f"  student: {student.family}({params}){ensemble}, "
+                f"KD T={self.distillation.temperature:g} alpha={self.distillation.alpha:g}"
+            )
         if self.pinned:
             lines.append(f"  pinned: {', '.join(self.pinned)}")
         lines.append(f"  default: {self.default.short()}")
@@ -346,7 +352,9 @@ def _explain(error: ValidationError) -> str:
         location = ".".join(str(part) for part in problem["loc"] if part not in ("function-after",))
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "unexpected_keyword_argument":
-            message = "unknown field (check the spelling; see autocompress.policies.schema for the allowed fields)"
+            message = (
+                "unknown field (check the spelling; see autocompress.policies.schema for the allowed fields)"
+            )
         value = problem.get("input")
         shown = f" (got {value!r})" if value is not None and not isinstance(value, Mapping) else ""
         lines.append(f"{location or '<policy>'}: {message}{shown}")

@@ -9,4 +9,13 @@ from autocompress.search_spaces.knobs import KNOBS, Knob, register_knob
 from autocompress.search_spaces.presets import PRESETS, build_space
 from autocompress.search_spaces.space import Dimension, SearchSpace, SpaceError
 
-__all__ = ["KNOBS", "PRESETS", "Dimension", "Knob", "SearchSpace", "SpaceError", "build_space", "register_knob"]
+__all__ = [
+    "KNOBS",
+    "PRESETS",
+    "Dimension",
+    "Knob",
+    "SearchSpace",
+    "SpaceError",
+    "build_space",
+    "register_knob",
+]

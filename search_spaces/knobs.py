@@ -15,10 +15,16 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from autocompress.policies import DEFAULT_ACTIVATIONS, DEFAULT_WEIGHTS, LayerPolicy, LayerQuant, Pruning, Sparsity
-from autocompress.policies.schema import Criterion
-
 from autocompress.models import RESNET_KERNEL_SIZES
+from autocompress.policies import (
+    DEFAULT_ACTIVATIONS,
+    DEFAULT_WEIGHTS,
+    LayerPolicy,
+    LayerQuant,
+    Pruning,
+    Sparsity,
+)
+from autocompress.policies.schema import Criterion
 
 __all__ = ["CRITERIA", "KNOBS", "Knob", "SpaceError", "knob", "register_knob", "start_point"]
 
@@ -36,7 +42,9 @@ def _counts(label: str, values: list[Any], params: Mapping[str, Any]) -> str:
     counts: dict[Any, int] = {}
     for v in values:
         counts[v] = counts.get(v, 0) + 1
-    return " ".join(f"{label}{'f' if v is None else v}x{n}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return " ".join(
+        f"{label}{'f' if v is None else v}x{n}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    )
 
 
 def _span(label: str, values: list[Any], params: Mapping[str, Any]) -> str:
@@ -81,11 +89,15 @@ class Knob:
 
     def __post_init__(self) -> None:
         if self.scope not in typing.get_args(Scope):
-            raise SpaceError(f"knob {self.name!r}: scope must be one of {', '.join(typing.get_args(Scope))}, got {self.scope!r}")
+            raise SpaceError(
+                f"knob {self.name!r}: scope must be one of {', '.join(typing.get_args(Scope))}, got {self.scope!r}"
+            )
         if (self.apply_layer is None) == (self.apply_student is None):
             raise SpaceError(f"knob {self.name!r}: give apply_layer or apply_student (exactly one)")
         if self.apply_student is not None and self.scope != "global":
-            raise SpaceError(f"knob {self.name!r}: a student knob is global (the student's layers are not the model's)")
+            raise SpaceError(
+                f"knob {self.name!r}: a student knob is global (the student's layers are not the model's)"
+            )
         if (self.column is None) != (self.read is None):
             raise SpaceError(f"knob {self.name!r}: a report column needs both column and read")
 
@@ -159,7 +171,10 @@ def _with_bits(spec, bits: int | None):
     return dataclasses.replace(spec, bits=bits)
 
 
-_FLOAT = LayerQuant(weights=dataclasses.replace(DEFAULT_WEIGHTS, bits=None), activations=dataclasses.replace(DEFAULT_ACTIVATIONS, bits=None))
+_FLOAT = LayerQuant(
+    weights=dataclasses.replace(DEFAULT_WEIGHTS, bits=None),
+    activations=dataclasses.replace(DEFAULT_ACTIVATIONS, bits=None),
+)
 
 
 def _set_bits(side: str, default):
@@ -170,21 +185,35 @@ def _set_bits(side: str, default):
     def apply(policy: LayerPolicy, bits: int | None, prunable: bool) -> LayerPolicy:
         current = policy.quantization or _FLOAT
         spec = getattr(current, side)
-        return dataclasses.replace(policy, quantization=dataclasses.replace(current, **{side: _with_bits(spec if spec.bits else default, bits)}))
+        return dataclasses.replace(
+            policy,
+            quantization=dataclasses.replace(
+                current, **{side: _with_bits(spec if spec.bits else default, bits)}
+            ),
+        )
 
     return apply
 
 
-def _prune(policy: LayerPolicy, prunable: bool, ratio: float | None = None, criterion: str | None = None) -> LayerPolicy:
+def _prune(
+    policy: LayerPolicy, prunable: bool, ratio: float | None = None, criterion: str | None = None
+) -> LayerPolicy:
     # Ratio and criterion each keep the other's current value; ratio 0 or a layer outside
     # every prunable group means no pruning.
     ratio = ratio if ratio is not None else (policy.pruning.ratio if policy.pruning else 0.0)
     criterion = criterion or (policy.pruning.criterion if policy.pruning else "l2")
-    return dataclasses.replace(policy, pruning=Pruning(ratio=ratio, criterion=criterion) if ratio > 0 and prunable else None)
+    return dataclasses.replace(
+        policy, pruning=Pruning(ratio=ratio, criterion=criterion) if ratio > 0 and prunable else None
+    )
 
 
 def _sparsify(policy: LayerPolicy, level: float, prunable: bool) -> LayerPolicy:
-    return dataclasses.replace(policy, sparsity=dataclasses.replace(policy.sparsity or Sparsity(level=level), level=level) if level > 0 else None)
+    return dataclasses.replace(
+        policy,
+        sparsity=dataclasses.replace(policy.sparsity or Sparsity(level=level), level=level)
+        if level > 0
+        else None,
+    )
 
 
 def _pruning_digest(label: str, values: list[Any], params: Mapping[str, Any]) -> str:
@@ -203,29 +232,101 @@ _FRACTION = "a number in [0, 1)"
 # Registration order is application order: the pruning criterion after the ratio (it keeps
 # the ratio it finds), keep_float after the bits (it overrides them).
 for _knob in (
-    Knob("weight_bits", "layer", _BITS, lambda v: v is None or (_is_int(v) and 2 <= v <= 8), starts_at=8,
-         apply_layer=_set_bits("weights", DEFAULT_WEIGHTS), label="W",
-         column="weight bits", read=lambda lp: lp.quantization.weights.bits if lp.quantization else None),
-    Knob("activation_bits", "layer", _BITS, lambda v: v is None or (_is_int(v) and 2 <= v <= 8), starts_at=8,
-         apply_layer=_set_bits("activations", DEFAULT_ACTIVATIONS), label="A",
-         column="activation bits", read=lambda lp: lp.quantization.activations.bits if lp.quantization else None),
-    Knob("pruning_ratio", "group", _FRACTION, lambda v: _is_number(v) and 0 <= v < 1, starts_at=lambda level: level, ranged=True,
-         apply_layer=lambda lp, ratio, prunable: _prune(lp, prunable, ratio=ratio), label="prune", digest=_pruning_digest,
-         column="pruning ratio", read=lambda lp: lp.pruning.ratio if lp.pruning else 0.0),
-    Knob("pruning_criterion", "global", f"one of {', '.join(CRITERIA)}", lambda v: v in CRITERIA, starts_at="l2",
-         apply_layer=lambda lp, criterion, prunable: _prune(lp, prunable, criterion=criterion), digest=None),
-    Knob("sparsity", "layer", _FRACTION, lambda v: _is_number(v) and 0 <= v < 1, starts_at=lambda level: level, ranged=True,
-         apply_layer=_sparsify, label="sparsity", digest=_span),
-    Knob("student_width", "global", "a width multiplier in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1, starts_at=0.5, ranged=True,
-         apply_student=lambda params, width: {**params, "width": width}, label="student", digest=_student_digest),
-    Knob("student_blocks", "global", "an int >= 1 (blocks per stage)", lambda v: _is_int(v) and v >= 1, starts_at=3,
-         apply_student=lambda params, blocks: {**params, "blocks": [blocks] * 3}, digest=None),
-    Knob("keep_float", "layer", "True (keep the layer in float) or False", lambda v: isinstance(v, bool), starts_at=False,
-         apply_layer=lambda lp, keep, prunable: dataclasses.replace(lp, quantization=None) if keep else lp,
-         label="keep float", digest=lambda label, values, params: f"{label} x{sum(values)}" if any(values) else ""),
-    Knob("student_kernel", "global", f"one of {', '.join(map(str, RESNET_KERNEL_SIZES))} (the resnet family's kernel sizes)",
-         lambda v: _is_int(v) and v in RESNET_KERNEL_SIZES, starts_at=3,
-         apply_student=lambda params, size: {**params, "kernel_size": size}, label="student kernel", digest=_value),
+    Knob(
+        "weight_bits",
+        "layer",
+        _BITS,
+        lambda v: v is None or (_is_int(v) and 2 <= v <= 8),
+        starts_at=8,
+        apply_layer=_set_bits("weights", DEFAULT_WEIGHTS),
+        label="W",
+        column="weight bits",
+        read=lambda lp: lp.quantization.weights.bits if lp.quantization else None,
+    ),
+    Knob(
+        "activation_bits",
+        "layer",
+        _BITS,
+        lambda v: v is None or (_is_int(v) and 2 <= v <= 8),
+        starts_at=8,
+        apply_layer=_set_bits("activations", DEFAULT_ACTIVATIONS),
+        label="A",
+        column="activation bits",
+        read=lambda lp: lp.quantization.activations.bits if lp.quantization else None,
+    ),
+    Knob(
+        "pruning_ratio",
+        "group",
+        _FRACTION,
+        lambda v: _is_number(v) and 0 <= v < 1,
+        starts_at=lambda level: level,
+        ranged=True,
+        apply_layer=lambda lp, ratio, prunable: _prune(lp, prunable, ratio=ratio),
+        label="prune",
+        digest=_pruning_digest,
+        column="pruning ratio",
+        read=lambda lp: lp.pruning.ratio if lp.pruning else 0.0,
+    ),
+    Knob(
+        "pruning_criterion",
+        "global",
+        f"one of {', '.join(CRITERIA)}",
+        lambda v: v in CRITERIA,
+        starts_at="l2",
+        apply_layer=lambda lp, criterion, prunable: _prune(lp, prunable, criterion=criterion),
+        digest=None,
+    ),
+    Knob(
+        "sparsity",
+        "layer",
+        _FRACTION,
+        lambda v: _is_number(v) and 0 <= v < 1,
+        starts_at=lambda level: level,
+        ranged=True,
+        apply_layer=_sparsify,
+        label="sparsity",
+        digest=_span,
+    ),
+    Knob(
+        "student_width",
+        "global",
+        "a width multiplier in (0, 1]",
+        lambda v: _is_number(v) and 0 < v <= 1,
+        starts_at=0.5,
+        ranged=True,
+        apply_student=lambda params, width: {**params, "width": width},
+        label="student",
+        digest=_student_digest,
+    ),
+    Knob(
+        "student_blocks",
+        "global",
+        "an int >= 1 (blocks per stage)",
+        lambda v: _is_int(v) and v >= 1,
+        starts_at=3,
+        apply_student=lambda params, blocks: {**params, "blocks": [blocks] * 3},
+        digest=None,
+    ),
+    Knob(
+        "keep_float",
+        "layer",
+        "True (keep the layer in float) or False",
+        lambda v: isinstance(v, bool),
+        starts_at=False,
+        apply_layer=lambda lp, keep, prunable: dataclasses.replace(lp, quantization=None) if keep else lp,
+        label="keep float",
+        digest=lambda label, values, params: f"{label} x{sum(values)}" if any(values) else "",
+    ),
+    Knob(
+        "student_kernel",
+        "global",
+        f"one of {', '.join(map(str, RESNET_KERNEL_SIZES))} (the resnet family's kernel sizes)",
+        lambda v: _is_int(v) and v in RESNET_KERNEL_SIZES,
+        starts_at=3,
+        apply_student=lambda params, size: {**params, "kernel_size": size},
+        label="student kernel",
+        digest=_value,
+    ),
 ):
     register_knob(_knob)
 del _knob

@@ -16,14 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from autocompress.policies import Policy, PolicyError, Student
-from autocompress.search_spaces.knobs import start_point
-from autocompress.search_spaces.space import Dimension, SearchSpace, SpaceError
 from torch import nn
 
 from autocompress.distillation import build_student, student_families
 from autocompress.graph import ModelError, compressible_layers
+from autocompress.policies import Policy, PolicyError, Student
 from autocompress.pruning import pruning_groups
+from autocompress.search_spaces.knobs import start_point
+from autocompress.search_spaces.space import Dimension, SearchSpace, SpaceError
 
 PRESETS = ("quantization", "sparsity", "pruning", "distillation", "joint", "compact")
 
@@ -53,7 +53,9 @@ def build_space(
         raise ModelError(f"{type(model).__name__} has no Conv or Linear layer to compress")
     groups: dict[str, tuple[str, ...]] = {}
     if preset in ("pruning", "joint", "compact"):
-        groups = {g.name: tuple(g.layers) for g in pruning_groups(model, example_input, base.pinned) if g.prunable}
+        groups = {
+            g.name: tuple(g.layers) for g in pruning_groups(model, example_input, base.pinned) if g.prunable
+        }
     ratio = dict(low=0.0, high=MAX_PRUNING_RATIO, step=PRUNING_STEP)
     dims: list[Dimension] = []
     family = None
@@ -99,7 +101,9 @@ def build_space(
     )
 
 
-def _student_family(model: nn.Module, example_input: torch.Tensor, families: Iterable[str] | None = None) -> str:
+def _student_family(
+    model: nn.Module, example_input: torch.Tensor, families: Iterable[str] | None = None
+) -> str:
     """The first registered student family that can derive a student from ``model``."""
     tried = []
     for family in families or student_families():

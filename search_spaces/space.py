@@ -20,10 +20,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from autocompress.policies import LayerPolicy, Policy, Student
-from autocompress.search_spaces.knobs import KNOBS, Knob, SpaceError, knob
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
+
+from autocompress.policies import LayerPolicy, Policy, Student
+from autocompress.search_spaces.knobs import KNOBS, Knob, SpaceError, knob
 
 __all__ = ["KNOBS", "SPACE_FORMAT", "SPACE_VERSION", "Dimension", "SearchSpace", "SpaceError"]
 
@@ -81,10 +82,14 @@ class Dimension:
             raise SpaceError(f"invalid Dimension at knob: {error}") from None
         ranged = self.low is not None or self.high is not None
         if (self.choices is None) == (not ranged):
-            raise SpaceError(f"dimension {self.name!r}: give either choices or low and high, not both or neither")
+            raise SpaceError(
+                f"dimension {self.name!r}: give either choices or low and high, not both or neither"
+            )
         if ranged:
             if self.low is None or self.high is None or not self.low <= self.high:
-                raise SpaceError(f"dimension {self.name!r}: needs low <= high, got low={self.low}, high={self.high}")
+                raise SpaceError(
+                    f"dimension {self.name!r}: needs low <= high, got low={self.low}, high={self.high}"
+                )
             if not spec.ranged:
                 raise SpaceError(f"dimension {self.name!r}: {self.knob} takes choices, not a range")
             if self.step is not None and self.log:
@@ -116,7 +121,11 @@ class Dimension:
             if value not in self.choices:
                 raise SpaceError(f"{self.name}={value!r} is not one of the choices {list(self.choices)}")
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not self.low <= value <= self.high
+        ):
             raise SpaceError(f"{self.name}={value!r} is outside [{self.low}, {self.high}]")
         return float(value)
 
@@ -124,7 +133,11 @@ class Dimension:
         if self.choices is not None:
             values = "{" + ", ".join("float" if c is None else str(c) for c in self.choices) + "}"
         else:
-            values = f"[{self.low}, {self.high}]" + (f" step {self.step}" if self.step else "") + (" log" if self.log else "")
+            values = (
+                f"[{self.low}, {self.high}]"
+                + (f" step {self.step}" if self.step else "")
+                + (" log" if self.log else "")
+            )
         scope = "all layers" if self.is_global else ", ".join(self.layers)
         return f"{self.name:<40} {values:<28} {scope}"
 
@@ -164,9 +177,16 @@ class SearchSpace:
         for dim in self.dimensions:
             unknown = [layer for layer in dim.layers if layer not in known]
             if unknown:
-                raise SpaceError(f"dimension {dim.name!r} names unknown layers {unknown}; the model's layers: {', '.join(self.layers)}")
+                raise SpaceError(
+                    f"dimension {dim.name!r} names unknown layers {unknown}; "
+                    f"the model's layers: {', '.join(self.layers)}"
+                )
             scope = dim.spec.scope
-            if scope == "group" and dim.layers and tuple(dim.layers) not in {tuple(v) for v in self.groups.values()}:
+            if (
+                scope == "group"
+                and dim.layers
+                and tuple(dim.layers) not in {tuple(v) for v in self.groups.values()}
+            ):
                 raise SpaceError(
                     f"dimension {dim.name!r}: a {dim.knob} covers one whole group of coupled layers; groups: "
                     + "; ".join(", ".join(v) for v in self.groups.values())
@@ -175,22 +195,30 @@ class SearchSpace:
             for layer in scope:
                 other = covered.setdefault((dim.knob, layer), dim.name)
                 if other != dim.name:
-                    raise SpaceError(f"dimensions {other!r} and {dim.name!r} both set {dim.knob} of layer {layer!r}; keep one")
+                    raise SpaceError(
+                        f"dimensions {other!r} and {dim.name!r} both set {dim.knob} of layer {layer!r}; keep one"
+                    )
         students = [d.name for d in self.dimensions if d.spec.for_student]
         if students:
             if self.student_family is None:
-                raise SpaceError(f"student dimensions ({', '.join(students)}) need student_family (a registered family, e.g. 'resnet')")
+                raise SpaceError(
+                    f"student dimensions ({', '.join(students)}) need student_family "
+                    "(a registered family, e.g. 'resnet')"
+                )
             per_layer = [d.name for d in self.dimensions if not d.is_global]
             pruned = [d.name for d in self.dimensions if d.spec.scope == "group"]
             if per_layer or pruned:
                 raise SpaceError(
-                    f"a space with a student cannot hold per-layer or pruning dimensions ({', '.join(per_layer + pruned)}): "
+                    "a space with a student cannot hold per-layer or pruning dimensions "
+                    f"({', '.join(per_layer + pruned)}): "
                     "the student's layers are not the model's. Search the student first, then a space built on it."
                 )
         by_name = {d.name: d for d in self.dimensions}
         for name, value in self.fixed.items():
             if name not in by_name:
-                raise SpaceError(f"fixed value for unknown dimension {name!r}; dimensions: {', '.join(by_name)}")
+                raise SpaceError(
+                    f"fixed value for unknown dimension {name!r}; dimensions: {', '.join(by_name)}"
+                )
             by_name[name].check(value)
         for point in self.start_points:
             self._complete(point)
@@ -205,7 +233,10 @@ class SearchSpace:
         return [d.name for d in self.searched]
 
     def describe(self) -> str:
-        lines = [f"search space{f' {self.preset!r}' if self.preset else ''}: {len(self.searched)} searched dimensions over {len(self.layers)} layers"]
+        lines = [
+            f"search space{f' {self.preset!r}' if self.preset else ''}: "
+            f"{len(self.searched)} searched dimensions over {len(self.layers)} layers"
+        ]
         lines += ["  " + d.describe() for d in self.searched]
         lines += [f"  {name} = {value!r} (fixed)" for name, value in self.fixed.items()]
         return "\n".join(lines)
@@ -226,7 +257,9 @@ class SearchSpace:
         excluded knobs fall back to ``base``."""
         kept = tuple(d for d in self.dimensions if not any(fnmatch.fnmatchcase(d.name, p) for p in patterns))
         if len(kept) == len(self.dimensions):
-            raise SpaceError(f"exclude{patterns}: no dimension matches; dimensions: {', '.join(d.name for d in self.dimensions)}")
+            raise SpaceError(
+                f"exclude{patterns}: no dimension matches; dimensions: {', '.join(d.name for d in self.dimensions)}"
+            )
         names = {d.name for d in kept}
         return dataclasses.replace(
             self,
@@ -277,16 +310,24 @@ class SearchSpace:
         grouped = {layer for layers in self.groups.values() for layer in layers}
         student = self._student(knob_of)
         if student is not None:  # all knobs are global: one default layer policy
-            layer_policies = {"*": self._layer_policy(self.base.default, lambda name: get(name, "*"), prunable=False)}
+            layer_policies = {
+                "*": self._layer_policy(self.base.default, lambda name: get(name, "*"), prunable=False)
+            }
         else:
             layer_policies = {
-                layer: self._layer_policy(self.base.for_layer(layer), lambda name, layer=layer: get(name, layer), prunable=layer in grouped)
+                layer: self._layer_policy(
+                    self.base.for_layer(layer),
+                    lambda name, layer=layer: get(name, layer),
+                    prunable=layer in grouped,
+                )
                 for layer in self.layers
             }
         return _compact(self.base, layer_policies, student)
 
     def _student(self, knob_of: Mapping[tuple[str, str], Any]) -> Student | None:
-        chosen = [(k, knob_of[k.name, "*"]) for k in KNOBS.values() if k.for_student and (k.name, "*") in knob_of]
+        chosen = [
+            (k, knob_of[k.name, "*"]) for k in KNOBS.values() if k.for_student and (k.name, "*") in knob_of
+        ]
         if not chosen:
             return self.base.student
         params = dict(self.base.student.params) if self.base.student else {}
@@ -303,8 +344,14 @@ class SearchSpace:
             if has and k.apply_layer is not None:
                 policy = k.apply_layer(policy, value, prunable)
         quant = policy.quantization
-        if quant is not base.quantization and quant is not None and not (quant.weights.enabled or quant.activations.enabled):
-            policy = dataclasses.replace(policy, quantization=None)  # knobs made both sides float: no quantization
+        if (
+            quant is not base.quantization
+            and quant is not None
+            and not (quant.weights.enabled or quant.activations.enabled)
+        ):
+            policy = dataclasses.replace(
+                policy, quantization=None
+            )  # knobs made both sides float: no quantization
         return policy
 
     # -- serialisation --------------------------------------------------------------------

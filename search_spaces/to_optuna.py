@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
-from autocompress.search_spaces.space import Dimension, SearchSpace
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+
+from autocompress.search_spaces.space import Dimension, SearchSpace
 
 
 def distribution(dim: Dimension) -> BaseDistribution:

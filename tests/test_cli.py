@@ -7,7 +7,18 @@ import pytest
 from autocompress.cli import main
 from autocompress.policies import LayerPolicy, Policy
 
-FAST = ["--model", "zoo:mnist_cnn", "--data", "digits", "--baseline-epochs", "2", "--epochs", "0.3", "--rounds", "2"]
+FAST = [
+    "--model",
+    "zoo:mnist_cnn",
+    "--data",
+    "digits",
+    "--baseline-epochs",
+    "2",
+    "--epochs",
+    "0.3",
+    "--rounds",
+    "2",
+]
 
 
 def test_evaluate_prints_baseline_and_compressed(tmp_path, capsys, cnn):
@@ -15,7 +26,11 @@ def test_evaluate_prints_baseline_and_compressed(tmp_path, capsys, cnn):
     out = tmp_path / "out"
     assert main(["evaluate", "--policy", str(policy), "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
-    rows = {line.split()[0]: line for line in printed.splitlines() if line.startswith(("baseline ", "compressed "))}
+    rows = {
+        line.split()[0]: line
+        for line in printed.splitlines()
+        if line.startswith(("baseline ", "compressed "))
+    }
     assert set(rows) == {"baseline", "compressed"}
     assert "fc  " in printed or "fc: float" in printed
     report = json.loads((out / "report.json").read_text())
@@ -25,8 +40,23 @@ def test_evaluate_prints_baseline_and_compressed(tmp_path, capsys, cnn):
 
 def test_demo_searches_and_writes_the_best_model_and_report(tmp_path, capsys, cnn):
     out = tmp_path / "out"
-    argv = ["demo", "--model", "zoo:mnist_cnn", "--data", "digits", "--baseline-epochs", "2",
-            "--trials", "3", "--epochs", "0.2", "--max-drop", "0.05", "--out", str(out)]
+    argv = [
+        "demo",
+        "--model",
+        "zoo:mnist_cnn",
+        "--data",
+        "digits",
+        "--baseline-epochs",
+        "2",
+        "--trials",
+        "3",
+        "--epochs",
+        "0.2",
+        "--max-drop",
+        "0.05",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "Pareto front" in printed
@@ -41,13 +71,32 @@ def test_demo_searches_and_writes_the_best_model_and_report(tmp_path, capsys, cn
     assert result["floor"] == pytest.approx(result["baseline"]["accuracy"] - 0.05)
     page = (out / "report.html").read_text()
     assert "Pareto front" in page and "plotly" in page and "<script src=" not in page  # works offline
-    assert f"autocompress resume --storage sqlite:///{out.resolve()}/search.db --study-name autocompress-compact" in printed
+    assert (
+        f"autocompress resume --storage sqlite:///{out.resolve()}/search.db --study-name autocompress-compact"
+        in printed
+    )
 
 
 def test_search_then_resume_and_resume_errors(tmp_path, capsys, cnn):
     out = tmp_path / "out"
     common = ["--model", "zoo:mnist_cnn", "--data", "digits", "--baseline-epochs", "2"]
-    assert main(["search", *common, "--space", "quantization", "--trials", "1", "--epochs", "0.1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                *common,
+                "--space",
+                "quantization",
+                "--trials",
+                "1",
+                "--epochs",
+                "0.1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "study 'autocompress-quantization': 1 trials" in capsys.readouterr().out
     storage = ["--storage", str(out / "search.db")]
     # A finished study: nothing left to run, the result again.
@@ -70,7 +119,17 @@ def test_search_then_resume_and_resume_errors(tmp_path, capsys, cnn):
     ],
 )
 def test_bad_search_options_exit_2_with_the_reason(tmp_path, capsys, argv, message, cnn):
-    base = ["search", "--model", "zoo:mnist_cnn", "--data", "digits", "--baseline-epochs", "2", "--out", str(tmp_path)]
+    base = [
+        "search",
+        "--model",
+        "zoo:mnist_cnn",
+        "--data",
+        "digits",
+        "--baseline-epochs",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     assert main([*base, *argv]) == 2
     assert message in capsys.readouterr().err
 
@@ -79,7 +138,10 @@ def test_bad_search_options_exit_2_with_the_reason(tmp_path, capsys, argv, messa
     "content, message",
     [
         (None, "does not exist"),
-        ('{"default": {"quantization": {"weights": {"bits": 16}}}}', "weights.bits: Input should be less than or equal to 8"),
+        (
+            '{"default": {"quantization": {"weights": {"bits": 16}}}}',
+            "weights.bits: Input should be less than or equal to 8",
+        ),
         ('{"overrides": {"layer1.*": {}}}', "'layer1.*' matches no compressible layer"),
     ],
 )
@@ -98,7 +160,9 @@ def write_config(tmp_path, text: str):
 
 
 def test_search_from_a_config_file_with_entry_points(tmp_path, capsys, entry_points, cnn):
-    config = write_config(tmp_path, f"""
+    config = write_config(
+        tmp_path,
+        f"""
 model: {entry_points}:model
 data: {entry_points}:loaders
 space: quantization
@@ -108,11 +172,14 @@ finetune: {{epochs: 0.1}}
 target: {{threads: 1}}
 workdir: {tmp_path / "out"}
 study_name: from-config
-""")
+""",
+    )
     assert main(["search", "--config", str(config)]) == 0
     assert "study 'from-config': 1 trials" in capsys.readouterr().out
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert len(result["trials"]) == 1 and result["test"]["samples"] > 0  # the entry point's test loader re-checks
+    assert (
+        len(result["trials"]) == 1 and result["test"]["samples"] > 0
+    )  # the entry point's test loader re-checks
 
 
 @pytest.mark.parametrize(
@@ -121,9 +188,15 @@ study_name: from-config
         ("model: ENTRY:model\ndata: ENTRY:loaders\ncolour: red\n", "unknown setting(s) colour"),
         ("model: ENTRY:model\n", "data: an entry point 'package.module:function' is required"),
         ("model: no_such_module:model\ndata: ENTRY:loaders\n", "model: cannot import 'no_such_module'"),
-        ("model: ENTRY\ndata: ENTRY:loaders\n", "is not an entry point; write it as 'package.module:function'"),
+        (
+            "model: ENTRY\ndata: ENTRY:loaders\n",
+            "is not an entry point; write it as 'package.module:function'",
+        ),
         ("model: ENTRY:nope\ndata: ENTRY:loaders\n", "module 'ENTRY' has no 'nope'"),
-        ("model: ENTRY:model\ndata: ENTRY:loaders\nfinetune: {epoch: 1}\n", "finetune: unknown setting(s) epoch"),
+        (
+            "model: ENTRY:model\ndata: ENTRY:loaders\nfinetune: {epoch: 1}\n",
+            "finetune: unknown setting(s) epoch",
+        ),
         ("model: ENTRY:model\ndata: ENTRY:loaders\nbackend: dask\n", "unknown backend 'dask'"),
         ("- a list\n", "must be a mapping of settings"),
     ],

@@ -21,10 +21,10 @@ from autocompress.distillation import (
     register_student_family,
     student_families,
 )
+from autocompress.policies import Distillation, Policy, PolicyError, Student
 from autocompress.pruning import channel_importance, pruning_groups
 from autocompress.training import evaluate_torch, train
 from autocompress.zoo import MnistCNN, ResNet20
-from autocompress.policies import Distillation, Policy, PolicyError, Student
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,9 @@ def test_alpha_weights_kd_against_the_task_loss(cnn, digits_loaders):
 
 def test_hint_loss_trains_the_projections(resnet, digits_loaders, example):
     torch.manual_seed(0)
-    student = build_student(resnet, Student("resnet", {"width": 0.5, "blocks": [1, 1, 1]}), example_input=example)
+    student = build_student(
+        resnet, Student("resnet", {"width": 0.5, "blocks": [1, 1, 1]}), example_input=example
+    )
     loss = DistillationLoss(resnet, Distillation(hint_weight=1.0), student=student, example_input=example)
     assert loss.pairs == {"layer1": "layer1", "layer2": "layer2", "layer3": "layer3"}
     s_ch, t_ch = stage_channels(student), stage_channels(resnet)
@@ -109,14 +111,24 @@ def test_hint_loss_trains_the_projections(resnet, digits_loaders, example):
     assert all(torch.equal(v, resnet.state_dict()[k]) for k, v in teacher_before.items())  # teacher untouched
 
     # A user pairing with different spatial sizes is pooled to the smaller one.
-    with DistillationLoss(resnet, Distillation(hint_weight=1.0), student=student,
-                          hint_layers={"layer1": "layer3"}, example_input=example) as cross:
+    with DistillationLoss(
+        resnet,
+        Distillation(hint_weight=1.0),
+        student=student,
+        hint_layers={"layer1": "layer3"},
+        example_input=example,
+    ) as cross:
         student(example)
         cross.extra_loss(example, student(example)).backward()
         assert cross.projections["layer1"].weight.grad is not None
     with pytest.raises(ValueError, match="'nope' is not a module of the student"):
-        DistillationLoss(resnet, Distillation(hint_weight=1.0), student=student, hint_layers={"nope": "layer1"},
-                         example_input=example)
+        DistillationLoss(
+            resnet,
+            Distillation(hint_weight=1.0),
+            student=student,
+            hint_layers={"nope": "layer1"},
+            example_input=example,
+        )
 
 
 # -- student families -----------------------------------------------------------------
@@ -130,15 +142,24 @@ def test_build_student_respects_width_blocks_and_kernel_size(resnet, cnn, exampl
     assert stage_channels(student) == [round(teacher_ch[0] * 0.5), teacher_ch[1], round(teacher_ch[2] * 0.25)]
     assert student.conv1.out_channels == stage_channels(student)[0]  # the stem follows stage 1
     assert [len(s) for s in (student.layer1, student.layer2, student.layer3)] == [1, 2, 1]
-    block_kernels = {m.kernel_size for n, m in student.named_modules() if isinstance(m, nn.Conv2d) and n.endswith(("conv1", "conv2")) and "." in n}
+    block_kernels = {
+        m.kernel_size
+        for n, m in student.named_modules()
+        if isinstance(m, nn.Conv2d) and n.endswith(("conv1", "conv2")) and "." in n
+    }
     assert block_kernels == {(5, 5)} and student.conv1.kernel_size == (3, 3)
     assert student(example).shape == resnet(example).shape
 
     same = build_student(resnet, Student("resnet"), example_input=example)  # defaults: the teacher's shape
-    assert stage_channels(same) == teacher_ch and sum(p.numel() for p in same.parameters()) == sum(p.numel() for p in resnet.parameters())
+    assert stage_channels(same) == teacher_ch and sum(p.numel() for p in same.parameters()) == sum(
+        p.numel() for p in resnet.parameters()
+    )
 
     small_cnn = build_student(cnn, Student("mnist_cnn", {"width": 0.5}))
-    assert (small_cnn.conv1.out_channels, small_cnn.conv2.out_channels) == (cnn.conv1.out_channels // 2, cnn.conv2.out_channels // 2)
+    assert (small_cnn.conv1.out_channels, small_cnn.conv2.out_channels) == (
+        cnn.conv1.out_channels // 2,
+        cnn.conv2.out_channels // 2,
+    )
 
 
 @pytest.mark.parametrize(
@@ -160,17 +181,25 @@ def test_bad_student_params_are_named(resnet, cnn, family, params, message):
 
 
 def test_family_mismatch_and_unknown_family_are_explained(cnn, resnet):
-    with pytest.raises(PolicyError, match="'resnet' needs an autocompress.models.ResNet20 teacher, got MnistCNN"):
+    with pytest.raises(
+        PolicyError, match="'resnet' needs an autocompress.models.ResNet20 teacher, got MnistCNN"
+    ):
         build_student(cnn, Student("resnet", {"width": 0.5}))
-    with pytest.raises(PolicyError, match="'mnist_cnn' needs an autocompress.models.MnistCNN teacher, got ResNet20"):
+    with pytest.raises(
+        PolicyError, match="'mnist_cnn' needs an autocompress.models.MnistCNN teacher, got ResNet20"
+    ):
         build_student(resnet, Student("mnist_cnn"))
     with pytest.raises(PolicyError, match=r"unknown student family 'vit'; registered: .*mnist_cnn.*resnet"):
         build_student(cnn, Student("vit"))
 
 
 def test_output_shape_mismatch_names_both_shapes(cnn):
-    register_student_family("test_wrong_classes", lambda teacher, params: MnistCNN(1, 7, width=0.25), replace=True)
-    with pytest.raises(PolicyError, match=r"output shape \(1, 7\) differs from the teacher's output shape \(1, 10\)"):
+    register_student_family(
+        "test_wrong_classes", lambda teacher, params: MnistCNN(1, 7, width=0.25), replace=True
+    )
+    with pytest.raises(
+        PolicyError, match=r"output shape \(1, 7\) differs from the teacher's output shape \(1, 10\)"
+    ):
         build_student(cnn, Student("test_wrong_classes"))
 
 
@@ -180,7 +209,9 @@ def test_user_registered_family_distills(cnn, digits_loaders):
         if unknown:
             raise PolicyError(f"mlp: unknown param {unknown.pop()!r}; allowed params: hidden")
         hidden = params.get("hidden", 64)
-        return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, teacher.fc.out_features))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, teacher.fc.out_features)
+        )
 
     register_student_family("test_mlp", mlp, replace=True)
     assert "test_mlp" in student_families()
@@ -226,8 +257,12 @@ def test_init_from_teacher_for_the_mnist_cnn_family(cnn):
     student = build_student(cnn, Student("mnist_cnn", {"width": 0.5}), example_input=example)
     report = init_from_teacher(student, cnn, example)
     assert report["copied"] == report["total"]
-    keep1 = torch.sort(torch.topk(cnn.conv1.weight.abs().sum((1, 2, 3)), student.conv1.out_channels).indices).values
-    keep2 = torch.sort(torch.topk(cnn.conv2.weight.abs().sum((1, 2, 3)), student.conv2.out_channels).indices).values
+    keep1 = torch.sort(
+        torch.topk(cnn.conv1.weight.abs().sum((1, 2, 3)), student.conv1.out_channels).indices
+    ).values
+    keep2 = torch.sort(
+        torch.topk(cnn.conv2.weight.abs().sum((1, 2, 3)), student.conv2.out_channels).indices
+    ).values
     assert torch.equal(student.conv1.weight, cnn.conv1.weight[keep1])
     assert torch.equal(student.conv2.weight, cnn.conv2.weight[keep2][:, keep1])
     assert torch.equal(student.bn2.running_var, cnn.bn2.running_var[keep2])
@@ -259,7 +294,10 @@ def test_teacher_init_scores_higher_before_training(resnet, digits, example):
     report = init_from_teacher(student, resnet, example, data=train_loader)
     assert report["bn_recalibrated"] == 10
     # Measured: teacher-init 52.8% (11.9% without re-estimating BatchNorm), random 10-18%.
-    teacher_init_acc, random_acc = evaluate_torch(student, test_loader), evaluate_torch(random_init, test_loader)
+    teacher_init_acc, random_acc = (
+        evaluate_torch(student, test_loader),
+        evaluate_torch(random_init, test_loader),
+    )
     assert teacher_init_acc >= random_acc + 0.2, (teacher_init_acc, random_acc)
 
 
@@ -274,7 +312,14 @@ def test_teacher_init_beats_random_init_after_the_same_short_kd(resnet, digits, 
         student = build_student(resnet, Student("resnet", {"width": 0.5}), example_input=example)
         if init == "teacher":
             init_from_teacher(student, resnet, example, data=train_loader)
-        distill(resnet, student, train_loader, distillation=Distillation(alpha=0.9, temperature=4.0), epochs=2, lr=1e-2)
+        distill(
+            resnet,
+            student,
+            train_loader,
+            distillation=Distillation(alpha=0.9, temperature=4.0),
+            epochs=2,
+            lr=1e-2,
+        )
         scores[init] = evaluate_torch(student, test_loader)
     assert scores["teacher"] >= scores["random"] + 0.03, scores
 
@@ -284,7 +329,14 @@ def test_kd_half_width_student_gets_within_a_few_points_of_the_teacher(resnet, d
     torch.manual_seed(0)
     student = build_student(resnet, Student("resnet", {"width": 0.5}), example_input=example)
     init_from_teacher(student, resnet, example, data=train_loader)
-    distill(resnet, student, train_loader, distillation=Distillation(alpha=0.9, temperature=4.0), epochs=3, lr=1e-2)
+    distill(
+        resnet,
+        student,
+        train_loader,
+        distillation=Distillation(alpha=0.9, temperature=4.0),
+        epochs=3,
+        lr=1e-2,
+    )
     teacher_acc, student_acc = evaluate_torch(resnet, test_loader), evaluate_torch(student, test_loader)
     assert student_acc >= teacher_acc - 0.03, (student_acc, teacher_acc)
     assert sum(p.numel() for p in student.parameters()) < 0.3 * sum(p.numel() for p in resnet.parameters())
@@ -309,7 +361,15 @@ def test_ensemble_traces_exports_and_averages(cnn, tmp_path):
     assert sum(n.op == "call_module" and n.target.endswith("fc") for n in traced.graph.nodes) == 3
 
     path = tmp_path / "ensemble.onnx"
-    torch.onnx.export(ensemble, (x[:1],), str(path), dynamo=False, opset_version=17, input_names=["input"], output_names=["logits"])
+    torch.onnx.export(
+        ensemble,
+        (x[:1],),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+    )
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input"] and len(session.get_outputs()) == 1

@@ -6,10 +6,10 @@ from torch import nn
 
 import autocompress
 from autocompress import Finetune, LatencyConfig, ModelError, Target, apply_policy, evaluate, export
-from autocompress.training import evaluate_torch
 from autocompress.evaluators.runtime import OpenVINOAccuracy
 from autocompress.evaluators.size import ModelSize
 from autocompress.policies import LayerPolicy, LayerQuant, Policy, TensorQuant
+from autocompress.training import evaluate_torch
 
 QUICK = LatencyConfig(warmup_iterations=5, rounds=3, min_iterations=20, min_seconds=0.02)
 
@@ -33,7 +33,11 @@ def test_onnx_has_qdq_pairs_and_static_shape(w8a8_resnet, tmp_path):
 def test_every_conv_and_linear_runs_int8_in_openvino(w8a8_resnet, digits_loaders, tmp_path):
     report = evaluate({"int8": w8a8_resnet}, digits_loaders[2], latency=QUICK)
     precisions = report["int8"]["runtime_precision"]
-    compute = {layer: kinds for layer, kinds in precisions.items() if layer in ("Convolution", "FullyConnected", "MatMul")}
+    compute = {
+        layer: kinds
+        for layer, kinds in precisions.items()
+        if layer in ("Convolution", "FullyConnected", "MatMul")
+    }
     assert compute, precisions
     for layer, kinds in compute.items():
         assert set(kinds) <= {"u8", "i8"}, f"{layer} runs {kinds}"
@@ -41,7 +45,9 @@ def test_every_conv_and_linear_runs_int8_in_openvino(w8a8_resnet, digits_loaders
 
 def test_deployed_accuracy_matches_torch_and_int8_weights_shrink_the_ir(resnet, w8a8_resnet, digits_loaders):
     test = digits_loaders[2]
-    report = evaluate({"fp32": resnet, "int8": w8a8_resnet}, test, target=Target(precision_hint="f32"), latency=QUICK)
+    report = evaluate(
+        {"fp32": resnet, "int8": w8a8_resnet}, test, target=Target(precision_hint="f32"), latency=QUICK
+    )
     fp32, int8 = report["fp32"], report["int8"]
     assert fp32["accuracy"] == pytest.approx(fp32["torch_accuracy"], abs=0.003)
     assert int8["accuracy"] == pytest.approx(int8["torch_accuracy"], abs=0.006)
@@ -54,8 +60,12 @@ def test_deployed_accuracy_matches_torch_and_int8_weights_shrink_the_ir(resnet, 
 
 def test_sub_8_bit_policies_export_and_keep_their_numerics(cnn, digits_loaders, tmp_path):
     train, _, test = digits_loaders
-    four = LayerQuant(weights=TensorQuant(bits=4, per_channel=True), activations=TensorQuant(bits=6, symmetric=False))
-    compressed = apply_policy(cnn, Policy(default=LayerPolicy(quantization=four)), train, finetune=Finetune(epochs=0.5))
+    four = LayerQuant(
+        weights=TensorQuant(bits=4, per_channel=True), activations=TensorQuant(bits=6, symmetric=False)
+    )
+    compressed = apply_policy(
+        cnn, Policy(default=LayerPolicy(quantization=four)), train, finetune=Finetune(epochs=0.5)
+    )
     exported = export(compressed, tmp_path)
     deployed = OpenVINOAccuracy(test, target=Target(precision_hint="f32"))(exported)["accuracy"]
     assert deployed == pytest.approx(evaluate_torch(compressed.module, test), abs=0.006)
@@ -64,7 +74,8 @@ def test_sub_8_bit_policies_export_and_keep_their_numerics(cnn, digits_loaders, 
 def test_binarized_policy_exports_and_runs(cnn, digits_loaders, tmp_path):
     train, _, test = digits_loaders
     binary = LayerQuant(
-        weights=TensorQuant(bits=1, binarize="xnor"), activations=TensorQuant(bits=1, binarize="scale_threshold")
+        weights=TensorQuant(bits=1, binarize="xnor"),
+        activations=TensorQuant(bits=1, binarize="scale_threshold"),
     )
     policy = Policy(
         default=Policy.quantize(8, 8).default, overrides={"conv2": LayerPolicy(quantization=binary)}
@@ -110,8 +121,8 @@ def test_public_api_is_importable():
 
 
 def test_flops_follow_width_squared():
-    from autocompress.zoo import ResNet20
     from autocompress.evaluators.size import count_flops
+    from autocompress.zoo import ResNet20
 
     narrow = count_flops(ResNet20(in_channels=1, width=1.0), (1, 1, 28, 28))
     wide = count_flops(ResNet20(in_channels=1, width=2.0), (1, 1, 28, 28))

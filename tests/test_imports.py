@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-
 DECOY = "raise ImportError('the decoy {name!r} in the working directory was imported')\n"
 
 
@@ -46,8 +45,13 @@ def decoy_folder(tmp_path_factory) -> Path:
 
 
 def _run(code: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(cwd)}  # the user's folder also on PYTHONPATH: nothing of theirs may win
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(cwd),
+    }  # the user's folder also on PYTHONPATH: nothing of theirs may win
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_the_distribution_installs_one_top_level_package():
@@ -60,7 +64,9 @@ def test_every_module_imports_first_in_a_fresh_interpreter(decoy_folder):
     for name in MODULES:
         out = _run(f"import {name}", decoy_folder)
         if out.returncode != 0:
-            failures.append(f"{name}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+            failures.append(
+                f"{name}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
+            )
     assert not failures, "\n".join(failures)
 
 
@@ -77,7 +83,8 @@ def test_a_script_beside_decoy_packages_compresses_evaluates_and_searches(decoy_
         compressed = autocompress.apply_policy(model, Policy.quantize(8, 8), train, finetune=Finetune(epochs=0.2))
         report = autocompress.evaluate({{"fp32": model, "int8": compressed}}, test, target=Target(threads=1))
         assert report.rows["int8"]["accuracy"] > 0.8, report.table()
-        result = autocompress.search(model, train, val, space="compact", n_trials=1, workdir={str(tmp_path / "search")!r},
+        workdir = {str(tmp_path / "search")!r}
+        result = autocompress.search(model, train, val, space="compact", n_trials=1, workdir=workdir,
                                      finetune=Finetune(epochs=0.1), progress=False)
         assert result.trials and result.trials[0].state == "COMPLETE", result.summary()
         print("ok")
@@ -107,7 +114,9 @@ def _imports(name: str) -> set[str]:
             if node.level:
                 parts = name.split(".")[: len(name.split(".")) - node.level + (1 if is_package else 0)]
                 base = ".".join(parts + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names
+            ]
         else:
             continue
         found |= {t for t in targets if t in MODULES and t != name}
@@ -125,7 +134,7 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -142,12 +151,24 @@ def test_no_module_imports_another_modules_private_names():
     for name in MODULES:
         for node in ast.walk(ast.parse(_source(name).read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("autocompress"):
-                offenders += [f"{name}: from {node.module} import {a.name}" for a in node.names if a.name.startswith("_")]
+                offenders += [
+                    f"{name}: from {node.module} import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_")
+                ]
     assert not offenders, "\n".join(offenders)
 
 
 def test_the_compression_core_does_not_import_the_demo_zoo_or_data():
-    core = ["autocompress.core", "autocompress.graph", "autocompress.quantization", "autocompress.pruning",
-            "autocompress.sparsity", "autocompress.distillation", "autocompress.training", "autocompress.export"]
+    core = [
+        "autocompress.core",
+        "autocompress.graph",
+        "autocompress.quantization",
+        "autocompress.pruning",
+        "autocompress.sparsity",
+        "autocompress.distillation",
+        "autocompress.training",
+        "autocompress.export",
+    ]
     for name in core:
         assert not _imports(name) & {"autocompress.zoo", "autocompress.data"}, name

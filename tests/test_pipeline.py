@@ -37,7 +37,9 @@ def test_pruned_then_quantized_resnet_is_narrower_int8_and_accurate(resnet, digi
     shapes = {init.name: list(init.dims) for init in onnx.load(str(exported.onnx_path)).graph.initializer}
     assert shapes["conv1.parametrizations.weight.original"][0] == after["conv1"]
 
-    report = evaluate({"dense": resnet, "pruned int8": compressed}, test, target=Target(precision_hint="f32"), latency=QUICK)
+    report = evaluate(
+        {"dense": resnet, "pruned int8": compressed}, test, target=Target(precision_hint="f32"), latency=QUICK
+    )
     row = report["pruned int8"]
     assert set(row["runtime_precision"]["Convolution"]) <= {"u8", "i8"}
     assert row["accuracy"] == pytest.approx(row["torch_accuracy"], abs=0.006)
@@ -51,7 +53,10 @@ def test_iterative_pruning_reaches_the_same_widths(resnet, digits_loaders):
     iterative = apply_policy(resnet, prune_all(0.5), train, finetune=finetune)
     one_shot = apply_policy(resnet, prune_all(0.5), train, finetune=None)
     assert conv_widths(iterative.module) == conv_widths(one_shot.module)
-    assert iterative.history["pruning"]["conv1"] == {"channels": resnet.conv1.out_channels, "kept": round(resnet.conv1.out_channels / 2)}
+    assert iterative.history["pruning"]["conv1"] == {
+        "channels": resnet.conv1.out_channels,
+        "kept": round(resnet.conv1.out_channels / 2),
+    }
 
 
 def test_taylor_pruning_uses_the_training_data(cnn, digits_loaders):
@@ -60,7 +65,11 @@ def test_taylor_pruning_uses_the_training_data(cnn, digits_loaders):
 
 
 def test_pinned_layers_keep_their_channels(cnn, digits_loaders):
-    policy = Policy(default=prune_all(0.5).default, overrides={"fc": LayerPolicy(), "conv2": LayerPolicy()}, pinned=("conv2",))
+    policy = Policy(
+        default=prune_all(0.5).default,
+        overrides={"fc": LayerPolicy(), "conv2": LayerPolicy()},
+        pinned=("conv2",),
+    )
     compressed = apply_policy(cnn, policy, digits_loaders[0], finetune=None)
     assert compressed.module.conv2.out_channels == cnn.conv2.out_channels
     assert compressed.module.conv1.out_channels == cnn.conv1.out_channels // 2
@@ -71,7 +80,11 @@ def test_pruning_the_output_layer_or_a_pinned_one_is_refused(cnn, digits_loaders
     with pytest.raises(PolicyError, match="fc"):
         apply_policy(cnn, Policy(default=LayerPolicy(pruning=Pruning(ratio=0.5))), train, finetune=None)
     with pytest.raises(PolicyError, match="conv2"):
-        apply_policy(cnn, Policy(default=prune_all(0.5).default, overrides={"fc": LayerPolicy()}, pinned=("conv2",)), train)
+        apply_policy(
+            cnn,
+            Policy(default=prune_all(0.5).default, overrides={"fc": LayerPolicy()}, pinned=("conv2",)),
+            train,
+        )
 
 
 def test_coupled_layers_must_agree_on_one_ratio(resnet, digits_loaders):
@@ -85,7 +98,9 @@ def test_coupled_layers_must_agree_on_one_ratio(resnet, digits_loaders):
 
 def test_sparsity_with_quantization_keeps_exact_zeros_and_exports(cnn, digits_loaders, tmp_path):
     train, _, test = digits_loaders
-    sparse_int8 = LayerPolicy(quantization=Policy.quantize(8, 8).default.quantization, sparsity=Sparsity(level=0.6))
+    sparse_int8 = LayerPolicy(
+        quantization=Policy.quantize(8, 8).default.quantization, sparsity=Sparsity(level=0.6)
+    )
     policy = Policy(default=sparse_int8, overrides={"fc": LayerPolicy(quantization=sparse_int8.quantization)})
     compressed = apply_policy(cnn, policy, train, finetune=Finetune(epochs=1, lr=1e-3))
     for name in ("conv1", "conv2", "conv3"):

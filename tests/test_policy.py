@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -8,10 +9,16 @@ LAYERS = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "fc"]
 
 
 def mixed_policy() -> Policy:
-    four = LayerPolicy(quantization=LayerQuant(weights=TensorQuant(bits=4, per_channel=True, range_init="mse")))
+    four = LayerPolicy(
+        quantization=LayerQuant(weights=TensorQuant(bits=4, per_channel=True, range_init="mse"))
+    )
     return Policy(
         default=Policy.quantize(8, 8).default,
-        overrides={"layer*": four, "layer1.0.conv2": LayerPolicy(), "layer2.*": Policy.quantize(8, 8).default},
+        overrides={
+            "layer*": four,
+            "layer1.0.conv2": LayerPolicy(),
+            "layer2.*": Policy.quantize(8, 8).default,
+        },
     )
 
 
@@ -25,7 +32,7 @@ def test_json_round_trip_is_exact(tmp_path):
 
 
 def test_policies_are_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         Policy().default = LayerPolicy()  # type: ignore[misc]
 
 
@@ -40,14 +47,19 @@ def test_exact_name_beats_patterns_and_later_patterns_win():
 
 def test_override_matching_no_layer_names_it_and_lists_layers():
     policy = Policy(overrides={"layer9.*": LayerPolicy()})
-    with pytest.raises(PolicyError, match=r"'layer9\.\*' matches no compressible layer.*conv1, layer1\.0\.conv1"):
+    with pytest.raises(
+        PolicyError, match=r"'layer9\.\*' matches no compressible layer.*conv1, layer1\.0\.conv1"
+    ):
         policy.resolve(LAYERS)
 
 
 @pytest.mark.parametrize(
     "quantization, expected",
     [
-        ({"weights": {"bits": 9}}, r"default\.quantization\.weights\.bits: Input should be less than or equal to 8"),
+        (
+            {"weights": {"bits": 9}},
+            r"default\.quantization\.weights\.bits: Input should be less than or equal to 8",
+        ),
         ({"weights": {"bits": 0}}, r"weights\.bits: Input should be greater than or equal to 1"),
         ({"activations": {"bitz": 4}}, r"activations\.bitz: unknown field"),
         ({"weights": {"range_init": "kl"}}, r"range_init: Input should be 'minmax', 'percentile' or 'mse'"),
@@ -90,7 +102,10 @@ def test_pruning_sparsity_and_student_round_trip_and_validate():
     from autocompress.policies import Distillation, Pruning, Sparsity, Student
 
     policy = Policy(
-        default=LayerPolicy(pruning=Pruning(ratio=0.5, criterion="taylor"), sparsity=Sparsity(level=0.9, schedule="exponential")),
+        default=LayerPolicy(
+            pruning=Pruning(ratio=0.5, criterion="taylor"),
+            sparsity=Sparsity(level=0.9, schedule="exponential"),
+        ),
         overrides={"fc": LayerPolicy(sparsity=Sparsity(level=0.5, block=(4, 4)))},
         pinned=("conv1",),
         student=Student(family="resnet", params={"width": [0.5, 0.5, 0.25], "blocks": [1, 1, 1]}),
@@ -102,11 +117,23 @@ def test_pruning_sparsity_and_student_round_trip_and_validate():
     assert "prune 50% taylor, sparse 90% magnitude" in text and "pinned: conv1" in text
     for bad, message in [
         ({"default": {"pruning": {"ratio": 1.0}}}, "pruning.ratio: Input should be less than 1"),
-        ({"default": {"pruning": {"ratio": -0.1}}}, "pruning.ratio: Input should be greater than or equal to 0"),
-        ({"default": {"pruning": {"ratio": 0.5, "criterion": "random"}}}, "pruning.criterion: Input should be 'l1'"),
-        ({"default": {"sparsity": {"level": 0.5, "method": "l0", "block": [2, 2]}}}, "block sparsity needs method='magnitude'"),
+        (
+            {"default": {"pruning": {"ratio": -0.1}}},
+            "pruning.ratio: Input should be greater than or equal to 0",
+        ),
+        (
+            {"default": {"pruning": {"ratio": 0.5, "criterion": "random"}}},
+            "pruning.criterion: Input should be 'l1'",
+        ),
+        (
+            {"default": {"sparsity": {"level": 0.5, "method": "l0", "block": [2, 2]}}},
+            "block sparsity needs method='magnitude'",
+        ),
         ({"distillation": {"temperature": 0}}, "distillation.temperature: Input should be greater than 0"),
-        ({"student": {"family": "resnet", "ensemble": 0}}, "student.ensemble: Input should be greater than or equal to 1"),
+        (
+            {"student": {"family": "resnet", "ensemble": 0}},
+            "student.ensemble: Input should be greater than or equal to 1",
+        ),
     ]:
         with pytest.raises(PolicyError, match=message):
             Policy.from_dict(bad)

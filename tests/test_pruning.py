@@ -11,7 +11,10 @@ from onnx import numpy_helper
 from torch import nn
 
 from autocompress import compressible_layers
+from autocompress.evaluators.runtime import OpenVINOAccuracy
+from autocompress.evaluators.target import Target
 from autocompress.export import export
+from autocompress.policies import LayerPolicy, Policy, PolicyError, Pruning
 from autocompress.pruning import (
     CRITERIA,
     channel_importance,
@@ -22,9 +25,6 @@ from autocompress.pruning import (
 )
 from autocompress.training import evaluate_torch
 from autocompress.zoo import pretrained
-from autocompress.evaluators.runtime import OpenVINOAccuracy
-from autocompress.evaluators.target import Target
-from autocompress.policies import LayerPolicy, Policy, PolicyError, Pruning
 
 X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -67,20 +67,42 @@ def _check_shapes(name: str, m: nn.Module) -> None:
         assert get("conv1").out_channels == 4 and get("bn1").num_features == 4
         for i in range(3):
             block = get(f"layer1.{i}")
-            assert (block.conv1.in_channels, block.conv1.out_channels, block.conv2.in_channels, block.conv2.out_channels) == (4, 4, 4, 4)
+            assert (
+                block.conv1.in_channels,
+                block.conv1.out_channels,
+                block.conv2.in_channels,
+                block.conv2.out_channels,
+            ) == (4, 4, 4, 4)
             block = get(f"layer2.{i}")
-            assert (block.conv1.out_channels, block.conv2.in_channels, block.conv2.out_channels, block.bn2.num_features) == (8, 8, 12, 12)
+            assert (
+                block.conv1.out_channels,
+                block.conv2.in_channels,
+                block.conv2.out_channels,
+                block.bn2.num_features,
+            ) == (8, 8, 12, 12)
             assert block.conv1.in_channels == (4 if i == 0 else 12)
             block = get(f"layer3.{i}")
             assert (block.conv1.out_channels, block.conv2.out_channels) == (16, 16)
             assert block.conv1.in_channels == (12 if i == 0 else 16)
-        assert [c.weight.shape[:2] for c in (get("layer2.0.downsample.0"), get("layer3.0.downsample.0"))] == [(12, 4), (16, 12)]
+        assert [c.weight.shape[:2] for c in (get("layer2.0.downsample.0"), get("layer3.0.downsample.0"))] == [
+            (12, 4),
+            (16, 12),
+        ]
         assert get("layer2.0.downsample.1").num_features == 12 and get("fc").in_features == 16
     else:  # mobilenet_cat: 16 -> 8, expand 32 -> 16, 24 -> 12, 48 -> 24, cat 16+16 -> 12+8, head 64 -> 32
         assert get("conv1").out_channels == 8 and get("block1.project").out_channels == 8
-        for block, hidden, (cin, cout) in (("block1", 16, (8, 8)), ("block2", 16, (8, 12)), ("block3", 24, (12, 12))):
+        for block, hidden, (cin, cout) in (
+            ("block1", 16, (8, 8)),
+            ("block2", 16, (8, 12)),
+            ("block3", 24, (12, 12)),
+        ):
             dw = get(f"{block}.depthwise")
-            assert (dw.in_channels, dw.out_channels, dw.groups, tuple(dw.weight.shape[:2])) == (hidden, hidden, hidden, (hidden, 1))
+            assert (dw.in_channels, dw.out_channels, dw.groups, tuple(dw.weight.shape[:2])) == (
+                hidden,
+                hidden,
+                hidden,
+                (hidden, 1),
+            )
             assert get(f"{block}.expand").weight.shape[:2] == (hidden, cin)
             assert get(f"{block}.project").weight.shape[:2] == (cout, hidden)
         assert get("mix.left").weight.shape[:2] == (12, 12) and get("mix.right").weight.shape[:2] == (8, 12)
@@ -94,7 +116,12 @@ def test_groups_follow_residual_adds_depthwise_convs_and_concats(cnn, resnet, mo
     assert len(groups) == 13
     assert groups["conv1"].layers == ("conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2")
     stage2 = groups["layer2.0.downsample.0"]  # runs first in BasicBlock.forward
-    assert set(stage2.layers) == {"layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2"}
+    assert set(stage2.layers) == {
+        "layer2.0.downsample.0",
+        "layer2.0.conv2",
+        "layer2.1.conv2",
+        "layer2.2.conv2",
+    }
     assert stage2.channels == 16 and stage2.prunable
     assert groups["layer3.1.conv1"].layers == ("layer3.1.conv1",)
     assert not groups["fc"].prunable and "output layer 'fc'" in groups["fc"].reason
@@ -105,7 +132,10 @@ def test_groups_follow_residual_adds_depthwise_convs_and_concats(cnn, resnet, mo
     assert groups["conv1"].layers == ("conv1", "block1.project")  # residual add
     assert groups["block1.expand"].layers == ("block1.expand", "block1.depthwise")  # depthwise
     assert groups["block2.project"].layers == ("block2.project", "block3.project")
-    assert groups["mix.left"].layers == ("mix.left",) and groups["mix.right"].layers == ("mix.right", "mix.right_dw")
+    assert groups["mix.left"].layers == ("mix.left",) and groups["mix.right"].layers == (
+        "mix.right",
+        "mix.right_dw",
+    )
     assert [g.name for g in groups.values() if not g.prunable] == ["fc"]
 
 
@@ -158,7 +188,9 @@ def test_bad_requests_raise_clear_errors(resnet):
         prune(resnet, {"conv1": (0.5, "l3")}, X)
     with pytest.raises(ValueError, match="unknown pruning group 'layer1.0.conv2'.*of group 'conv1'"):
         prune(resnet, {"layer1.0.conv2": (0.5, "l1")}, X)
-    with pytest.raises(PolicyError, match=r"\(8 channels\) at ratio 0.95 would remove .* 8 channels, leaving none"):
+    with pytest.raises(
+        PolicyError, match=r"\(8 channels\) at ratio 0.95 would remove .* 8 channels, leaving none"
+    ):
         prune(resnet, {"conv1": (0.95, "l1")}, X)
     with pytest.raises(PolicyError, match=r"must be in \[0, 1\)"):
         prune(resnet, {"conv1": (1.0, "l1")}, X)
@@ -181,11 +213,15 @@ def test_resolve_group_ratios_from_a_policy(resnet):
         "conv1": (0.5, "l2"),
         "layer3.2.conv1": (0.25, "taylor"),
     }
-    with pytest.raises(PolicyError, match="layer1.0.conv2.*layer1.1.conv2.*coupled.*residual add.*one pruning ratio"):
+    with pytest.raises(
+        PolicyError, match="layer1.0.conv2.*layer1.1.conv2.*coupled.*residual add.*one pruning ratio"
+    ):
         resolve({"layer1.0.conv2": Pruning(0.5), "layer1.1.conv2": Pruning(0.25)})
     with pytest.raises(PolicyError, match="layer 'fc' asks for pruning.*output layer"):
         resolve({"fc": Pruning(0.5)})
-    with pytest.raises(PolicyError, match="layer 'layer2.1.conv2' asks for pruning.*'layer2.1.conv2' is pinned"):
+    with pytest.raises(
+        PolicyError, match="layer 'layer2.1.conv2' asks for pruning.*'layer2.1.conv2' is pinned"
+    ):
         resolve({"layer2.1.conv2": Pruning(0.5)}, pinned=("layer2.1.conv2",))
     with pytest.raises(PolicyError, match="leaving none"):
         resolve({"conv1": Pruning(0.95)})
@@ -204,7 +240,8 @@ def test_l1_keeps_the_largest_filters_and_criteria_disagree(resnet, digits_loade
 
     group = _by_name(pruning_groups(resnet, X))["layer3.0.downsample.0"]
     ranks = {
-        c: channel_importance(resnet, group, c, data=digits_loaders[0], batches=2).argsort().tolist() for c in CRITERIA
+        c: channel_importance(resnet, group, c, data=digits_loaders[0], batches=2).argsort().tolist()
+        for c in CRITERIA
     }
     assert all(len(r) == 32 for r in ranks.values())
     assert len({tuple(r) for r in ranks.values()}) >= 2
@@ -223,7 +260,9 @@ def test_thinned_model_exports_and_runs_in_openvino(name, models, digits_loaders
     thinned = prune(model, {g.name: (RATIOS[name].get(g.name, 0.5), "l1") for g in groups if g.prunable}, X)
     exported = export(thinned, tmp_path, input_shape=(1, 8, 8))
     convs = [tuple(m.weight.shape) for m in thinned.modules() if isinstance(m, nn.Conv2d)]
-    assert sorted(_onnx_conv_shapes(exported.onnx_path)) == sorted(convs)  # the IR's convolutions are the narrow ones
+    assert sorted(_onnx_conv_shapes(exported.onnx_path)) == sorted(
+        convs
+    )  # the IR's convolutions are the narrow ones
     test = digits_loaders[2]
     deployed = OpenVINOAccuracy(test, target=Target(precision_hint="f32"))(exported)["accuracy"]
     assert deployed == pytest.approx(evaluate_torch(thinned, test), abs=0.005)

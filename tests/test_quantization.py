@@ -9,9 +9,9 @@ from torch.nn.utils import parametrize
 
 from autocompress import Finetune, ModelError, apply_policy
 from autocompress.core import quantizers
+from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 from autocompress.quantization import FakeQuantizer
 from autocompress.training import evaluate_torch
-from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 
 
 def _calibrated(spec: TensorQuant, data: torch.Tensor) -> FakeQuantizer:
@@ -60,7 +60,9 @@ def test_percentile_and_mse_clip_outliers_that_minmax_keeps():
     x = torch.randn(20000)
     x[:5] = 60.0  # a few huge outliers
     minmax = _calibrated(TensorQuant(bits=4, symmetric=False), x)
-    percentile = _calibrated(TensorQuant(bits=4, symmetric=False, range_init="percentile", percentile=99.9), x)
+    percentile = _calibrated(
+        TensorQuant(bits=4, symmetric=False, range_init="percentile", percentile=99.9), x
+    )
     mse = _calibrated(TensorQuant(bits=4, symmetric=False, range_init="mse"), x)
     assert percentile.scale.item() < 0.2 * minmax.scale.item()
     body = x[5:]
@@ -88,7 +90,9 @@ def test_binary_weights_xnor_and_dorefa():
     for channel in range(5):
         magnitudes = out[channel].abs()
         assert (magnitudes.max() - magnitudes.min()).item() < 1e-6
-        assert out[channel].abs()[0, 0, 0].item() == pytest.approx(weight[channel].abs().mean().item(), rel=1e-5)
+        assert out[channel].abs()[0, 0, 0].item() == pytest.approx(
+            weight[channel].abs().mean().item(), rel=1e-5
+        )
     dorefa = FakeQuantizer(TensorQuant(bits=1, binarize="dorefa"), "weight", 5)
     magnitudes = dorefa(weight).abs()
     assert (magnitudes.max() - magnitudes.min()).item() < 1e-6
@@ -147,7 +151,11 @@ def test_one_quantizer_per_tensor_is_shared_by_its_consumers(resnet, digits_load
     train, _, _ = digits_loaders
     compressed = apply_policy(resnet, Policy.quantize(8, 8), train, finetune=None)
     graph = compressed.module.graph
-    quantized_inputs = [n.args[0].name for n in graph.nodes if n.op == "call_module" and n.target.startswith("activation_quantizers.")]
+    quantized_inputs = [
+        n.args[0].name
+        for n in graph.nodes
+        if n.op == "call_module" and n.target.startswith("activation_quantizers.")
+    ]
     assert len(quantized_inputs) == len(set(quantized_inputs))
 
 

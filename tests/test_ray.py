@@ -49,7 +49,9 @@ class TwoNodes:
     """The session's cluster: a head node (holds the target resource) and one worker."""
 
     def __init__(self) -> None:
-        self.cluster = Cluster(initialize_head=True, head_node_args={**NODE, "resources": {TARGET_RESOURCE: 1}})
+        self.cluster = Cluster(
+            initialize_head=True, head_node_args={**NODE, "resources": {TARGET_RESOURCE: 1}}
+        )
         self.worker = self.cluster.add_node(**NODE)
         self.cluster.wait_for_nodes()
         ray.init(address=self.cluster.address, logging_level="WARNING")
@@ -80,13 +82,23 @@ def two_nodes():
         yield cluster
     finally:
         cluster.shutdown()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=60)  # leftovers of killed drivers
+        subprocess.run(
+            ["ray", "stop", "--force"], capture_output=True, timeout=60
+        )  # leftovers of killed drivers
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def ray_search(model, loaders, workdir: Path, **kwargs):
     train, val, _ = loaders
-    options = dict(space="compact", finetune=FINETUNE, target=TARGET, progress=False, max_accuracy_drop=0.05, workdir=workdir, n_trials=4)
+    options = dict(
+        space="compact",
+        finetune=FINETUNE,
+        target=TARGET,
+        progress=False,
+        max_accuracy_drop=0.05,
+        workdir=workdir,
+        n_trials=4,
+    )
     backend = dict(storage_path=str(workdir / "ray"), target_resource=TARGET_RESOURCE, max_concurrent=2)
     backend.update(kwargs.pop("backend", {}))
     options.update(kwargs)
@@ -95,14 +107,18 @@ def ray_search(model, loaders, workdir: Path, **kwargs):
 
 def test_trials_run_on_both_nodes_and_are_measured_on_the_target(two_nodes, cnn, digits_loaders, tmp_path):
     mirror = f"sqlite:///{tmp_path / 'mirror.db'}"
-    result = ray_search(cnn, digits_loaders, tmp_path, study_name="both", storage=mirror, test_loader=digits_loaders[2])
+    result = ray_search(
+        cnn, digits_loaders, tmp_path, study_name="both", storage=mirror, test_loader=digits_loaders[2]
+    )
 
     assert len(result.trials) == 4 and [t.number for t in result.trials] == [0, 1, 2, 3]
     finished = [t for t in result.trials if t.state == "COMPLETE"]
     assert len(finished) >= 3, [(t.state, t.error) for t in result.trials]
     trained_on = {t.measurements.node_trained for t in finished}
     assert trained_on == two_nodes.node_ids(), "with 1 CPU per node and 2 trials at once, both nodes train"
-    assert {t.measurements.node_measured for t in finished} == {two_nodes.head_id}, "latency only on the target node"
+    assert {t.measurements.node_measured for t in finished} == {two_nodes.head_id}, (
+        "latency only on the target node"
+    )
     for t in finished:
         assert Path(t.measurements.ir_path).exists() and t.measurements.speedup > 0
         assert t.values == (pytest.approx(t.measurements.latency_ratio),)
@@ -144,13 +160,17 @@ def test_a_lost_node_retries_its_trial_from_the_checkpoint(two_nodes, cnn, digit
     killer = threading.Thread(target=remove_worker_after_its_checkpoint, daemon=True)
     killer.start()
     try:
-        result = ray_search(cnn, digits_loaders, tmp_path, study_name="lost", n_trials=2, backend={"max_failures": 2})
+        result = ray_search(
+            cnn, digits_loaders, tmp_path, study_name="lost", n_trials=2, backend={"max_failures": 2}
+        )
     finally:
         removed.set()
         killer.join()
         two_nodes.worker = two_nodes.cluster.add_node(**NODE)  # later tests get their second node back
         two_nodes.cluster.wait_for_nodes()
-    assert all(t.state in ("COMPLETE", "PRUNED") for t in result.trials), [(t.state, t.error) for t in result.trials]
+    assert all(t.state in ("COMPLETE", "PRUNED") for t in result.trials), [
+        (t.state, t.error) for t in result.trials
+    ]
     resumed = [t for t in result.trials if t.measurements.resumed_from == "exported"]
     assert resumed, "the trial of the lost node went on from its post-export checkpoint"
     assert all(t.measurements.node_trained != worker for t in resumed)
@@ -192,18 +212,31 @@ def finished_trials(experiment: Path) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("damaged", [False, True], ids=["intact", "damaged-sampler-state"])
-def test_a_killed_driver_is_restored_and_finishes_the_budget(two_nodes, cnn, digits_loaders, tmp_path, damaged):
+def test_a_killed_driver_is_restored_and_finishes_the_budget(
+    two_nodes, cnn, digits_loaders, tmp_path, damaged
+):
     script = tmp_path / "driver.py"
     script.write_text(KILLED_DRIVER)
     experiment = tmp_path / "ray" / "killed"
     log = (tmp_path / "driver.log").open("w")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
-    driver = subprocess.Popen([sys.executable, str(script), two_nodes.address, str(tmp_path)], cwd=ROOT, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+    }
+    driver = subprocess.Popen(
+        [sys.executable, str(script), two_nodes.address, str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while len(finished_trials(experiment)) < 2:
-            assert driver.poll() is None, f"the driver ended before it was killed:\n{(tmp_path / 'driver.log').read_text()[-3000:]}"
+            assert driver.poll() is None, (
+                f"the driver ended before it was killed:\n{(tmp_path / 'driver.log').read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, "the driver did not finish 2 trials in time"
             time.sleep(0.2)
         os.killpg(driver.pid, signal.SIGKILL)
@@ -219,11 +252,15 @@ def test_a_killed_driver_is_restored_and_finishes_the_budget(two_nodes, cnn, dig
 
     result = autocompress.resume(str(experiment), progress=False)
 
-    assert len(result.trials) == 4 and all(t.state in ("COMPLETE", "PRUNED") for t in result.trials), \
-        [(t.state, t.error) for t in result.trials]
+    assert len(result.trials) == 4 and all(t.state in ("COMPLETE", "PRUNED") for t in result.trials), [
+        (t.state, t.error) for t in result.trials
+    ]
     after = finished_trials(experiment)
     for trial_dir, measured in before.items():  # finished before the kill: kept, not run again
-        assert after[trial_dir]["measurements"]["seconds_compress"] == measured["measurements"]["seconds_compress"]
+        assert (
+            after[trial_dir]["measurements"]["seconds_compress"]
+            == measured["measurements"]["seconds_compress"]
+        )
     assert result.best is not None and (tmp_path / "best" / "model.xml").exists()
     if damaged:  # Tune's own state files cannot be rebuilt: a clear error, not a restore that waits forever
         sorted(experiment.glob("experiment_state-*.json"))[-1].write_text('{"trial_data": [')
@@ -231,12 +268,23 @@ def test_a_killed_driver_is_restored_and_finishes_the_budget(two_nodes, cnn, dig
             autocompress.resume(str(experiment), progress=False)
 
 
-def test_a_raising_trial_is_recorded_as_failed_and_the_search_goes_on(two_nodes, cnn, digits_loaders, tmp_path):
-    def exploding(measurements):  # a local function: Ray ships it by value (workers cannot import this test module)
+def test_a_raising_trial_is_recorded_as_failed_and_the_search_goes_on(
+    two_nodes, cnn, digits_loaders, tmp_path
+):
+    def exploding(
+        measurements,
+    ):  # a local function: Ray ships it by value (workers cannot import this test module)
         raise RuntimeError("objective exploded")
 
-    result = ray_search(cnn, digits_loaders, tmp_path, study_name="raising", n_trials=2, objective=exploding,
-                        space=_cheap_space(cnn, digits_loaders))
+    result = ray_search(
+        cnn,
+        digits_loaders,
+        tmp_path,
+        study_name="raising",
+        n_trials=2,
+        objective=exploding,
+        space=_cheap_space(cnn, digits_loaders),
+    )
     assert [t.state for t in result.trials] == ["FAIL", "FAIL"]
     assert all("objective exploded" in t.error for t in result.trials)
     assert result.best is None and "objective exploded" in result.message
@@ -251,7 +299,9 @@ def _cheap_space(cnn, loaders):
     example = torch.zeros(1, *next(iter(loaders[0]))[0].shape[1:])
     compact = build_space(cnn, "compact", example_input=example)
     return SearchSpace(
-        dimensions=(Dimension("pruning_criterion", choices=("l1", "l2")),), layers=compact.layers, groups=compact.groups,
+        dimensions=(Dimension("pruning_criterion", choices=("l1", "l2")),),
+        layers=compact.layers,
+        groups=compact.groups,
         start_points=({"pruning_criterion": "l1"},),
     )
 
@@ -286,11 +336,14 @@ def test_options_the_ray_backend_does_not_support_are_rejected(cnn, digits_loade
         autocompress.search(cnn, *digits_loaders[:2], backend="dask")
 
 
-def test_cli_search_from_a_config_on_the_cluster_then_resume_path(two_nodes, cnn, tmp_path, capsys, entry_points):
+def test_cli_search_from_a_config_on_the_cluster_then_resume_path(
+    two_nodes, cnn, tmp_path, capsys, entry_points
+):
     from autocompress.cli import main
 
     config = tmp_path / "search.yaml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         model: {entry_points}:model
         data: {entry_points}:loaders
         space: quantization
@@ -301,8 +354,10 @@ def test_cli_search_from_a_config_on_the_cluster_then_resume_path(two_nodes, cnn
         workdir: {tmp_path / "out"}
         study_name: cli
         backend: ray
-        ray: {{storage_path: {tmp_path / "ray"}, target_resource: {TARGET_RESOURCE}, max_concurrent: 2, scheduler: asha}}
-    """))
+        ray: {{storage_path: {tmp_path / "ray"}, target_resource: {TARGET_RESOURCE}, max_concurrent: 2,
+              scheduler: asha}}
+    """)
+    )
     assert main(["search", "--config", str(config)]) == 0
     printed = capsys.readouterr().out
     assert f"autocompress resume {tmp_path / 'ray' / 'cli'}" in printed
@@ -311,6 +366,8 @@ def test_cli_search_from_a_config_on_the_cluster_then_resume_path(two_nodes, cnn
     # A finished experiment: resume runs nothing and returns the same trials.
     assert main(["resume", str(tmp_path / "ray" / "cli")]) == 0
     again = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert [(t["params"], t["values"], t["accuracy"]) for t in again["trials"]] == [(t["params"], t["values"], t["accuracy"]) for t in first["trials"]]
+    assert [(t["params"], t["values"], t["accuracy"]) for t in again["trials"]] == [
+        (t["params"], t["values"], t["accuracy"]) for t in first["trials"]
+    ]
     assert main(["resume", str(tmp_path / "nothing-here")]) == 2
     assert "no Ray Tune experiment at" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 torch is used here only to build and export tiny ONNX models and reference outputs; every runtime call goes
 through autocompress.evaluators.child.run_jobs.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autocompress.evaluators.child import ConvertToIR, Infer, MeasureLatency, MeasureOrtLatency, RuntimeInfo, run_jobs, unwrap
+from autocompress.evaluators.child import (
+    ConvertToIR,
+    Infer,
+    MeasureLatency,
+    MeasureOrtLatency,
+    RuntimeInfo,
+    run_jobs,
+    unwrap,
+)
 from autocompress.evaluators.target import LatencyConfig, Target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,8 +66,16 @@ class SmallNet(nn.Module):
 def _export(model: nn.Module, path: str) -> str:
     with warnings.catch_warnings():  # the legacy (TorchScript) exporter warns on every call
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model.eval(), (torch.randn(1, 1, 28, 28),), path, dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "batch"}})
+        torch.onnx.export(
+            model.eval(),
+            (torch.randn(1, 1, 28, 28),),
+            path,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
     return path
 
 
@@ -72,12 +89,12 @@ def models(tmp_path_factory):
     qdq.load_state_dict(fp32.state_dict())
     paths = {"fp32_onnx": _export(fp32, str(d / "fp32.onnx")), "qdq_onnx": _export(qdq, str(d / "qdq.onnx"))}
     paths["fp32_xml"], paths["qdq_xml"] = str(d / "fp32.xml"), str(d / "qdq.xml")
-    results = run_jobs([
-        ConvertToIR(onnx_path=paths["fp32_onnx"], xml_path=paths["fp32_xml"],
-                                         input_shape=[1, 1, 28, 28]),
-        ConvertToIR(onnx_path=paths["qdq_onnx"], xml_path=paths["qdq_xml"],
-                                         input_shape=[1, 1, 28, 28]),
-    ])
+    results = run_jobs(
+        [
+            ConvertToIR(onnx_path=paths["fp32_onnx"], xml_path=paths["fp32_xml"], input_shape=[1, 1, 28, 28]),
+            ConvertToIR(onnx_path=paths["qdq_onnx"], xml_path=paths["qdq_xml"], input_shape=[1, 1, 28, 28]),
+        ]
+    )
     paths["convert"] = [unwrap(r) for r in results]
     return {"dir": d, "fp32": fp32, "qdq": qdq, **paths}
 
@@ -90,8 +107,11 @@ def _parameter_shape(xml_path: str) -> str:
 
 
 def _constant_types(xml_path: str) -> set[str]:
-    return {layer.find("data").get("element_type") for layer in ET.parse(xml_path).getroot().iter("layer")
-            if layer.get("type") == "Const"}
+    return {
+        layer.find("data").get("element_type")
+        for layer in ET.parse(xml_path).getroot().iter("layer")
+        if layer.get("type") == "Const"
+    }
 
 
 # ------------------------------------------------------------------------------------------- Target
@@ -100,16 +120,26 @@ def _constant_types(xml_path: str) -> set[str]:
 def test_target_roundtrip_and_ov_config():
     t = Target(threads=2, precision_hint="bf16", batch=4)
     assert Target.from_dict(t.to_dict()) == t
-    assert t.ov_config() == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "2",
-                             "INFERENCE_PRECISION_HINT": "bf16"}
+    assert t.ov_config() == {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+        "INFERENCE_NUM_THREADS": "2",
+        "INFERENCE_PRECISION_HINT": "bf16",
+    }
     assert Target().ov_config() == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
     assert LatencyConfig.from_dict(LatencyConfig(rounds=7).to_dict()).rounds == 7
 
 
-@pytest.mark.parametrize("bad, field", [({"precison_hint": "f32"}, "precison_hint"),
-                                        ({"precision_hint": "int8"}, "precision_hint"),
-                                        ({"threads": 0}, "threads"), ({"batch": True}, "batch"),
-                                        ({"device": ""}, "device")])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"precison_hint": "f32"}, "precison_hint"),
+        ({"precision_hint": "int8"}, "precision_hint"),
+        ({"threads": 0}, "threads"),
+        ({"batch": True}, "batch"),
+        ({"device": ""}, "device"),
+    ],
+)
 def test_target_validation(bad, field):
     with pytest.raises(ValueError, match=field):
         Target.from_dict(bad)
@@ -124,8 +154,8 @@ def test_worker_never_imports_torch(models):
     code = textwrap.dedent(f"""
         import sys
         from autocompress.evaluators import runtime_worker as w
-        w.measure_latency([{models['fp32_xml']!r}], {{}}, {FAST!r})
-        w.measure_ort_latency([{models['fp32_onnx']!r}], 1, {FAST!r})
+        w.measure_latency([{models["fp32_xml"]!r}], {{}}, {FAST!r})
+        w.measure_ort_latency([{models["fp32_onnx"]!r}], 1, {FAST!r})
         assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
         print("ok")
     """)
@@ -142,20 +172,38 @@ def test_convert_to_ir_is_static(models):
         assert _parameter_shape(models[f"{key}_xml"]) == "1,1,28,28"
     # save_model stores the fake-quantized conv weights as int8 constants; the fp32 IR keeps f32 (no fp16)
     assert _constant_types(models["qdq_xml"]) >= {"i8", "f32"}
-    assert "i8" not in _constant_types(models["fp32_xml"]) and "f16" not in _constant_types(models["fp32_xml"])
+    assert "i8" not in _constant_types(models["fp32_xml"]) and "f16" not in _constant_types(
+        models["fp32_xml"]
+    )
 
 
 def test_infer_matches_torch_with_remainder(models, tmp_path):
     x = np.random.default_rng(1).standard_normal((37, 1, 28, 28)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    results = run_jobs([
-        Infer(xml_path=models["fp32_xml"], inputs_npy=str(tmp_path / "x.npy"),
-                                 outputs_npy=str(tmp_path / "y16.npy"), target=F32, batch_size=16),
-        Infer(xml_path=models["fp32_xml"], inputs_npy=str(tmp_path / "x.npy"),
-                                 outputs_npy=str(tmp_path / "y256.npy"), target=F32),
-        Infer(xml_path=models["qdq_xml"], inputs_npy=str(tmp_path / "x.npy"),
-                                 outputs_npy=str(tmp_path / "q.npy"), target=F32, batch_size=16),
-    ])
+    results = run_jobs(
+        [
+            Infer(
+                xml_path=models["fp32_xml"],
+                inputs_npy=str(tmp_path / "x.npy"),
+                outputs_npy=str(tmp_path / "y16.npy"),
+                target=F32,
+                batch_size=16,
+            ),
+            Infer(
+                xml_path=models["fp32_xml"],
+                inputs_npy=str(tmp_path / "x.npy"),
+                outputs_npy=str(tmp_path / "y256.npy"),
+                target=F32,
+            ),
+            Infer(
+                xml_path=models["qdq_xml"],
+                inputs_npy=str(tmp_path / "x.npy"),
+                outputs_npy=str(tmp_path / "q.npy"),
+                target=F32,
+                batch_size=16,
+            ),
+        ]
+    )
     r16, r256, rq = (unwrap(r) for r in results)
     assert r16["n"] == 37 and r16["batch_size"] == 16 and r256["batch_size"] == 37
     with torch.no_grad():
@@ -171,7 +219,17 @@ def test_infer_matches_torch_with_remainder(models, tmp_path):
 
 
 def test_measure_latency_alternating_rounds(models):
-    res = unwrap(run_jobs([MeasureLatency(xml_paths=[models["fp32_xml"], models["qdq_xml"]], target={**F32, "threads": 2}, config=FAST)])[0])
+    res = unwrap(
+        run_jobs(
+            [
+                MeasureLatency(
+                    xml_paths=[models["fp32_xml"], models["qdq_xml"]],
+                    target={**F32, "threads": 2},
+                    config=FAST,
+                )
+            ]
+        )[0]
+    )
     assert res["config"]["rounds"] == 3
     fp32, qdq = res["models"]
     assert fp32["target"]["precision_hint"] == qdq["target"]["precision_hint"] == "f32"
@@ -188,35 +246,65 @@ def test_measure_latency_alternating_rounds(models):
 
 
 def test_measure_latency_takes_one_target_per_model(models):
-    res = unwrap(run_jobs([MeasureLatency(xml_paths=[models["fp32_xml"], models["fp32_xml"]],
-        target=[F32, {"precision_hint": "bf16"}], config=FAST)])[0])
+    res = unwrap(
+        run_jobs(
+            [
+                MeasureLatency(
+                    xml_paths=[models["fp32_xml"], models["fp32_xml"]],
+                    target=[F32, {"precision_hint": "bf16"}],
+                    config=FAST,
+                )
+            ]
+        )[0]
+    )
     f32, bf16 = res["models"]
     assert f32["inference_precision"] == "f32" and bf16["inference_precision"] == "bf16"
     assert bf16["runtime_precision"]["Convolution"] == {"bf16": 2}
     with pytest.raises(RuntimeError, match="got 3 targets for 2 models"):
-        unwrap(run_jobs([MeasureLatency(xml_paths=[models["fp32_xml"]] * 2, target=[F32] * 3, config=FAST)])[0])
+        unwrap(
+            run_jobs([MeasureLatency(xml_paths=[models["fp32_xml"]] * 2, target=[F32] * 3, config=FAST)])[0]
+        )
 
 
 def test_measure_latency_batch_and_inputs(models, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((3, 1, 28, 28), np.float32))
-    res = unwrap(run_jobs([MeasureLatency(xml_paths=[models["fp32_xml"]], target={"batch": 4}, config=FAST,
-        inputs_npy=str(tmp_path / "x.npy"))])[0])
+    res = unwrap(
+        run_jobs(
+            [
+                MeasureLatency(
+                    xml_paths=[models["fp32_xml"]],
+                    target={"batch": 4},
+                    config=FAST,
+                    inputs_npy=str(tmp_path / "x.npy"),
+                )
+            ]
+        )[0]
+    )
     assert res["models"][0]["input_shape"] == [4, 1, 28, 28] and "ratios_to_first" not in res
 
 
 def test_ort_latency(models):
-    res = unwrap(run_jobs([MeasureOrtLatency(onnx_paths=[models["fp32_onnx"], models["qdq_onnx"]], threads=2, config=FAST)])[0])
+    res = unwrap(
+        run_jobs(
+            [MeasureOrtLatency(onnx_paths=[models["fp32_onnx"], models["qdq_onnx"]], threads=2, config=FAST)]
+        )[0]
+    )
     assert [m["median_ms"] > 0 for m in res["models"]] == [True, True]
     assert len(res["models"][1]["rounds_ms"]) == 3 and res["ratios_to_first"][0] == pytest.approx(1.0)
 
 
 def test_job_error_does_not_stop_later_jobs(tmp_path):
-    results = run_jobs([
-        Infer(xml_path=str(tmp_path / "missing.xml"), inputs_npy=str(tmp_path / "no.npy"),
-                                 outputs_npy=str(tmp_path / "y.npy")),
-        {"op": "no_such_op", "args": {}},
-        RuntimeInfo(),
-    ])
+    results = run_jobs(
+        [
+            Infer(
+                xml_path=str(tmp_path / "missing.xml"),
+                inputs_npy=str(tmp_path / "no.npy"),
+                outputs_npy=str(tmp_path / "y.npy"),
+            ),
+            {"op": "no_such_op", "args": {}},
+            RuntimeInfo(),
+        ]
+    )
     assert len(results) == 3
     assert results[0]["error"].startswith("FileNotFoundError") and "Traceback" in results[0]["traceback"]
     with pytest.raises(RuntimeError, match="infer failed in the OpenVINO worker: FileNotFoundError"):
@@ -231,20 +319,28 @@ def _fake_worker(tmp_path, monkeypatch, body: str) -> None:
 
 
 def test_crashing_child_raises_readable_error(tmp_path, monkeypatch):
-    _fake_worker(tmp_path, monkeypatch, """
+    _fake_worker(
+        tmp_path,
+        monkeypatch,
+        """
         import os, sys
         print("boom: corrupted size vs. prev_size", file=sys.stderr, flush=True)
         os._exit(134)
-    """)
+    """,
+    )
     with pytest.raises(RuntimeError, match=r"(?s)exited with code 134.*corrupted size"):
         run_jobs([RuntimeInfo()])
 
 
 def test_hanging_child_times_out(tmp_path, monkeypatch):
-    _fake_worker(tmp_path, monkeypatch, """
+    _fake_worker(
+        tmp_path,
+        monkeypatch,
+        """
         import sys, time
         print("still compiling", file=sys.stderr, flush=True)
         time.sleep(30)
-    """)
+    """,
+    )
     with pytest.raises(RuntimeError, match="timed out after 1"):
         run_jobs([], timeout=1)

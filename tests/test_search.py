@@ -31,7 +31,13 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 def run_search(model, loaders, workdir, **kwargs) -> SearchResult:
     train, val, _ = loaders
     options = dict(
-        space="compact", finetune=FINETUNE, target=TARGET, progress=False, max_accuracy_drop=0.05, workdir=workdir, n_trials=3
+        space="compact",
+        finetune=FINETUNE,
+        target=TARGET,
+        progress=False,
+        max_accuracy_drop=0.05,
+        workdir=workdir,
+        n_trials=3,
     )
     options.update(kwargs)
     return autocompress.search(model, train, val, **options)
@@ -46,12 +52,19 @@ def load(storage, name: str) -> optuna.Study:
 
 
 def snapshot(study: optuna.Study) -> dict[int, tuple]:
-    return {t.number: (t.state, dict(t.params), tuple(t.values) if t.values else None) for t in study.get_trials(deepcopy=False)}
+    return {
+        t.number: (t.state, dict(t.params), tuple(t.values) if t.values else None)
+        for t in study.get_trials(deepcopy=False)
+    }
 
 
 def counted(study: optuna.Study) -> int:
     """Finished trials as the driver counts them against the budget."""
-    return sum(1 for t in study.trials if t.state in FINISHED or (t.state == TrialState.FAIL and "error" in t.user_attrs))
+    return sum(
+        1
+        for t in study.trials
+        if t.state in FINISHED or (t.state == TrialState.FAIL and "error" in t.user_attrs)
+    )
 
 
 def dominates(a: list[float], b: list[float]) -> bool:
@@ -69,7 +82,9 @@ def assert_pareto(result: SearchResult) -> None:
     front = {t.number for t in result.pareto}
     for member in result.pareto:
         assert member.feasible
-        assert not any(dominates(minimised(o, result.objectives), minimised(member, result.objectives)) for o in feasible)
+        assert not any(
+            dominates(minimised(o, result.objectives), minimised(member, result.objectives)) for o in feasible
+        )
     for other in feasible:  # everything off the front is beaten (or tied) by a member
         if other.number not in front:
             assert any(
@@ -84,7 +99,10 @@ def criterion_space(cnn, example, ratio: float) -> SearchSpace:
     candidate has the same graph (shapes), with different weights."""
     compact = build_space(cnn, "compact", example_input=example)
     return SearchSpace(
-        dimensions=(Dimension("pruning_criterion", choices=("l1", "l2")), Dimension("pruning_ratio", low=0.0, high=0.75, step=0.125)),
+        dimensions=(
+            Dimension("pruning_criterion", choices=("l1", "l2")),
+            Dimension("pruning_ratio", low=0.0, high=0.75, step=0.125),
+        ),
         layers=compact.layers,
         groups=compact.groups,
         fixed={"pruning_ratio": ratio},
@@ -166,7 +184,9 @@ def test_resume_finishes_the_budget_without_rerunning_trials(first, cnn, digits_
     assert len(before) == 3
 
     train, val, _ = digits_loaders
-    resumed = autocompress.resume(cnn, train, val, storage=storage, study_name="first", n_trials=5, progress=False)
+    resumed = autocompress.resume(
+        cnn, train, val, storage=storage, study_name="first", n_trials=5, progress=False
+    )
     after = snapshot(load(sqlite(storage), "first"))
     assert len(after) == 5 and [t.number for t in resumed.trials] == [0, 1, 2, 3, 4]
     assert all(state in FINISHED for state, _, _ in after.values())
@@ -176,7 +196,9 @@ def test_resume_finishes_the_budget_without_rerunning_trials(first, cnn, digits_
     assert resumed.study_name == "first"
 
     # Nothing left to do: resuming a finished study runs no trial.
-    again = autocompress.resume(cnn, train, val, storage=storage, study_name="first", n_trials=5, progress=False)
+    again = autocompress.resume(
+        cnn, train, val, storage=storage, study_name="first", n_trials=5, progress=False
+    )
     assert len(again.trials) == 5
 
     # The same study with other settings is refused, pointing at resume().
@@ -194,7 +216,9 @@ def aggressive(cnn, digits_loaders, example, tmp_path_factory):
     """Two float candidates pruned at 75% (l1, l2): one graph; no accuracy drop allowed."""
     workdir = tmp_path_factory.mktemp("aggressive")
     space = criterion_space(cnn, example, 0.75)
-    result = run_search(cnn, digits_loaders, workdir, space=space, n_trials=2, max_accuracy_drop=0.0, early_stop_margin=None)
+    result = run_search(
+        cnn, digits_loaders, workdir, space=space, n_trials=2, max_accuracy_drop=0.0, early_stop_margin=None
+    )
     return result, workdir
 
 
@@ -257,7 +281,9 @@ def test_bad_input_is_reported_before_any_trial(cnn, digits_loaders, tmp_path):
     train, val, _ = digits_loaders
     with pytest.raises(ValueError, match="unknown objective 'speed'"):
         run_search(cnn, digits_loaders, tmp_path, objective="speed")
-    empty = DataLoader(TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)), batch_size=64)
+    empty = DataLoader(
+        TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)), batch_size=64
+    )
     with pytest.raises(ValueError, match="val_loader"):
         autocompress.search(cnn, train, empty, workdir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="train_loader is empty"):
@@ -292,7 +318,9 @@ def test_a_nan_metric_for_the_baseline_is_an_error(cnn, digits_loaders, tmp_path
 def test_journal_storage_resume_retries_an_interrupted_trial(cnn, digits_loaders, example, tmp_path):
     journal = tmp_path / "search.log"
     space = criterion_space(cnn, example, 0.0)
-    result = run_search(cnn, digits_loaders, tmp_path / "work", space=space, storage=journal, n_trials=2, study_name="j")
+    result = run_search(
+        cnn, digits_loaders, tmp_path / "work", space=space, storage=journal, n_trials=2, study_name="j"
+    )
     assert result.storage.startswith("journal:") and len(result.trials) == 2
     assert not (tmp_path / "work" / "search.db").exists()
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
@@ -304,13 +332,18 @@ def test_journal_storage_resume_retries_an_interrupted_trial(cnn, digits_loaders
     del study, storage
 
     train, val, _ = digits_loaders
-    resumed = autocompress.resume(cnn, train, val, storage=journal, study_name="j", n_trials=3, progress=False)
+    resumed = autocompress.resume(
+        cnn, train, val, storage=journal, study_name="j", n_trials=3, progress=False
+    )
     states = {t.number: t.state for t in resumed.trials}
     assert states[orphan.number] == "FAIL"
     retry = [t for t in resumed.trials if t.number > orphan.number]
     assert len(retry) == 1 and retry[0].state == "COMPLETE"
     assert retry[0].params == orphan.params
-    study = optuna.load_study(study_name="j", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))))
+    study = optuna.load_study(
+        study_name="j",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))),
+    )
     assert study.trials[retry[0].number].user_attrs["retry_of"] == orphan.number
     assert counted(study) == 3
     for number, record in before.items():
@@ -329,33 +362,51 @@ def test_condensa_strategy_searches_below_the_level_it_found(cnn, digits_loaders
     assert level_study.trials and ran
     assert len(level_study.trials) + len(ran) == 3
     assert all(set(t.params) == {"pruning_ratio"} for t in level_study.trials)
-    assert [t.params for t in level_study.trials[:2]] == [{"pruning_ratio": 0.25}, {"pruning_ratio": 0.5}][: len(level_study.trials)]
+    assert [t.params for t in level_study.trials[:2]] == [{"pruning_ratio": 0.25}, {"pruning_ratio": 0.5}][
+        : len(level_study.trials)
+    ]
     level = main.user_attrs["condensa_level"]
     feasible = [
-        t.params["pruning_ratio"] for t in level_study.trials
+        t.params["pruning_ratio"]
+        for t in level_study.trials
         if t.state == TrialState.COMPLETE and t.constraints and t.constraints["accuracy"] <= 0
     ]
     assert level == max(feasible, default=0.0)
     # result.trials are the main study's, every pruning ratio capped at the level.
     # result.trials are the main study's trials that ran (a queued start point left WAITING is not one).
-    assert [t.number for t in result.trials] == [t.number for t in main.trials if t.state != TrialState.WAITING]
+    assert [t.number for t in result.trials] == [
+        t.number for t in main.trials if t.state != TrialState.WAITING
+    ]
     ran = result.trials
-    assert all(set(t.params) == {"pruning_criterion", "weight_bits", "activation_bits", "pruning_ratio"} for t in ran)
+    assert all(
+        set(t.params) == {"pruning_criterion", "weight_bits", "activation_bits", "pruning_ratio"} for t in ran
+    )
     assert all(t.params["pruning_ratio"] <= level for t in ran)
     # Stage 2 starts at the level, in INT8 with the level search's criterion.
-    assert result.trials[0].params == {"pruning_criterion": "l2", "weight_bits": 8, "activation_bits": 8, "pruning_ratio": level}
+    assert result.trials[0].params == {
+        "pruning_criterion": "l2",
+        "weight_bits": 8,
+        "activation_bits": 8,
+        "pruning_ratio": level,
+    }
 
 
 def test_two_objectives_give_a_pareto_front(cnn, digits_loaders, tmp_path):
     result = run_search(cnn, digits_loaders, tmp_path, objective=["latency", "size"], n_trials=4)
-    assert result.objectives == [{"name": "latency", "direction": "minimize"}, {"name": "size", "direction": "minimize"}]
+    assert result.objectives == [
+        {"name": "latency", "direction": "minimize"},
+        {"name": "size", "direction": "minimize"},
+    ]
     study = load(sqlite(tmp_path / "search.db"), result.study_name)
     assert len(study.directions) == 2 and len(study.trials) == 4
     complete = [t for t in result.trials if t.state == "COMPLETE"]
     assert complete
     for t in complete:
         assert len(t.values) == 2
-        assert t.values == (pytest.approx(t.measurements.latency_ratio), pytest.approx(t.measurements.size_ratio))
+        assert t.values == (
+            pytest.approx(t.measurements.latency_ratio),
+            pytest.approx(t.measurements.size_ratio),
+        )
     assert_pareto(result)
     for a in result.pareto:
         for b in result.pareto:
@@ -389,22 +440,35 @@ def test_a_killed_search_resumes_and_retries_the_interrupted_trial(cnn, digits_l
     script = tmp_path / "search.py"
     script.write_text(KILLED_SEARCH)
     log = (tmp_path / "child.log").open("w")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+    }
     child = subprocess.Popen(
-        [sys.executable, str(script), str(db), str(tmp_path / "work")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, str(script), str(db), str(tmp_path / "work")],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the kill takes its OpenVINO worker too
     )
     storage, problem = None, None
     try:
         deadline = time.monotonic() + 300
         while True:
-            assert child.poll() is None, f"the search ended before it was killed:\n{(tmp_path / 'child.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"the search did not finish 2 trials in time (last error: {problem!r})"
+            assert child.poll() is None, (
+                f"the search ended before it was killed:\n{(tmp_path / 'child.log').read_text()[-3000:]}"
+            )
+            assert time.monotonic() < deadline, (
+                f"the search did not finish 2 trials in time (last error: {problem!r})"
+            )
             time.sleep(0.2)
             if not db.exists():
                 continue
             try:  # the child creates the tables and the study
-                storage = storage or optuna.storages.RDBStorage(sqlite(db), engine_kwargs={"connect_args": {"timeout": 60}})
+                storage = storage or optuna.storages.RDBStorage(
+                    sqlite(db), engine_kwargs={"connect_args": {"timeout": 60}}
+                )
                 trials = load(storage, "killed").get_trials(deepcopy=False)
             except Exception as error:
                 problem = error
@@ -427,7 +491,9 @@ def test_a_killed_search_resumes_and_retries_the_interrupted_trial(cnn, digits_l
 
     time.sleep(3.5)  # > grace period (3 x heartbeat_interval): the killed trial's heartbeat is stale
     train, val, _ = digits_loaders
-    result = autocompress.resume(cnn, train, val, storage=db, study_name="killed", heartbeat_interval=1, progress=False)
+    result = autocompress.resume(
+        cnn, train, val, storage=db, study_name="killed", heartbeat_interval=1, progress=False
+    )
 
     study = load(storage, "killed")
     after = snapshot(study)
@@ -438,6 +504,8 @@ def test_a_killed_search_resumes_and_retries_the_interrupted_trial(cnn, digits_l
     for number in killed:
         state, params, _ = after[number]
         assert state == TrialState.FAIL and "error" not in study.trials[number].user_attrs
-        retries = [t for t in study.trials if t.number > number and t.system_attrs.get("failed_trial") == number]
+        retries = [
+            t for t in study.trials if t.number > number and t.system_attrs.get("failed_trial") == number
+        ]
         assert len(retries) == 1 and retries[0].params == params and retries[0].state in FINISHED
     assert result.best is not None and result.feasible

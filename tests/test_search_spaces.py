@@ -14,8 +14,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from autocompress.core import check_policy
 from autocompress.distillation import build_student
 from autocompress.graph import compressible_layers
-from autocompress.pruning import pruning_groups
 from autocompress.policies import Policy, Sparsity, Student
+from autocompress.pruning import pruning_groups
 from autocompress.search_spaces import (
     KNOBS,
     PRESETS,
@@ -89,7 +89,9 @@ def test_every_preset_builds_round_trips_and_starts_with_valid_policies(request,
         assert set(resolved) == set(space.layers)
         # The start points are uniform INT8 (where quantization is searched).
         if any(d.knob == "weight_bits" for d in space.dimensions) and policy.student is None:
-            assert all(lp.quantization is not None and lp.quantization.weights.bits == 8 for lp in resolved.values())
+            assert all(
+                lp.quantization is not None and lp.quantization.weights.bits == 8 for lp in resolved.values()
+            )
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -121,7 +123,9 @@ def test_a_pruning_dimension_over_part_of_a_group_is_rejected(spaces):
     space = spaces["resnet", "pruning"]
     group = next(layers for layers in space.groups.values() if len(layers) > 1)
     with pytest.raises(SpaceError, match="whole group"):
-        space.exclude("pruning_ratio:*").extend(Dimension("pruning_ratio", layers=group[:1], low=0.0, high=0.5))
+        space.exclude("pruning_ratio:*").extend(
+            Dimension("pruning_ratio", layers=group[:1], low=0.0, high=0.5)
+        )
 
 
 def test_unknown_preset_is_a_space_error(cnn, example):
@@ -267,19 +271,41 @@ def test_policy_needs_every_searched_value_and_checks_them(quantization, compact
     with pytest.raises(SpaceError, match="unknown dimensions"):
         quantization.policy({**all_eight(quantization), "bogus": 1})
     with pytest.raises(SpaceError, match=r"pruning_ratio=0\.9 is outside \[0\.0, 0\.75\]"):
-        compact.policy({"weight_bits": 8, "activation_bits": 8, "pruning_ratio": 0.9, "pruning_criterion": "l1"})
+        compact.policy(
+            {"weight_bits": 8, "activation_bits": 8, "pruning_ratio": 0.9, "pruning_criterion": "l1"}
+        )
     with pytest.raises(SpaceError, match="activation_bits=4 is not one of the choices"):
-        compact.policy({"weight_bits": 8, "activation_bits": 4, "pruning_ratio": 0.0, "pruning_criterion": "l1"})
+        compact.policy(
+            {"weight_bits": 8, "activation_bits": 4, "pruning_ratio": 0.0, "pruning_criterion": "l1"}
+        )
 
 
 def test_pruning_ratio_zero_means_no_pruning(cnn, compact):
-    none = compact.policy({"weight_bits": 8, "activation_bits": 8, "pruning_ratio": 0.0, "pruning_criterion": "taylor"})
+    none = compact.policy(
+        {"weight_bits": 8, "activation_bits": 8, "pruning_ratio": 0.0, "pruning_criterion": "taylor"}
+    )
     assert all(lp.pruning is None for lp in check_policy(cnn, none).values())
     assert none == Policy.quantize(8, 8)
 
-    half = check_policy(cnn, compact.policy({"weight_bits": None, "activation_bits": None, "pruning_ratio": 0.5, "pruning_criterion": "taylor"}))
-    assert {layer for layer, lp in half.items() if lp.pruning} == {"conv1", "conv2", "conv3"}  # never the output layer
-    assert all(lp.pruning.ratio == 0.5 and lp.pruning.criterion == "taylor" for lp in half.values() if lp.pruning)
+    half = check_policy(
+        cnn,
+        compact.policy(
+            {
+                "weight_bits": None,
+                "activation_bits": None,
+                "pruning_ratio": 0.5,
+                "pruning_criterion": "taylor",
+            }
+        ),
+    )
+    assert {layer for layer, lp in half.items() if lp.pruning} == {
+        "conv1",
+        "conv2",
+        "conv3",
+    }  # never the output layer
+    assert all(
+        lp.pruning.ratio == 0.5 and lp.pruning.criterion == "taylor" for lp in half.values() if lp.pruning
+    )
     assert all(lp.quantization is None for lp in half.values())
 
 
@@ -292,7 +318,9 @@ def test_distillation_preset_gives_a_student_that_builds(request, spaces, exampl
     policy = space.policy(values)
     assert isinstance(policy.student, Student)
     assert policy.student.family == family and policy.student.params["width"] == 0.25
-    assert policy.default.quantization.weights.bits is None and policy.default.quantization.activations.bits == 8
+    assert (
+        policy.default.quantization.weights.bits is None and policy.default.quantization.activations.bits == 8
+    )
     if family == "resnet":
         assert policy.student.params["blocks"] == [values["student_blocks"]] * 3
     student = build_student(model, policy.student, example_input=example)
@@ -352,11 +380,27 @@ def test_suggest_skips_fixed_dimensions(compact):
 
 
 def test_knobs_are_looked_up_in_the_registry_with_a_clear_error():
-    assert list(KNOBS)[:7] == ["weight_bits", "activation_bits", "pruning_ratio", "pruning_criterion", "sparsity", "student_width", "student_blocks"]
-    assert knob("sparsity").scope == "layer" and knob("pruning_ratio").scope == "group" and knob("student_width").scope == "global"
-    with pytest.raises(SpaceError, match=r"unknown knob 'bits'; known knobs: weight_bits, activation_bits, .*keep_float"):
+    assert list(KNOBS)[:7] == [
+        "weight_bits",
+        "activation_bits",
+        "pruning_ratio",
+        "pruning_criterion",
+        "sparsity",
+        "student_width",
+        "student_blocks",
+    ]
+    assert (
+        knob("sparsity").scope == "layer"
+        and knob("pruning_ratio").scope == "group"
+        and knob("student_width").scope == "global"
+    )
+    with pytest.raises(
+        SpaceError, match=r"unknown knob 'bits'; known knobs: weight_bits, activation_bits, .*keep_float"
+    ):
         knob("bits")
-    with pytest.raises(SpaceError, match=r"invalid Dimension at knob: unknown knob 'bits'; known knobs: weight_bits"):
+    with pytest.raises(
+        SpaceError, match=r"invalid Dimension at knob: unknown knob 'bits'; known knobs: weight_bits"
+    ):
         Dimension("bits", choices=(8,))
     with pytest.raises(SpaceError, match="knob 'weight_bits' is already registered; pass replace=True"):
         register_knob(KNOBS["weight_bits"])
@@ -367,22 +411,43 @@ def test_knobs_are_looked_up_in_the_registry_with_a_clear_error():
 
 
 def test_start_points_come_from_the_knobs_fitted_to_each_dimension():
-    dims = [Dimension("pruning_ratio", low=0.0, high=0.2), Dimension("weight_bits", choices=(4, None)),
-            Dimension("pruning_criterion", choices=("l1", "l2")), Dimension("sparsity", layers=("fc",), low=0.0, high=0.9)]
-    assert start_point(dims, 0.0) == {"pruning_ratio": 0.0, "weight_bits": 4, "pruning_criterion": "l2", "sparsity:fc": 0.0}
-    assert start_point(dims, 0.5) == {"pruning_ratio": 0.2, "weight_bits": 4, "pruning_criterion": "l2", "sparsity:fc": 0.5}
+    dims = [
+        Dimension("pruning_ratio", low=0.0, high=0.2),
+        Dimension("weight_bits", choices=(4, None)),
+        Dimension("pruning_criterion", choices=("l1", "l2")),
+        Dimension("sparsity", layers=("fc",), low=0.0, high=0.9),
+    ]
+    assert start_point(dims, 0.0) == {
+        "pruning_ratio": 0.0,
+        "weight_bits": 4,
+        "pruning_criterion": "l2",
+        "sparsity:fc": 0.0,
+    }
+    assert start_point(dims, 0.5) == {
+        "pruning_ratio": 0.2,
+        "weight_bits": 4,
+        "pruning_criterion": "l2",
+        "sparsity:fc": 0.5,
+    }
 
 
 def test_keep_float_leaves_its_layers_unquantized(cnn, compact):
     layers = compact.layers
     space = SearchSpace(
-        dimensions=(Dimension("weight_bits", choices=(8,)), Dimension("keep_float", layers=("conv2",), choices=(False, True))),
+        dimensions=(
+            Dimension("weight_bits", choices=(8,)),
+            Dimension("keep_float", layers=("conv2",), choices=(False, True)),
+        ),
         layers=layers,
     )
     assert start_point(space.dimensions, 0.0) == {"weight_bits": 8, "keep_float:conv2": False}
     kept = check_policy(cnn, space.policy({"weight_bits": 8, "keep_float:conv2": True}))
     assert kept["conv2"].quantization is None  # applied after the bits: it overrides them
-    assert all(lp.quantization is not None and lp.quantization.weights.bits == 8 for layer, lp in kept.items() if layer != "conv2")
+    assert all(
+        lp.quantization is not None and lp.quantization.weights.bits == 8
+        for layer, lp in kept.items()
+        if layer != "conv2"
+    )
     quantized = check_policy(cnn, space.policy({"weight_bits": 8, "keep_float:conv2": False}))
     assert all(lp.quantization is not None and lp.quantization.weights.bits == 8 for lp in quantized.values())
     assert SearchSpace.from_json(space.to_json()) == space
@@ -419,13 +484,23 @@ def test_student_kernel_sets_the_resnet_students_kernel_size(resnet, example):
 @pytest.fixture
 def toy_knob():
     """A knob registered by a test, as a user would: nothing else is touched."""
-    toy = register_knob(Knob(
-        "toy_sparsity", "layer", "a number in [0, 0.5]", lambda v: isinstance(v, float) and 0 <= v <= 0.5,
-        starts_at=lambda level: min(level, 0.5), ranged=True,
-        apply_layer=lambda lp, level, prunable: dataclasses.replace(lp, sparsity=Sparsity(level=level, schedule="constant")) if level else lp,
-        label="toy", digest=lambda label, values, params: f"{label} {max(values):g}",
-        column="toy sparsity", read=lambda lp: lp.sparsity.level if lp.sparsity else 0.0,
-    ))
+    toy = register_knob(
+        Knob(
+            "toy_sparsity",
+            "layer",
+            "a number in [0, 0.5]",
+            lambda v: isinstance(v, float) and 0 <= v <= 0.5,
+            starts_at=lambda level: min(level, 0.5),
+            ranged=True,
+            apply_layer=lambda lp, level, prunable: (
+                dataclasses.replace(lp, sparsity=Sparsity(level=level, schedule="constant")) if level else lp
+            ),
+            label="toy",
+            digest=lambda label, values, params: f"{label} {max(values):g}",
+            column="toy sparsity",
+            read=lambda lp: lp.sparsity.level if lp.sparsity else 0.0,
+        )
+    )
     yield toy
     KNOBS.pop(toy.name)
 
@@ -449,10 +524,21 @@ def test_the_digest_and_the_report_read_the_registry(toy_knob):
     from autocompress.search.report import knob_columns
     from autocompress.search.result import summarize_policy
 
-    params = {"weight_bits:conv1": 8, "weight_bits:conv2": 8, "weight_bits:fc": None, "activation_bits": 8,
-              "pruning_ratio:conv1": 0.25, "pruning_ratio:conv2": 0.5, "pruning_criterion": "l2", "sparsity:fc": 0.5}
+    params = {
+        "weight_bits:conv1": 8,
+        "weight_bits:conv2": 8,
+        "weight_bits:fc": None,
+        "activation_bits": 8,
+        "pruning_ratio:conv1": 0.25,
+        "pruning_ratio:conv2": 0.5,
+        "pruning_criterion": "l2",
+        "sparsity:fc": 0.5,
+    }
     assert summarize_policy(params) == "W8x2 Wfx1 | A8x1 | prune 0.25-0.5 (l2) | sparsity 0.5-0.5"
-    assert summarize_policy({"student_width": 0.5, "student_blocks": 2, "student_kernel": 5}) == "student w0.5 b2 | student kernel 5"
+    assert (
+        summarize_policy({"student_width": 0.5, "student_blocks": 2, "student_kernel": 5})
+        == "student w0.5 b2 | student kernel 5"
+    )
     assert summarize_policy({"keep_float:fc": True, "toy_sparsity:fc": 0.25}) == "keep float x1 | toy 0.25"
     assert summarize_policy({}) == "-"
     assert knob_columns() == ("weight bits", "activation bits", "pruning ratio", "toy sparsity")

@@ -11,6 +11,8 @@ import torch
 from torch.nn.utils import parametrize
 
 from autocompress.data import make_loaders
+from autocompress.evaluators.size import parameter_stats
+from autocompress.policies import Sparsity, TensorQuant
 from autocompress.quantization import FakeQuantizer
 from autocompress.sparsity import (
     L0Gate,
@@ -20,8 +22,6 @@ from autocompress.sparsity import (
     scheduled_level,
 )
 from autocompress.training import evaluate_torch, train
-from autocompress.evaluators.size import parameter_stats
-from autocompress.policies import Sparsity, TensorQuant
 
 LAYERS = ("conv1", "conv2", "conv3", "fc")
 
@@ -61,7 +61,9 @@ def _fine_tune(model, controller, loader, record=None):
 def test_every_schedule_reaches_the_target_exactly(cnn, train_loader, schedule):
     model = copy.deepcopy(cnn)
     levels = {"conv1": 0.3, "conv2": 0.75, "conv3": 0.6, "fc": 0.5}
-    controller = SparsityController(model, {n: Sparsity(lv, schedule=schedule) for n, lv in levels.items()}).attach()
+    controller = SparsityController(
+        model, {n: Sparsity(lv, schedule=schedule) for n, lv in levels.items()}
+    ).attach()
     record = []
     _fine_tune(model, controller, train_loader, record)
     achieved = controller.finalize()
@@ -123,7 +125,9 @@ def test_one_shot_zeroes_exactly_the_smallest_magnitudes(cnn):
     assert not parametrize.is_parametrized(cnn.conv2)
 
 
-def test_fifty_percent_magnitude_with_one_epoch_keeps_accuracy(cnn, train_loader, digits_loaders, dense_accuracy):
+def test_fifty_percent_magnitude_with_one_epoch_keeps_accuracy(
+    cnn, train_loader, digits_loaders, dense_accuracy
+):
     model = copy.deepcopy(cnn)
     controller = SparsityController(model, {n: Sparsity(0.5) for n in LAYERS}).attach()
     _fine_tune(model, controller, train_loader)
@@ -240,7 +244,9 @@ def test_errors_name_the_layer_and_what_is_allowed(cnn):
     quantizer = FakeQuantizer(TensorQuant(bits=8, symmetric=True, per_channel=True), "weight", 10)
     quantizer.init_from_weight(model.fc.weight)
     parametrize.register_parametrization(model.fc, "weight", quantizer)
-    with pytest.raises(SparsityError, match=r"'fc'.*already parametrized \(FakeQuantizer\).*before weight quantizers"):
+    with pytest.raises(
+        SparsityError, match=r"'fc'.*already parametrized \(FakeQuantizer\).*before weight quantizers"
+    ):
         SparsityController(model, {"conv2": Sparsity(0.5), "fc": Sparsity(0.5)}).attach()
     assert not parametrize.is_parametrized(model.conv2)
 
@@ -249,7 +255,9 @@ def test_errors_name_the_layer_and_what_is_allowed(cnn):
 
 
 def _add_weight_quantizer(layer):
-    quantizer = FakeQuantizer(TensorQuant(bits=8, symmetric=True, per_channel=True), "weight", layer.weight.shape[0])
+    quantizer = FakeQuantizer(
+        TensorQuant(bits=8, symmetric=True, per_channel=True), "weight", layer.weight.shape[0]
+    )
     quantizer.init_from_weight(layer.weight)
     parametrize.register_parametrization(layer, "weight", quantizer)
     return quantizer
@@ -260,7 +268,9 @@ def test_zeros_survive_fake_quantization_and_are_counted(cnn, train_loader, digi
     model = copy.deepcopy(cnn)
     dense = parameter_stats(model)
     levels = {"conv2": 0.5, "conv3": 0.7, "fc": 0.4}
-    controller = SparsityController(model, {n: Sparsity(lv, method=method) for n, lv in levels.items()}).attach()
+    controller = SparsityController(
+        model, {n: Sparsity(lv, method=method) for n, lv in levels.items()}
+    ).attach()
     for name in levels:  # sparsity first, then the quantizer: quantize(mask(w))
         _add_weight_quantizer(model.get_submodule(name))
     _fine_tune(model, controller, train_loader)

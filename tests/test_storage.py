@@ -29,14 +29,25 @@ WORKER = textwrap.dedent("""
 def test_processes_creating_one_study_at_once_all_succeed(tmp_path, name):
     where, go = str(tmp_path / name), tmp_path / "go"
     workers = [
-        subprocess.Popen([sys.executable, "-c", WORKER, where, str(i), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, where, str(i), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(6)
     ]
     go.touch()
     outputs = [w.communicate(timeout=180) for w in workers]
-    failed = [err.strip().splitlines()[-1] for w, (out, err) in zip(workers, outputs) if w.returncode != 0 or "ok" not in out]
+    failed = [
+        err.strip().splitlines()[-1]
+        for w, (out, err) in zip(workers, outputs)
+        if w.returncode != 0 or "ok" not in out
+    ]
     assert not failed, failed
     storage = open_storage(storage_url(where, tmp_path), heartbeat_interval=None)
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     assert [s.study_name for s in summaries] == ["shared"]
-    assert set(optuna.load_study(study_name="shared", storage=storage).user_attrs) == {f"worker{i}" for i in range(6)}
+    assert set(optuna.load_study(study_name="shared", storage=storage).user_attrs) == {
+        f"worker{i}" for i in range(6)
+    }

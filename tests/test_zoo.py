@@ -123,8 +123,15 @@ def test_parse_model_spec() -> None:
     assert name == "resnet20"
     assert kw == {"width": 0.5, "num_classes": 3, "tag": "abc"}
     assert isinstance(kw["num_classes"], int) and isinstance(kw["width"], float)
-    for bad in ("resnet20", "zoo:", "zoo:resnet20:width", "zoo:resnet20:=2", "zoo:resnet20:w=1,w=2",
-                "zoo:resnet20:width=", "torch:resnet20"):
+    for bad in (
+        "resnet20",
+        "zoo:",
+        "zoo:resnet20:width",
+        "zoo:resnet20:=2",
+        "zoo:resnet20:w=1,w=2",
+        "zoo:resnet20:width=",
+        "torch:resnet20",
+    ):
         with pytest.raises(ValueError, match=r"zoo:NAME\[:key=value|twice"):
             parse_model_spec(bad)
     with pytest.raises(ValueError, match="mnist_cnn"):

@@ -15,9 +15,10 @@ cluster, measurements on the target's nodes).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from autocompress.search.result import TrialRecord
 from autocompress.search.settings import SearchSettings

@@ -13,8 +13,9 @@ import dataclasses
 import hashlib
 import math
 import time
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
-from typing import Any, Callable, MutableMapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -22,13 +23,13 @@ import torch
 from torch import nn
 
 from autocompress.core import Finetune, apply_policy
-from autocompress.export import export_onnx
-from autocompress.training import Metric, top1_accuracy
 from autocompress.evaluators.child import run_jobs, unwrap
 from autocompress.evaluators.runtime import Dataset
 from autocompress.evaluators.size import count_flops, parameter_stats
 from autocompress.evaluators.target import LatencyConfig, Target
+from autocompress.export import export_onnx
 from autocompress.policies import Policy
+from autocompress.training import Metric, top1_accuracy
 
 # Per-trial latency: short alternating rounds against the baseline (5, so that one burst of
 # neighbour load cannot pick the winner); the chosen policy is re-measured fully.
@@ -51,7 +52,7 @@ class Baseline:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Baseline":
+    def from_dict(cls, data: dict[str, Any]) -> Baseline:
         return cls(**data)
 
 
@@ -79,22 +80,51 @@ class Measure(Protocol):
     "logits", "latency": {"latency_ms", "latency_ratio", "runtime_precision"} or None}.
     LocalMeasure does it on this machine; the Ray backend ships it to the target node."""
 
-    def __call__(self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool) -> dict[str, Any]: ...
+    def __call__(
+        self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool
+    ) -> dict[str, Any]: ...
 
 
 def measure_exported(
-    onnx_path: Path, ir_path: Path, inputs_file: Path, target: Target, config: LatencyConfig, *, against: str | None, latency: bool
+    onnx_path: Path,
+    ir_path: Path,
+    inputs_file: Path,
+    target: Target,
+    config: LatencyConfig,
+    *,
+    against: str | None,
+    latency: bool,
 ) -> dict[str, Any]:
     """IR conversion, validation logits and (optionally) latency, in ONE OpenVINO child process."""
     shape = list(np.load(inputs_file, mmap_mode="r").shape[1:])
     logits_path = Path(ir_path).with_name("val_logits.npy")
     jobs = [
-        {"op": "convert_to_ir", "args": {"onnx_path": str(onnx_path), "xml_path": str(ir_path), "input_shape": [target.batch, *shape]}},
-        {"op": "infer", "args": {"xml_path": str(ir_path), "inputs_npy": str(inputs_file), "outputs_npy": str(logits_path), "target": target.to_dict()}},
+        {
+            "op": "convert_to_ir",
+            "args": {
+                "onnx_path": str(onnx_path),
+                "xml_path": str(ir_path),
+                "input_shape": [target.batch, *shape],
+            },
+        },
+        {
+            "op": "infer",
+            "args": {
+                "xml_path": str(ir_path),
+                "inputs_npy": str(inputs_file),
+                "outputs_npy": str(logits_path),
+                "target": target.to_dict(),
+            },
+        },
     ]
     if latency:
         paths = [against, str(ir_path)] if against else [str(ir_path)]
-        jobs.append({"op": "measure_latency", "args": {"xml_paths": paths, "target": target.to_dict(), "config": config.to_dict()}})
+        jobs.append(
+            {
+                "op": "measure_latency",
+                "args": {"xml_paths": paths, "target": target.to_dict(), "config": config.to_dict()},
+            }
+        )
     results = [unwrap(r) for r in run_jobs(jobs)]
     logits = np.load(logits_path)
     logits_path.unlink()
@@ -117,8 +147,18 @@ class LocalMeasure:
     target: Target
     config: LatencyConfig = TRIAL_LATENCY
 
-    def __call__(self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool) -> dict[str, Any]:
-        return measure_exported(onnx_path, ir_path, self.val.inputs_file(), self.target, self.config, against=against, latency=latency)
+    def __call__(
+        self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool
+    ) -> dict[str, Any]:
+        return measure_exported(
+            onnx_path,
+            ir_path,
+            self.val.inputs_file(),
+            self.target,
+            self.config,
+            against=against,
+            latency=latency,
+        )
 
 
 class CandidateRunner:
@@ -151,7 +191,9 @@ class CandidateRunner:
     def score(self, logits: np.ndarray, what: str) -> float:
         value = float(self.metric(logits, self.val.targets))
         if not math.isfinite(value):
-            raise ValueError(f"the metric returned {value} for {what}; it must return a finite number (higher is better)")
+            raise ValueError(
+                f"the metric returned {value} for {what}; it must return a finite number (higher is better)"
+            )
         return value
 
     def torch_accuracy(self, module: nn.Module, batch_size: int = 500) -> float:
@@ -161,7 +203,10 @@ class CandidateRunner:
         try:
             with torch.no_grad():
                 logits = np.concatenate(
-                    [module(torch.from_numpy(self.val.inputs[i : i + batch_size])).numpy() for i in range(0, len(self.val.inputs), batch_size)]
+                    [
+                        module(torch.from_numpy(self.val.inputs[i : i + batch_size])).numpy()
+                        for i in range(0, len(self.val.inputs), batch_size)
+                    ]
                 )
         finally:
             module.train(was_training)
@@ -183,7 +228,9 @@ class CandidateRunner:
             "seconds_export": time.perf_counter() - started,
         }
 
-    def _measure(self, exported: dict[str, Any], against: str | None, latency_cache: MutableMapping[str, dict] | None) -> dict[str, Any]:
+    def _measure(
+        self, exported: dict[str, Any], against: str | None, latency_cache: MutableMapping[str, dict] | None
+    ) -> dict[str, Any]:
         onnx_path = Path(exported["onnx_path"])
         ir_path = onnx_path.with_name("model.xml")
         cached = latency_cache.get(exported["fingerprint"]) if latency_cache is not None else None
@@ -235,13 +282,23 @@ class CandidateRunner:
         started = time.perf_counter()
         module = self.compress(policy, on_finetune_step)
         compress_seconds = time.perf_counter() - started
-        return self.measure_exported(self.export(module, directory), policy, baseline, latency_cache=latency_cache,
-                                     compress_seconds=compress_seconds)
+        return self.measure_exported(
+            self.export(module, directory),
+            policy,
+            baseline,
+            latency_cache=latency_cache,
+            compress_seconds=compress_seconds,
+        )
 
     def compress(self, policy: Policy, on_finetune_step: Callable | None = None) -> nn.Module:
         """The compressed, fine-tuned module (a copy; the model is untouched)."""
         return apply_policy(
-            self.model, policy, self.train_loader, finetune=self.finetune, loss_fn=self.loss_fn, on_finetune_step=on_finetune_step
+            self.model,
+            policy,
+            self.train_loader,
+            finetune=self.finetune,
+            loss_fn=self.loss_fn,
+            on_finetune_step=on_finetune_step,
         ).module
 
     def measure_exported(

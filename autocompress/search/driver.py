@@ -12,8 +12,9 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import optuna
 from torch import nn
@@ -89,15 +90,31 @@ def search(
     full latency measurement; results, the best IR and a manifest go to ``workdir``.
     """
     settings = SearchSettings(
-        objective=objective, max_accuracy_drop=max_accuracy_drop, relative_drop=relative_drop,
-        space=space.to_dict() if isinstance(space, SearchSpace) else space, n_trials=n_trials, timeout=timeout,
-        workdir=str(Path(workdir).resolve()), study_name=study_name, storage=_storage_setting(storage), target=target,
-        finetune=finetune, sampler=sampler, strategy=strategy, early_stop_margin=early_stop_margin, seed=seed, backend=backend,
+        objective=objective,
+        max_accuracy_drop=max_accuracy_drop,
+        relative_drop=relative_drop,
+        space=space.to_dict() if isinstance(space, SearchSpace) else space,
+        n_trials=n_trials,
+        timeout=timeout,
+        workdir=str(Path(workdir).resolve()),
+        study_name=study_name,
+        storage=_storage_setting(storage),
+        target=target,
+        finetune=finetune,
+        sampler=sampler,
+        strategy=strategy,
+        early_stop_margin=early_stop_margin,
+        seed=seed,
+        backend=backend,
     )
-    backend_impl = make_backend(settings, sampler=_instance(sampler), pruner=pruner, heartbeat_interval=heartbeat_interval)
+    backend_impl = make_backend(
+        settings, sampler=_instance(sampler), pruner=pruner, heartbeat_interval=heartbeat_interval
+    )
     if not isinstance(storage, (str, os.PathLike, type(None))) and not settings.uses_ray:
         backend_impl = dataclasses.replace(backend_impl, storage=storage)
-    return run_search(settings, model, train_loader, val_loader, test_loader, metric, loss_fn, backend_impl, progress)
+    return run_search(
+        settings, model, train_loader, val_loader, test_loader, metric, loss_fn, backend_impl, progress
+    )
 
 
 def resume(
@@ -134,27 +151,62 @@ def resume(
         from autocompress.search.ray_backend import load_experiment
 
         settings, setup, test_loader, backend = load_experiment(model, address=address, timeout=timeout)
-        job = SearchJob(settings, SearchSpace.from_dict(settings.space), setup, settings.study_name, Path(settings.workdir),
-                        resuming=True, progress=progress, test_loader=test_loader)
+        job = SearchJob(
+            settings,
+            SearchSpace.from_dict(settings.space),
+            setup,
+            settings.study_name,
+            Path(settings.workdir),
+            resuming=True,
+            progress=progress,
+            test_loader=test_loader,
+        )
         return run_job(job, backend)
     if train_loader is None or val_loader is None or storage is None or study_name is None:
-        raise ValueError("resume(model, train_loader, val_loader, storage=..., study_name=...) continues an Optuna search; "
-                         "resume(path) a Ray one")
-    replace: dict[str, Any] = {"storage": _storage_setting(storage), "study_name": study_name, "timeout": timeout}
+        raise ValueError(
+            "resume(model, train_loader, val_loader, storage=..., study_name=...) continues an Optuna search; "
+            "resume(path) a Ray one"
+        )
+    replace: dict[str, Any] = {
+        "storage": _storage_setting(storage),
+        "study_name": study_name,
+        "timeout": timeout,
+    }
     if n_trials is not None:
         replace["n_trials"] = n_trials
     if objective is not None:
         replace["objective"] = objective
     settings = optuna_backend.load_settings(storage, study_name, **replace)
-    backend = optuna_backend.OptunaBackend(sampler=sampler, pruner=pruner, heartbeat_interval=heartbeat_interval)
+    backend = optuna_backend.OptunaBackend(
+        sampler=sampler, pruner=pruner, heartbeat_interval=heartbeat_interval
+    )
     if not isinstance(storage, (str, os.PathLike)):
         backend = dataclasses.replace(backend, storage=storage)
-    return run_search(settings, model, train_loader, val_loader, test_loader, metric, loss_fn, backend, progress, resuming=True)
+    return run_search(
+        settings,
+        model,
+        train_loader,
+        val_loader,
+        test_loader,
+        metric,
+        loss_fn,
+        backend,
+        progress,
+        resuming=True,
+    )
 
 
 def run_search(
-    settings: SearchSettings, model: nn.Module, train_loader: Iterable, val_loader: Iterable, test_loader: Iterable | None,
-    metric: Metric | None, loss_fn: Callable | None, backend: Backend, progress: bool, resuming: bool = False,
+    settings: SearchSettings,
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    test_loader: Iterable | None,
+    metric: Metric | None,
+    loss_fn: Callable | None,
+    backend: Backend,
+    progress: bool,
+    resuming: bool = False,
 ) -> SearchResult:
     """Check the inputs, build the space and the trial setup, and run ``settings`` on ``backend``."""
     _check_loader(train_loader, "train_loader")
@@ -167,11 +219,20 @@ def run_search(
     study_name = settings.study_name or f"autocompress-{space.preset or 'custom'}"
     settings = dataclasses.replace(settings, study_name=study_name)
     setup = TrialSetup(
-        model=model, train_loader=train_loader, val=val, objectives=parse_objectives(settings.objective),
-        constraint=settings.constraint, finetune=settings.finetune, target=settings.target, metric=metric, loss_fn=loss_fn,
+        model=model,
+        train_loader=train_loader,
+        val=val,
+        objectives=parse_objectives(settings.objective),
+        constraint=settings.constraint,
+        finetune=settings.finetune,
+        target=settings.target,
+        metric=metric,
+        loss_fn=loss_fn,
         early_stop_margin=settings.early_stop_margin,
     )
-    job = SearchJob(settings, space, setup, study_name, Path(settings.workdir), resuming, progress, test_loader)
+    job = SearchJob(
+        settings, space, setup, study_name, Path(settings.workdir), resuming, progress, test_loader
+    )
     return run_job(job, backend)
 
 
@@ -186,13 +247,23 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
             baseline = setup.measure_baseline(job.workdir / "baseline", session.measure)
             session.save_baseline(baseline)
         if job.progress:
-            print(f"baseline: accuracy {baseline.accuracy:.4f}, latency {baseline.latency_ms:.4f} ms; "
-                  f"{setup.constraint.describe(baseline.accuracy)}; {len(job.space.searched)} dimensions; "
-                  f"state in {session.location}", flush=True)
+            print(
+                f"baseline: accuracy {baseline.accuracy:.4f}, latency {baseline.latency_ms:.4f} ms; "
+                f"{setup.constraint.describe(baseline.accuracy)}; {len(job.space.searched)} dimensions; "
+                f"state in {session.location}",
+                flush=True,
+            )
         records = session.run(Trial(setup, baseline))
         result = summarize_trials(
-            records, objectives=setup.objectives, constraint=setup.constraint, baseline=baseline, layers=job.space.layers,
-            name=job.study_name, storage=session.location, workdir=job.workdir, strategy=job.settings.strategy,
+            records,
+            objectives=setup.objectives,
+            constraint=setup.constraint,
+            baseline=baseline,
+            layers=job.space.layers,
+            name=job.study_name,
+            storage=session.location,
+            workdir=job.workdir,
+            strategy=job.settings.strategy,
         )
         result.seconds = time.monotonic() - started
         finish_search(result, job, session.measure)
@@ -221,11 +292,15 @@ def finish_search(result: SearchResult, job: SearchJob, measure: Measure) -> Non
         print("wrote " + ", ".join(str(p) + ("/" if p.is_dir() else "") for p in written), flush=True)
 
 
-def _recheck(result: SearchResult, test_loader: Iterable, metric: Metric | None, measure: Measure) -> dict[str, Any]:
+def _recheck(
+    result: SearchResult, test_loader: Iterable, metric: Metric | None, measure: Measure
+) -> dict[str, Any]:
     """Test accuracy of the best IR and the baseline IR, and a full latency comparison."""
     data = _dataset(test_loader, "test_loader")
     config = LatencyConfig()
-    logits, latency = measure.compare([result.baseline["ir_path"], result.best.measurements.ir_path], data.inputs_file(), config)
+    logits, latency = measure.compare(
+        [result.baseline["ir_path"], result.best.measurements.ir_path], data.inputs_file(), config
+    )
     scores = [score(metric, x, data.targets, "the test split") for x in logits]
     ratio = latency["ratios_to_first"][1]
     return {
@@ -245,7 +320,9 @@ def make_backend(settings: SearchSettings, **optuna_options: Any) -> Backend:
     """The backend the settings name. Ray is imported only when a search uses it."""
     if settings.uses_ray:
         if optuna_options.get("pruner") is not None:
-            raise ValueError("Optuna pruners run on the Optuna backend only; with Ray use Ray(scheduler='asha')")
+            raise ValueError(
+                "Optuna pruners run on the Optuna backend only; with Ray use Ray(scheduler='asha')"
+            )
         from autocompress.search.ray_backend import RayBackend  # Ray only when a search uses it
 
         return RayBackend(settings.backend, sampler=optuna_options.get("sampler"))
@@ -265,9 +342,13 @@ def _check_loader(loader: Any, name: str) -> None:
     try:
         batch = next(iter(loader))
     except StopIteration:
-        raise ValueError(f"{name} is empty (yields no batch); pass a loader over a non-empty dataset") from None
+        raise ValueError(
+            f"{name} is empty (yields no batch); pass a loader over a non-empty dataset"
+        ) from None
     except TypeError:
-        raise TypeError(f"{name} must be an iterable of (inputs, targets) batches, got {type(loader).__name__}") from None
+        raise TypeError(
+            f"{name} must be an iterable of (inputs, targets) batches, got {type(loader).__name__}"
+        ) from None
     inputs_of(batch)
 
 

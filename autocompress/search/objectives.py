@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from typing import Any, Callable, Literal, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 Direction = Literal["minimize", "maximize"]
 MEASURES: dict[str, tuple[str, Direction]] = {
@@ -32,7 +33,9 @@ class Objective:
     def __call__(self, measurements: Any) -> float:
         value = float(self.read(measurements))
         if not math.isfinite(value):
-            raise ValueError(f"objective {self.name!r} is {value} for this trial; objectives must be finite numbers")
+            raise ValueError(
+                f"objective {self.name!r} is {value} for this trial; objectives must be finite numbers"
+            )
         return value
 
 
@@ -48,7 +51,10 @@ def _weighted(weights: Mapping[str, float]) -> Objective:
     if any(not isinstance(w, (int, float)) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ValueError(f"weighted objective {dict(weights)!r}: weights must be >= 0 and not all 0")
     # Every term as a ratio where lower is better (throughput -> its inverse, i.e. latency).
-    terms = {k: (lambda m: 1.0 / m.throughput_ratio) if k == "throughput" else operator.attrgetter(MEASURES[k][0]) for k in weights}
+    terms = {
+        k: (lambda m: 1.0 / m.throughput_ratio) if k == "throughput" else operator.attrgetter(MEASURES[k][0])
+        for k in weights
+    }
     name = "weighted(" + ",".join(f"{k}={w:g}" for k, w in weights.items()) + ")"
     return Objective(name, "minimize", lambda m: sum(w * terms[k](m) for k, w in weights.items()))
 
@@ -78,7 +84,9 @@ def parse_objectives(spec: Any) -> list[Objective]:
         return [_weighted(spec)]
     if callable(spec):
         return [Objective(getattr(spec, "__name__", "custom"), "minimize", spec)]
-    raise ValueError(f"objective must be a name, a dict of weights, a callable or a list; got {type(spec).__name__}")
+    raise ValueError(
+        f"objective must be a name, a dict of weights, a callable or a list; got {type(spec).__name__}"
+    )
 
 
 def describe_objectives(spec: Any) -> Any:

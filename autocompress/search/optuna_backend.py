@@ -15,8 +15,9 @@ import dataclasses
 import logging
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -26,7 +27,13 @@ from autocompress.search.backend import SearchJob
 from autocompress.search.progress import ProgressBar
 from autocompress.search.result import TrialRecord
 from autocompress.search.settings import SearchSettings
-from autocompress.search.storage import create_or_load_study, has_heartbeat, open_storage, recover_interrupted, storage_url
+from autocompress.search.storage import (
+    create_or_load_study,
+    has_heartbeat,
+    open_storage,
+    recover_interrupted,
+    storage_url,
+)
 from autocompress.search.trial import Baseline, LatencyCache, LocalMeasure, Measurements, Trial, TrialOutcome
 from autocompress.search_spaces import Dimension, SearchSpace
 from autocompress.search_spaces.knobs import start_point
@@ -51,16 +58,22 @@ def load_settings(where: Any, study_name: str, /, **replace: Any) -> SearchSetti
         study = optuna.load_study(study_name=study_name, storage=opened)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
-        raise ValueError(f"no study {study_name!r} in {url}; studies there: {', '.join(names) or '(none)'}") from None
+        raise ValueError(
+            f"no study {study_name!r} in {url}; studies there: {', '.join(names) or '(none)'}"
+        ) from None
     stored = study.user_attrs.get(SETTINGS_KEY)
     if stored is None:
-        raise ValueError(f"study {study_name!r} was not created by autocompress.search (it has no {SETTINGS_KEY!r})")
+        raise ValueError(
+            f"study {study_name!r} was not created by autocompress.search (it has no {SETTINGS_KEY!r})"
+        )
     return SearchSettings.from_dict(stored, **replace)
 
 
 def stored_baseline(where: Any, study_name: str) -> dict | None:
     """The baseline a study measured (as stored), or None."""
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url(where, Path.cwd()), heartbeat_interval=None))
+    study = optuna.load_study(
+        study_name=study_name, storage=open_storage(storage_url(where, Path.cwd()), heartbeat_interval=None)
+    )
     return study.user_attrs.get(BASELINE_KEY)
 
 
@@ -94,19 +107,31 @@ class OptunaSession:
         condensa = self.settings.strategy == "condensa"
         # Condensa's second stage starts from the level it finds, not from the preset's points.
         created_with = dataclasses.replace(job.space, start_points=()) if condensa else job.space
-        self.study = self._study(job.study_name, self._directions(), self.settings, created_with, job.resuming)
+        self.study = self._study(
+            job.study_name, self._directions(), self.settings, created_with, job.resuming
+        )
 
     def _directions(self) -> list[str]:
         return [o.direction for o in self.job.setup.objectives]
 
     # -- study ----------------------------------------------------------------------------
-    def _study(self, name: str, directions: list[str], settings: SearchSettings, space: SearchSpace, resuming: bool) -> optuna.Study:
-        sampler = self.backend.sampler or make_sampler(settings.sampler, len(directions), settings.seed, settings.n_trials)
-        existing = {s.study_name for s in optuna.get_all_study_summaries(self.storage, include_best_trial=False)}
+    def _study(
+        self, name: str, directions: list[str], settings: SearchSettings, space: SearchSpace, resuming: bool
+    ) -> optuna.Study:
+        sampler = self.backend.sampler or make_sampler(
+            settings.sampler, len(directions), settings.seed, settings.n_trials
+        )
+        existing = {
+            s.study_name for s in optuna.get_all_study_summaries(self.storage, include_best_trial=False)
+        }
         if resuming and name not in existing:
             raise ValueError(f"no study {name!r} to resume in {self.location}")
         study = create_or_load_study(
-            self.storage, name, directions=directions, sampler=sampler, pruner=self.backend.pruner or optuna.pruners.NopPruner()
+            self.storage,
+            name,
+            directions=directions,
+            sampler=sampler,
+            pruner=self.backend.pruner or optuna.pruners.NopPruner(),
         )
         stored = study.user_attrs.get(SETTINGS_KEY)
         if stored is None:
@@ -118,13 +143,18 @@ class OptunaSession:
             differing = [k for k, v in settings.comparable().items() if before.get(k) != v]
             if differing:
                 raise ValueError(
-                    f"study {name!r} in {self.location} holds a search with different settings ({', '.join(differing)}); "
+                    f"study {name!r} in {self.location} holds a search with different settings "
+                    f"({', '.join(differing)}); "
                     "continue it with autocompress.resume(...) or start a new one with another study_name"
                 )
         if not has_heartbeat(self.storage):
             recovered = recover_interrupted(study)
             if recovered:
-                log.warning("study %s: %d trial(s) left running by an interrupted search are queued again", name, recovered)
+                log.warning(
+                    "study %s: %d trial(s) left running by an interrupted search are queued again",
+                    name,
+                    recovered,
+                )
         return study
 
     def stored_baseline(self) -> Baseline | None:
@@ -146,8 +176,16 @@ class OptunaSession:
         self._optimize(self.study, space, trial, max(1, budget), deadline, "search")
         return [record(t) for t in self.study.trials if t.state != TrialState.WAITING]
 
-    def _optimize(self, study: optuna.Study, space: SearchSpace, trial: Trial, n_trials: int, deadline: float | None, label: str,
-                  values_of: Callable[[dict, TrialOutcome], tuple[float, ...]] | None = None) -> None:
+    def _optimize(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        trial: Trial,
+        n_trials: int,
+        deadline: float | None,
+        label: str,
+        values_of: Callable[[dict, TrialOutcome], tuple[float, ...]] | None = None,
+    ) -> None:
         remaining = n_trials - counted(study)
         if remaining <= 0:
             return
@@ -166,8 +204,12 @@ class OptunaSession:
                     ot.report(accuracy, sum(k.startswith("accuracy_") for k in ot.user_attrs))
 
             outcome = trial(
-                policy, trial_root / f"trial_{ot.number:04d}", measure=self.measure, latency_cache=self.latency_cache,
-                on_check=on_check, should_stop=ot.should_prune if single and self.backend.pruner else None,
+                policy,
+                trial_root / f"trial_{ot.number:04d}",
+                measure=self.measure,
+                latency_cache=self.latency_cache,
+                on_check=on_check,
+                should_stop=ot.should_prune if single and self.backend.pruner else None,
             )
             if outcome.measurements is not None:
                 ot.set_user_attr("measurements", outcome.measurements.to_dict())
@@ -182,14 +224,18 @@ class OptunaSession:
             return values[0] if single else list(values)
 
         def on_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-            if frozen.state != TrialState.FAIL or "error" in frozen.user_attrs:  # a lost worker's trial is retried, not counted
+            if (
+                frozen.state != TrialState.FAIL or "error" in frozen.user_attrs
+            ):  # a lost worker's trial is retried, not counted
                 bar.update(record(frozen))
 
         try:
             timeout = None if deadline is None else max(1.0, deadline - time.monotonic())
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(TrialFailed,), callbacks=[on_trial])
+                study.optimize(
+                    objective, n_trials=remaining, timeout=timeout, catch=(TrialFailed,), callbacks=[on_trial]
+                )
         finally:
             bar.close()
 
@@ -208,20 +254,42 @@ class OptunaSession:
         level_settings = dataclasses.replace(
             self.settings, space=level_space.to_dict(), objective="latency", sampler="gp", n_trials=budget
         )
-        level_study = self._study(f"{self.study.study_name}:level", ["maximize"], level_settings, level_space, False)
-        self._optimize(level_study, level_space, trial, budget, deadline, "level set", values_of=lambda params, _: (params[LEVEL_KNOB],))
-        feasible = [t for t in level_study.trials if t.state == TrialState.COMPLETE and (violation(t) or 0) <= 0 and violation(t) is not None]
+        level_study = self._study(
+            f"{self.study.study_name}:level", ["maximize"], level_settings, level_space, False
+        )
+        self._optimize(
+            level_study,
+            level_space,
+            trial,
+            budget,
+            deadline,
+            "level set",
+            values_of=lambda params, _: (params[LEVEL_KNOB],),
+        )
+        feasible = [
+            t
+            for t in level_study.trials
+            if t.state == TrialState.COMPLETE and (violation(t) or 0) <= 0 and violation(t) is not None
+        ]
         level = max((t.params[LEVEL_KNOB] for t in feasible), default=0.0)
         self.study.set_user_attr("condensa_level", level)
         if self.job.progress:
-            print(f"condensa: highest uniform INT8 pruning level meeting the constraint: {level:g} "
-                  f"({len(feasible)}/{len(level_study.trials)} level trials feasible)", flush=True)
+            print(
+                f"condensa: highest uniform INT8 pruning level meeting the constraint: {level:g} "
+                f"({len(feasible)}/{len(level_study.trials)} level trials feasible)",
+                flush=True,
+            )
         capped = tuple(
-            dataclasses.replace(d, high=min(d.high, level)) if d.knob == LEVEL_KNOB and d.choices is None else d
+            dataclasses.replace(d, high=min(d.high, level))
+            if d.knob == LEVEL_KNOB and d.choices is None
+            else d
             for d in base.dimensions
         )
         start = {k: v for k, v in start_point([d for d in capped if d.name not in base.fixed], level).items()}
-        uniform_int8 = {**start, **{d.name: 0.0 for d in capped if d.knob == LEVEL_KNOB and d.choices is None}}
+        uniform_int8 = {
+            **start,
+            **{d.name: 0.0 for d in capped if d.knob == LEVEL_KNOB and d.choices is None},
+        }
         points = (start, uniform_int8) if level > 0 else (uniform_int8,)
         space = dataclasses.replace(base, dimensions=capped, start_points=points)
         # Stage 2 runs in the main study; its distributions must not change between runs.
@@ -241,7 +309,9 @@ def make_sampler(name: str, n_objectives: int, seed: int, n_trials: int) -> optu
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
         if name == "nsga2" or (name == "auto" and n_objectives > 1):
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, n_trials // 4)))
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup, constant_liar=True)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=startup, constant_liar=True
+        )
 
 
 def level_budget(n_trials: int) -> int:
@@ -253,7 +323,9 @@ def counted(study: optuna.Study) -> int:
     """Finished trials that count against the budget (a trial failed by a lost worker is retried, not counted)."""
     count = 0
     for t in study.get_trials(deepcopy=False):
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and "error" in t.user_attrs):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+            t.state == TrialState.FAIL and "error" in t.user_attrs
+        ):
             count += 1
     return count
 
@@ -266,14 +338,20 @@ def violation(trial: optuna.trial.FrozenTrial) -> float | None:
 def record(t: optuna.trial.FrozenTrial) -> TrialRecord:
     policy = t.user_attrs.get("policy")
     measurements = t.user_attrs.get("measurements")
-    seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+    seconds = (
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        if t.datetime_complete and t.datetime_start
+        else None
+    )
     return TrialRecord(
         number=t.number,
         state=t.state.name,
         params=dict(t.params),
         policy=Policy.from_dict(policy) if policy else None,
         measurements=Measurements.from_dict(measurements) if measurements else None,
-        values=tuple(t.values) if t.values and t.state == TrialState.COMPLETE else None,  # a PRUNED trial's value is an intermediate accuracy
+        values=tuple(t.values)
+        if t.values and t.state == TrialState.COMPLETE
+        else None,  # a PRUNED trial's value is an intermediate accuracy
         violation=violation(t),
         seconds=seconds,
         error=t.user_attrs.get("error") or t.user_attrs.get("pruned_reason"),

@@ -14,20 +14,26 @@ class ProgressBar:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=min(total, done), desc=label, unit="trial", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, initial=min(total, done), desc=label, unit="trial", dynamic_ncols=True
+            )
 
     def update(self, record: TrialRecord) -> None:
         if self.bar is None:
             return
         self.bar.update(1)
-        if record.feasible and (self.best is None or record.measurements.speedup > self.best.measurements.speedup):
+        if record.feasible and (
+            self.best is None or record.measurements.speedup > self.best.measurements.speedup
+        ):
             self.best = record
         if self.best is None:
             self.bar.set_postfix_str("no feasible trial yet", refresh=True)
         else:
             m = self.best.measurements
             digest = summarize_policy(self.best.params)[:40]
-            self.bar.set_postfix_str(f"best #{self.best.number}: {m.speedup:.2f}x, acc {m.accuracy:.4f}, {digest}", refresh=True)
+            self.bar.set_postfix_str(
+                f"best #{self.best.number}: {m.speedup:.2f}x, acc {m.accuracy:.4f}, {digest}", refresh=True
+            )
 
     def close(self) -> None:
         if self.bar is not None:

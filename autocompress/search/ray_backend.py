@@ -26,8 +26,9 @@ import pickle
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import optuna
@@ -47,7 +48,15 @@ from autocompress.search.result import TrialRecord
 from autocompress.search.settings import Ray, SearchSettings
 from autocompress.search.storage import create_or_load_study, open_storage, storage_url
 from autocompress.search.trial import (
-    TRIAL_LATENCY, Baseline, Exported, LatencyCache, MeasuredIR, Trial, TrialOutcome, TrialSetup, compare_irs,
+    TRIAL_LATENCY,
+    Baseline,
+    Exported,
+    LatencyCache,
+    MeasuredIR,
+    Trial,
+    TrialOutcome,
+    TrialSetup,
+    compare_irs,
     measure_candidate,
 )
 from autocompress.search_spaces import SearchSpace
@@ -57,7 +66,9 @@ log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "autocompress.json"
 SETUP_FILE = "autocompress-setup.pkl"
-BASELINE_FILE = "baseline.onnx"  # every measuring node converts it to its own IR (against it, candidates are timed)
+BASELINE_FILE = (
+    "baseline.onnx"  # every measuring node converts it to its own IR (against it, candidates are timed)
+)
 STAGE_FILE = "stage.json"
 TUNE_TRIAL_ID = "tune_trial_id"  # user attribute: which Tune trial an Optuna trial is
 # A trial reports each accuracy check (at most 3), its export and its end: ASHA's time axis.
@@ -82,25 +93,58 @@ class StudySearcher(Searcher):
     restore, and rebuildable from the trials' own result files."""
 
     def __init__(
-        self, *, space: dict[str, Any], metrics: list[str], modes: list[str], points: list[dict], sampler: str, seed: int,
-        n_trials: int, study_name: str, storage: str | None = None, max_concurrent: int | None = None,
+        self,
+        *,
+        space: dict[str, Any],
+        metrics: list[str],
+        modes: list[str],
+        points: list[dict],
+        sampler: str,
+        seed: int,
+        n_trials: int,
+        study_name: str,
+        storage: str | None = None,
+        max_concurrent: int | None = None,
         sampler_instance: optuna.samplers.BaseSampler | None = None,
     ) -> None:
-        super().__init__(metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0])
-        self.options = dict(space=space, metrics=metrics, modes=modes, points=points, sampler=sampler, seed=seed, n_trials=n_trials,
-                            study_name=study_name, storage=storage, max_concurrent=max_concurrent)
+        super().__init__(
+            metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0]
+        )
+        self.options = dict(
+            space=space,
+            metrics=metrics,
+            modes=modes,
+            points=points,
+            sampler=sampler,
+            seed=seed,
+            n_trials=n_trials,
+            study_name=study_name,
+            storage=storage,
+            max_concurrent=max_concurrent,
+        )
         self.sampler_instance = sampler_instance
         self._reset([])
 
     def _reset(self, records: list[dict]) -> None:
         o = self.options
-        self.distributions = {name: optuna.distributions.json_to_distribution(d) for name, d in o["space"].items()}
-        storage = open_storage(storage_url(o["storage"], Path.cwd()), heartbeat_interval=None) if o["storage"] else None
+        self.distributions = {
+            name: optuna.distributions.json_to_distribution(d) for name, d in o["space"].items()
+        }
+        storage = (
+            open_storage(storage_url(o["storage"], Path.cwd()), heartbeat_interval=None)
+            if o["storage"]
+            else None
+        )
         directions = ["minimize" if m == "min" else "maximize" for m in o["modes"]]
-        sampler = self.sampler_instance or make_sampler(o["sampler"], len(directions), o["seed"], o["n_trials"])
+        sampler = self.sampler_instance or make_sampler(
+            o["sampler"], len(directions), o["seed"], o["n_trials"]
+        )
         with warnings_quiet():
-            self.study = create_or_load_study(storage, o["study_name"], directions=directions, sampler=sampler) if storage \
+            self.study = (
+                create_or_load_study(storage, o["study_name"], directions=directions, sampler=sampler)
+                if storage
                 else optuna.create_study(study_name=o["study_name"], directions=directions, sampler=sampler)
+            )
         self.trials: dict[str, optuna.Trial] = {}
         self.records: dict[str, dict] = {}
         self.finished: set[str] = set()
@@ -108,7 +152,9 @@ class StudySearcher(Searcher):
         self._replay(records)
 
     def _replay(self, records: list[dict]) -> None:
-        known = {t.user_attrs.get(TUNE_TRIAL_ID): t for t in self.study.get_trials(deepcopy=False)}  # a persistent mirror
+        known = {
+            t.user_attrs.get(TUNE_TRIAL_ID): t for t in self.study.get_trials(deepcopy=False)
+        }  # a persistent mirror
         for record in records:
             trial_id, existing = record["trial_id"], known.get(record["trial_id"])
             self.points = [p for p in self.points if p != record["params"]]
@@ -156,7 +202,10 @@ class StudySearcher(Searcher):
                 values = [float(result[m]) for m in self.options["metrics"]]
                 self.study.tell(trial, values if len(values) > 1 else values[0])
             else:  # FAIL: raised; PRUNED: stopped early (accuracy floor, ASHA, time budget)
-                self.study.tell(trial, state=optuna.trial.TrialState.FAIL if state == "FAIL" else optuna.trial.TrialState.PRUNED)
+                self.study.tell(
+                    trial,
+                    state=optuna.trial.TrialState.FAIL if state == "FAIL" else optuna.trial.TrialState.PRUNED,
+                )
         except Exception as exc:  # a tell that fails must not stop the experiment
             log.warning("could not record trial %s in the sampler's study: %s", trial_id, exc)
         self.records[trial_id]["final"] = _final_only(result) if not error else {"state": "FAIL"}
@@ -219,28 +268,47 @@ def _baseline_ir_on_this_node(baseline_onnx: bytes, input_shape: list[int]) -> s
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{digest}-", dir=directory.parent))
         (staging / "model.onnx").write_bytes(baseline_onnx)
-        unwrap(run_jobs([ConvertToIR(str(staging / "model.onnx"), str(staging / "model.xml"), input_shape)])[0])
+        unwrap(
+            run_jobs([ConvertToIR(str(staging / "model.onnx"), str(staging / "model.xml"), input_shape)])[0]
+        )
         with contextlib.suppress(OSError):  # another task got there first
             staging.rename(directory)  # atomic: concurrent converters on one node agree
     return str(xml)
 
 
-def measure_on_node(onnx: bytes, baseline_onnx: bytes | None, inputs: np.ndarray, target: dict, config: dict, latency: bool) -> dict:
+def measure_on_node(
+    onnx: bytes, baseline_onnx: bytes | None, inputs: np.ndarray, target: dict, config: dict, latency: bool
+) -> dict:
     """Runs as a Ray task on the measuring node: IR, validation logits, latency vs the baseline."""
     target_ = Target.from_dict(target)
     with tempfile.TemporaryDirectory(prefix="autocompress-measure-") as tmp:
         tmp = Path(tmp)
         (tmp / "model.onnx").write_bytes(onnx)
         np.save(tmp / "inputs.npy", inputs)
-        against = _baseline_ir_on_this_node(baseline_onnx, [target_.batch, *inputs.shape[1:]]) if baseline_onnx is not None else None
-        measured = measure_candidate(
-            tmp / "model.onnx", tmp / "model.xml", tmp / "inputs.npy", target_, LatencyConfig(**config), against=against, latency=latency
+        against = (
+            _baseline_ir_on_this_node(baseline_onnx, [target_.batch, *inputs.shape[1:]])
+            if baseline_onnx is not None
+            else None
         )
-        return {"measured": dataclasses.replace(measured, node=node_id()), "xml": (tmp / "model.xml").read_bytes(),
-                "bin": (tmp / "model.bin").read_bytes()}
+        measured = measure_candidate(
+            tmp / "model.onnx",
+            tmp / "model.xml",
+            tmp / "inputs.npy",
+            target_,
+            LatencyConfig(**config),
+            against=against,
+            latency=latency,
+        )
+        return {
+            "measured": dataclasses.replace(measured, node=node_id()),
+            "xml": (tmp / "model.xml").read_bytes(),
+            "bin": (tmp / "model.bin").read_bytes(),
+        }
 
 
-def compare_on_node(best_xml: bytes, best_bin: bytes, baseline_onnx: bytes, inputs: np.ndarray, target: dict, config: dict) -> tuple:
+def compare_on_node(
+    best_xml: bytes, best_bin: bytes, baseline_onnx: bytes, inputs: np.ndarray, target: dict, config: dict
+) -> tuple:
     """Runs as a Ray task on the measuring node: the final test check (see trial.compare_irs)."""
     target_ = Target.from_dict(target)
     with tempfile.TemporaryDirectory(prefix="autocompress-test-") as tmp:
@@ -249,7 +317,9 @@ def compare_on_node(best_xml: bytes, best_bin: bytes, baseline_onnx: bytes, inpu
         (tmp / "model.bin").write_bytes(best_bin)
         np.save(tmp / "inputs.npy", inputs)
         baseline = _baseline_ir_on_this_node(baseline_onnx, [target_.batch, *inputs.shape[1:]])
-        logits, latency = compare_irs([baseline, str(tmp / "model.xml")], tmp / "inputs.npy", target_, LatencyConfig(**config))
+        logits, latency = compare_irs(
+            [baseline, str(tmp / "model.xml")], tmp / "inputs.npy", target_, LatencyConfig(**config)
+        )
     return logits, {**latency, "node": node_id()}
 
 
@@ -276,16 +346,35 @@ class RayMeasure:
     def candidate(self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool) -> MeasuredIR:
         task = ray.remote(measure_on_node).options(num_cpus=0, **_placement(self.resource))
         baseline = self.baseline_onnx if against is not None else None
-        reply = ray.get(task.remote(Path(onnx_path).read_bytes(), baseline, self.inputs, self.target.to_dict(), self.config.to_dict(), latency))
+        reply = ray.get(
+            task.remote(
+                Path(onnx_path).read_bytes(),
+                baseline,
+                self.inputs,
+                self.target.to_dict(),
+                self.config.to_dict(),
+                latency,
+            )
+        )
         Path(ir_path).write_bytes(reply["xml"])
         Path(ir_path).with_suffix(".bin").write_bytes(reply["bin"])
         return reply["measured"]
 
-    def compare(self, ir_paths: list[str], inputs_file: Path, config: LatencyConfig) -> tuple[list[np.ndarray], dict]:
+    def compare(
+        self, ir_paths: list[str], inputs_file: Path, config: LatencyConfig
+    ) -> tuple[list[np.ndarray], dict]:
         best = Path(ir_paths[1])
         task = ray.remote(compare_on_node).options(num_cpus=0, **_placement(self.resource))
-        return ray.get(task.remote(best.read_bytes(), best.with_suffix(".bin").read_bytes(), self.baseline_onnx,
-                                   np.load(inputs_file), self.target.to_dict(), config.to_dict()))
+        return ray.get(
+            task.remote(
+                best.read_bytes(),
+                best.with_suffix(".bin").read_bytes(),
+                self.baseline_onnx,
+                np.load(inputs_file),
+                self.target.to_dict(),
+                config.to_dict(),
+            )
+        )
 
 
 # -- the trainable -------------------------------------------------------------------------------
@@ -305,12 +394,16 @@ def tune_trial(config: dict, work: TuneWork) -> None:
     Ray retries it."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
     policy = SearchSpace.from_dict(work.space).policy(config)
-    placeholders = {objective_key(o): None for o in work.trial.setup.objectives}  # Tune wants the searcher's metrics in every result
+    placeholders = {
+        objective_key(o): None for o in work.trial.setup.objectives
+    }  # Tune wants the searcher's metrics in every result
     trained_on = node_id()
     last_check = [0.0]
 
     def report(stage: str, checkpoint: tune.Checkpoint | None = None, **fields: Any) -> None:
-        tune.report({**placeholders, "accuracy_check": last_check[0], **fields, "stage": stage}, checkpoint=checkpoint)
+        tune.report(
+            {**placeholders, "accuracy_check": last_check[0], **fields, "stage": stage}, checkpoint=checkpoint
+        )
 
     def on_check(stage: str, accuracy: float) -> None:
         last_check[0] = accuracy
@@ -320,7 +413,9 @@ def tune_trial(config: dict, work: TuneWork) -> None:
     candidate = work_dir / "candidate"
 
     def on_exported(exported: Exported) -> None:
-        (work_dir / STAGE_FILE).write_text(json.dumps({"stage": "exported", "exported": exported.to_dict(), "node_trained": trained_on}))
+        (work_dir / STAGE_FILE).write_text(
+            json.dumps({"stage": "exported", "exported": exported.to_dict(), "node_trained": trained_on})
+        )
         report("exported", checkpoint=tune.Checkpoint.from_directory(str(work_dir)))
 
     try:
@@ -330,12 +425,23 @@ def tune_trial(config: dict, work: TuneWork) -> None:
             return
         exported = None
         if restored is not None:  # exported before its worker died: measure only
-            exported = dataclasses.replace(Exported.from_dict(restored["exported"]), onnx_path=str(candidate / "model.onnx"))
-        outcome = work.trial(policy, candidate, measure=work.measure, latency_cache=LatencyCache(work.latency_cache),
-                             on_check=on_check, exported=exported, on_exported=on_exported)
+            exported = dataclasses.replace(
+                Exported.from_dict(restored["exported"]), onnx_path=str(candidate / "model.onnx")
+            )
+        outcome = work.trial(
+            policy,
+            candidate,
+            measure=work.measure,
+            latency_cache=LatencyCache(work.latency_cache),
+            on_check=on_check,
+            exported=exported,
+            on_exported=on_exported,
+        )
         if outcome.measurements is not None:
             where = dict(node_trained=trained_on, resumed_from="exported" if restored is not None else None)
-            outcome = dataclasses.replace(outcome, measurements=dataclasses.replace(outcome.measurements, **where))
+            outcome = dataclasses.replace(
+                outcome, measurements=dataclasses.replace(outcome.measurements, **where)
+            )
         result = {
             "state": outcome.state,
             "policy": policy.to_dict(),
@@ -387,11 +493,14 @@ class RaySession:
         self.experiment = self.location = _join(storage_path, job.study_name)
         if not job.resuming and tune.Tuner.can_restore(self.experiment):
             raise ValueError(
-                f"a Ray experiment already exists at {self.experiment}: continue it with autocompress.resume({self.experiment!r}) "
+                f"a Ray experiment already exists at {self.experiment}: continue it with "
+                f"autocompress.resume({self.experiment!r}) "
                 "(or `autocompress resume PATH`), or pick another study_name"
             )
         self.started_ray = _connect(self.options.address)
-        self.measure = RayMeasure(ray.put(job.setup.val.inputs), job.setup.target, self.options.target_resource)
+        self.measure = RayMeasure(
+            ray.put(job.setup.val.inputs), job.setup.target, self.options.target_resource
+        )
         if job.resuming:
             self.measure.baseline_onnx = ray.put(_read(self.experiment, BASELINE_FILE))
 
@@ -411,20 +520,28 @@ class RaySession:
         stored = {"settings": self.job.settings.to_dict(), "baseline": baseline.to_dict()}
         _write(self.experiment, SETTINGS_FILE, json.dumps(stored, indent=1, default=str).encode())
         _write(self.experiment, BASELINE_FILE, baseline_onnx)
-        _write(self.experiment, SETUP_FILE, _pickle(self.job.setup, self.job.test_loader, self.job.settings.objective))
+        _write(
+            self.experiment,
+            SETUP_FILE,
+            _pickle(self.job.setup, self.job.test_loader, self.job.settings.objective),
+        )
 
     def run(self, trial: Trial) -> list[TrialRecord]:
         settings, space = self.job.settings, self.job.space
         cache = None if "://" in self.experiment else _join(self.experiment, "latency-cache")
         work = TuneWork(trial=trial, space=space.to_dict(), measure=self.measure, latency_cache=cache)
-        resources = {("CPU" if k.lower() == "cpu" else "GPU" if k.lower() == "gpu" else k): v
-                     for k, v in self.options.resources_per_trial.items()}
+        resources = {
+            ("CPU" if k.lower() == "cpu" else "GPU" if k.lower() == "gpu" else k): v
+            for k, v in self.options.resources_per_trial.items()
+        }
         trainable = tune.with_resources(tune.with_parameters(tune_trial, work=work), resources)
         bar = _Progress(settings.n_trials, self.job.progress)
         if self.job.resuming:
             if "://" not in self.experiment:
                 _check_tune_state(Path(self.experiment), self._searcher())
-            tuner = tune.Tuner.restore(self.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(
+                self.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
         else:
             tuner = tune.Tuner(trainable, tune_config=self._tune_config(), run_config=self._run_config(bar))
         grid = tuner.fit()
@@ -437,13 +554,19 @@ class RaySession:
         objectives = self.job.setup.objectives
         searched = {d.name for d in space.searched}
         return StudySearcher(
-            space={name: optuna.distributions.distribution_to_json(d) for name, d in distributions(space).items()},
+            space={
+                name: optuna.distributions.distribution_to_json(d) for name, d in distributions(space).items()
+            },
             metrics=[objective_key(o) for o in objectives],
             modes=["min" if o.direction == "minimize" else "max" for o in objectives],
             points=[{k: v for k, v in point.items() if k in searched} for point in space.start_points],
-            sampler=settings.sampler if isinstance(settings.sampler, str) else "auto", seed=settings.seed,
-            n_trials=settings.n_trials, study_name=self.job.study_name, storage=settings.storage,
-            max_concurrent=self.options.max_concurrent, sampler_instance=self.backend.sampler,
+            sampler=settings.sampler if isinstance(settings.sampler, str) else "auto",
+            seed=settings.seed,
+            n_trials=settings.n_trials,
+            study_name=self.job.study_name,
+            storage=settings.storage,
+            max_concurrent=self.options.max_concurrent,
+            sampler_instance=self.backend.sampler,
         )
 
     def _tune_config(self) -> tune.TuneConfig:
@@ -451,15 +574,23 @@ class RaySession:
         if self.options.scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(metric="accuracy_check", mode="max", max_t=MAX_REPORTS, grace_period=1, reduction_factor=2)
+            scheduler = ASHAScheduler(
+                metric="accuracy_check", mode="max", max_t=MAX_REPORTS, grace_period=1, reduction_factor=2
+            )
         return tune.TuneConfig(
-            search_alg=self._searcher(), scheduler=scheduler, num_samples=self.job.settings.n_trials,
-            reuse_actors=self.options.reuse_actors, time_budget_s=self.job.settings.timeout,
+            search_alg=self._searcher(),
+            scheduler=scheduler,
+            num_samples=self.job.settings.n_trials,
+            reuse_actors=self.options.reuse_actors,
+            time_budget_s=self.job.settings.timeout,
         )
 
     def _run_config(self, bar: _Progress) -> tune.RunConfig:
         return tune.RunConfig(
-            name=self.job.study_name, storage_path=self.experiment.rsplit("/", 1)[0], verbose=0, callbacks=[bar],
+            name=self.job.study_name,
+            storage_path=self.experiment.rsplit("/", 1)[0],
+            verbose=0,
+            callbacks=[bar],
             failure_config=tune.FailureConfig(max_failures=self.options.max_failures),
             # Keep both of a trial's checkpoints (export, measurement): with num_to_keep=1 the first is
             # deleted, and a driver killed before its state recorded the second cannot restore the trial.
@@ -481,7 +612,9 @@ def load_experiment(path: str | os.PathLike, *, address: str | None = None, time
         stored = json.loads(_read(experiment, SETTINGS_FILE))
         setup, test_loader, objective = _unpickle(_read(experiment, SETUP_FILE))
     except FileNotFoundError:
-        raise ValueError(f"the Ray experiment at {experiment} was not written by autocompress.search (no {SETTINGS_FILE})") from None
+        raise ValueError(
+            f"the Ray experiment at {experiment} was not written by autocompress.search (no {SETTINGS_FILE})"
+        ) from None
     settings = SearchSettings.from_dict(stored["settings"], objective=objective, timeout=timeout)
     options = dataclasses.replace(settings.backend, **({"address": address} if address else {}))
     if "://" not in experiment:  # the experiment may have moved: its storage_path is where it is now
@@ -494,7 +627,11 @@ def _record(result, space: SearchSpace, objectives: list[Objective], workdir: Pa
     metrics = result.metrics or {}
     number = _trial_number(metrics, result.path)
     config = dict(result.config or {})
-    policy = Policy.from_dict(metrics["policy"]) if metrics.get("policy") else (space.policy(config) if config else None)
+    policy = (
+        Policy.from_dict(metrics["policy"])
+        if metrics.get("policy")
+        else (space.policy(config) if config else None)
+    )
     if result.error is not None:
         outcome = TrialOutcome("FAIL", error=f"{type(result.error).__name__}: {result.error}"[:2000])
     elif metrics.get("outcome") is None:
@@ -556,15 +693,21 @@ def _check_tune_state(experiment: Path, searcher: StudySearcher) -> None:
         newest = _newest(experiment, pattern)
         if newest is None or not _loads(newest):
             raise ValueError(
-                f"the Ray experiment at {experiment} cannot be resumed: Tune's state file {newest or pattern} is missing or "
+                f"the Ray experiment at {experiment} cannot be resumed: Tune's state file {newest or pattern} "
+                "is missing or "
                 "damaged (the driver was killed while it was being written). The finished trials' results are in the "
                 "trial directories there; start a new search (another study_name) to go on"
             )
     searcher_state = _newest(experiment, "searcher-state-*.pkl")
     if searcher_state is not None and _loads(searcher_state):
         return
-    log.warning("the sampler's saved state in %s is damaged; rebuilding it from the trials' results", experiment)
-    records = [{"trial_id": trial_id, "params": params, "final": final} for trial_id, params, final in _trial_results(experiment)]
+    log.warning(
+        "the sampler's saved state in %s is damaged; rebuilding it from the trials' results", experiment
+    )
+    records = [
+        {"trial_id": trial_id, "params": params, "final": final}
+        for trial_id, params, final in _trial_results(experiment)
+    ]
     searcher.set_state({"options": searcher.options, "records": records})
     target = searcher_state or experiment / Searcher.CKPT_FILE_TMPL.format("rebuilt")
     staging = target.with_name(f".{target.name}.rebuilt")
@@ -577,7 +720,11 @@ def _trial_results(experiment: Path) -> Iterator[tuple[str, dict, dict | None]]:
     files the trials wrote themselves (params.json, result.json: one JSON line per report)."""
     for params_file in sorted(experiment.glob("*/params.json")):
         results_file = params_file.parent / "result.json"
-        lines = [line for line in results_file.read_text().splitlines() if line.strip()] if results_file.exists() else []
+        lines = (
+            [line for line in results_file.read_text().splitlines() if line.strip()]
+            if results_file.exists()
+            else []
+        )
         results = []
         for line in lines:
             with contextlib.suppress(ValueError):  # a line cut short by the kill
@@ -585,7 +732,11 @@ def _trial_results(experiment: Path) -> Iterator[tuple[str, dict, dict | None]]:
         if not results:
             continue  # never reported: Tune restarts it, and the sampler never hears of it
         final = next((r for r in reversed(results) if r.get("stage") == "done"), None)
-        yield results[0]["trial_id"], json.loads(params_file.read_text()), _final_only(final) if final else None
+        yield (
+            results[0]["trial_id"],
+            json.loads(params_file.read_text()),
+            _final_only(final) if final else None,
+        )
 
 
 def _newest(directory: Path, pattern: str) -> Path | None:
@@ -616,15 +767,25 @@ def _connect(address: str | None) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # A SIGKILLed driver loses at most this many seconds of experiment state.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # that period is deliberate
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with it, verbose=0 keeps Tune's tables out of our progress bar
+    os.environ.setdefault(
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"
+    )  # that period is deliberate
+    os.environ.setdefault(
+        "RAY_AIR_NEW_OUTPUT", "0"
+    )  # with it, verbose=0 keeps Tune's tables out of our progress bar
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=None if address == "local" else address, logging_level=logging.WARNING, include_dashboard=False)
+        ray.init(
+            address=None if address == "local" else address,
+            logging_level=logging.WARNING,
+            include_dashboard=False,
+        )
     except ConnectionError as error:
-        raise ValueError(f"cannot connect to the Ray cluster at {address!r}: {error}. Start one with `ray start --head`, "
-                         "or pass address=None to run a local Ray") from None
+        raise ValueError(
+            f"cannot connect to the Ray cluster at {address!r}: {error}. Start one with `ray start --head`, "
+            "or pass address=None to run a local Ray"
+        ) from None
     return True
 
 
@@ -647,7 +808,10 @@ def _check_storage_path(path: str) -> str:
     if "://" in path:
         return path
     if not Path(path).is_absolute():
-        raise ValueError(f"Ray storage_path must be absolute or a URI (s3://, gs://), got {path!r}; e.g. {str(Path(path).resolve())!r}")
+        raise ValueError(
+            f"Ray storage_path must be absolute or a URI (s3://, gs://), got {path!r}; "
+            f"e.g. {str(Path(path).resolve())!r}"
+        )
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
         probe = Path(path) / f".autocompress-write-test-{os.getpid()}"

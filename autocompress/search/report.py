@@ -50,8 +50,11 @@ def write_report(result: SearchResult, directory: str | Path) -> dict[str, Path]
 # -- what is plotted ----------------------------------------------------------------------
 def _complete(result: SearchResult) -> list[TrialRecord]:
     return [
-        t for t in result.trials
-        if t.state == "COMPLETE" and _number(getattr(t.measurements, "speedup", None)) is not None and _number(getattr(t.measurements, "accuracy", None)) is not None
+        t
+        for t in result.trials
+        if t.state == "COMPLETE"
+        and _number(getattr(t.measurements, "speedup", None)) is not None
+        and _number(getattr(t.measurements, "accuracy", None)) is not None
     ]
 
 
@@ -61,7 +64,9 @@ def _number(value: Any) -> float | None:
 
 def _front(result: SearchResult) -> list[TrialRecord]:
     """The Pareto trials in speedup order (to draw as one line)."""
-    return sorted((t for t in result.pareto if t.measurements is not None), key=lambda t: t.measurements.speedup)
+    return sorted(
+        (t for t in result.pareto if t.measurements is not None), key=lambda t: t.measurements.speedup
+    )
 
 
 def layer_choices(result: SearchResult) -> list[dict[str, Any]]:
@@ -77,7 +82,10 @@ def layer_choices(result: SearchResult) -> list[dict[str, Any]]:
     knobs = _column_knobs()
     columns = [k.column for k in knobs]
     if best.policy is not None and layers and best.policy.student is None:
-        return [{"layer": name, **{k.column: k.read(lp) for k in knobs}} for name, lp in best.policy.resolve(layers).items()]
+        return [
+            {"layer": name, **{k.column: k.read(lp) for k in knobs}}
+            for name, lp in best.policy.resolve(layers).items()
+        ]
     column_of = {k.name: k.column for k in knobs}
     per_layer: dict[str, dict[str, Any]] = {}
     everywhere: dict[str, Any] = {}
@@ -131,25 +139,49 @@ def _plot_trials(ax, result: SearchResult) -> None:
         return [t.measurements.speedup for t in ts], [t.measurements.accuracy for t in ts]
 
     if infeasible:
-        ax.scatter(*xy(infeasible), marker="x", color="tab:red", alpha=0.7, label=f"infeasible ({len(infeasible)})")
+        ax.scatter(
+            *xy(infeasible), marker="x", color="tab:red", alpha=0.7, label=f"infeasible ({len(infeasible)})"
+        )
     if feasible:
-        ax.scatter(*xy(feasible), marker="o", color="tab:blue", alpha=0.7, label=f"feasible ({len(feasible)})")
+        ax.scatter(
+            *xy(feasible), marker="o", color="tab:blue", alpha=0.7, label=f"feasible ({len(feasible)})"
+        )
     front = _front(result)
     if front:
         ax.plot(*xy(front), color="tab:blue", linewidth=1.2, label="Pareto front")
         for t in front:
-            ax.annotate(f"#{t.number}", (t.measurements.speedup, t.measurements.accuracy),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:blue")
+            ax.annotate(
+                f"#{t.number}",
+                (t.measurements.speedup, t.measurements.accuracy),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color="tab:blue",
+            )
     base = _number(result.baseline.get("accuracy"))
     if base is not None:
         ax.scatter([1.0], [base], marker="*", s=180, color="black", zorder=5, label=f"baseline ({base:.4f})")
     if result.floor is not None:
-        ax.axhline(result.floor, color="tab:red", linestyle="--", linewidth=1, label=f"accuracy floor {result.floor:.4f}")
+        ax.axhline(
+            result.floor,
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label=f"accuracy floor {result.floor:.4f}",
+        )
     best = result.best
     if best is not None and any(t.number == best.number for t in trials):
-        ax.scatter([best.measurements.speedup], [best.measurements.accuracy], s=260, facecolors="none",
-                   edgecolors="tab:green", linewidths=2.2, zorder=6,
-                   label=f"best: #{best.number}, {best.measurements.speedup:.2f}x" + ("" if result.feasible else " (infeasible)"))
+        ax.scatter(
+            [best.measurements.speedup],
+            [best.measurements.accuracy],
+            s=260,
+            facecolors="none",
+            edgecolors="tab:green",
+            linewidths=2.2,
+            zorder=6,
+            label=f"best: #{best.number}, {best.measurements.speedup:.2f}x"
+            + ("" if result.feasible else " (infeasible)"),
+        )
     ax.set_xlabel("speedup over the baseline (latency on the target)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"{len(trials)} finished trials (pruned and failed ones not shown)", fontsize=10)
@@ -161,7 +193,11 @@ def _plot_choices(ax, result: SearchResult, rows: list[dict[str, Any]]) -> None:
     best = result.best
     if not rows:
         ax.axis("off")
-        text = "no best policy" if best is None else f"best policy (trial {best.number}):\n{summarize_policy(best.params)}"
+        text = (
+            "no best policy"
+            if best is None
+            else f"best policy (trial {best.number}):\n{summarize_policy(best.params)}"
+        )
         ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, wrap=True)
         return
     import numpy as np
@@ -184,7 +220,11 @@ def _plot_choices(ax, result: SearchResult, rows: list[dict[str, Any]]) -> None:
     ax.xaxis.tick_top()
     ax.set_yticks(range(len(rows)), [r["layer"] for r in rows], fontsize=8)
     ax.tick_params(length=0)
-    extra = f"; student {best.policy.student.family}" if best.policy is not None and best.policy.student is not None else ""
+    extra = (
+        f"; student {best.policy.student.family}"
+        if best.policy is not None and best.policy.student is not None
+        else ""
+    )
     ax.set_title(f"best policy per layer (trial {best.number}{extra})", fontsize=10)
 
 
@@ -202,14 +242,17 @@ def _write_html(result: SearchResult, path: Path, png: Path | None) -> Path:
     plots = []
     for i, (title, fig) in enumerate(figures):
         # plotly.js is embedded once, in the first figure: the page needs no network.
-        div = pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), include_mathjax=False, config=config)
+        div = pio.to_html(
+            fig, full_html=False, include_plotlyjs=(i == 0), include_mathjax=False, config=config
+        )
         plots.append(f"<h2>{html.escape(title)}</h2>\n{div}")
     best = result.best
     policy_json = best.policy.to_json() if best is not None and best.policy is not None else "(none)"
     image = ""
     if png is not None and png.exists():
         encoded = base64.b64encode(png.read_bytes()).decode()
-        image = f'<h2>Overview</h2>\n<img alt="search report" style="max-width:100%" src="data:image/png;base64,{encoded}">'
+        source = f"data:image/png;base64,{encoded}"
+        image = f'<h2>Overview</h2>\n<img alt="search report" style="max-width:100%" src="{source}">'
     sections = [
         f"<h1>autocompress search: {html.escape(result.study_name)}</h1>",
         f"<pre>{html.escape(result.summary())}</pre>",
@@ -253,37 +296,78 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _comparison_table(result: SearchResult) -> str:
     base = result.baseline
-    m = result.best.measurements.to_dict() if result.best is not None and result.best.measurements is not None else {}
+    m = (
+        result.best.measurements.to_dict()
+        if result.best is not None and result.best.measurements is not None
+        else {}
+    )
     test = result.test or {}
 
     def fmt(value: Any, kind: str) -> str:
         value = _number(value)
         if value is None:
             return "-"
-        return {"pct": f"{100 * value:.2f}%", "ms": f"{value:.4f}", "x": f"{value:.2f}x", "int": f"{int(value):,}"}[kind]
+        return {
+            "pct": f"{100 * value:.2f}%",
+            "ms": f"{value:.4f}",
+            "x": f"{value:.2f}x",
+            "int": f"{int(value):,}",
+        }[kind]
 
     def ratio(a: Any, b: Any) -> str:
         a, b = _number(a), _number(b)
         return f"{b / a:.3g}x" if a and b is not None else "-"
 
     rows = [
-        ["validation accuracy", fmt(base.get("accuracy"), "pct"), fmt(m.get("accuracy"), "pct"),
-         _delta(base.get("accuracy"), m.get("accuracy"))],
-        ["test accuracy", fmt(test.get("baseline_accuracy"), "pct"), fmt(test.get("accuracy"), "pct"),
-         _delta(test.get("baseline_accuracy"), test.get("accuracy"))],
-        ["latency ms (trial measurement)", fmt(base.get("latency_ms"), "ms"), fmt(m.get("latency_ms"), "ms"), ratio(base.get("latency_ms"), m.get("latency_ms"))],
+        [
+            "validation accuracy",
+            fmt(base.get("accuracy"), "pct"),
+            fmt(m.get("accuracy"), "pct"),
+            _delta(base.get("accuracy"), m.get("accuracy")),
+        ],
+        [
+            "test accuracy",
+            fmt(test.get("baseline_accuracy"), "pct"),
+            fmt(test.get("accuracy"), "pct"),
+            _delta(test.get("baseline_accuracy"), test.get("accuracy")),
+        ],
+        [
+            "latency ms (trial measurement)",
+            fmt(base.get("latency_ms"), "ms"),
+            fmt(m.get("latency_ms"), "ms"),
+            ratio(base.get("latency_ms"), m.get("latency_ms")),
+        ],
         ["speedup (trial measurement)", "1.00x", fmt(m.get("speedup"), "x"), ""],
     ]
     if test:
         rows += [
-            ["latency ms (test re-check)", fmt(test.get("baseline_latency_ms"), "ms"), fmt(test.get("latency_ms"), "ms"),
-             ratio(test.get("baseline_latency_ms"), test.get("latency_ms"))],
+            [
+                "latency ms (test re-check)",
+                fmt(test.get("baseline_latency_ms"), "ms"),
+                fmt(test.get("latency_ms"), "ms"),
+                ratio(test.get("baseline_latency_ms"), test.get("latency_ms")),
+            ],
             ["speedup (test re-check)", "1.00x", fmt(test.get("speedup"), "x"), ""],
         ]
     rows += [
-        ["IR size bytes", fmt(base.get("size_bytes"), "int"), fmt(m.get("size_bytes"), "int"), ratio(base.get("size_bytes"), m.get("size_bytes"))],
-        ["parameters", fmt(base.get("parameters"), "int"), fmt(m.get("parameters"), "int"), ratio(base.get("parameters"), m.get("parameters"))],
-        ["FLOPs", fmt(base.get("flops"), "int"), fmt(m.get("flops"), "int"), ratio(base.get("flops"), m.get("flops"))],
+        [
+            "IR size bytes",
+            fmt(base.get("size_bytes"), "int"),
+            fmt(m.get("size_bytes"), "int"),
+            ratio(base.get("size_bytes"), m.get("size_bytes")),
+        ],
+        [
+            "parameters",
+            fmt(base.get("parameters"), "int"),
+            fmt(m.get("parameters"), "int"),
+            ratio(base.get("parameters"), m.get("parameters")),
+        ],
+        [
+            "FLOPs",
+            fmt(base.get("flops"), "int"),
+            fmt(m.get("flops"), "int"),
+            ratio(base.get("flops"), m.get("flops")),
+        ],
     ]
     label = "best" if result.best is None else f"best (trial {result.best.number})"
     return _table(["", "baseline", label, "best / baseline"], rows)
@@ -298,7 +382,9 @@ def _choices_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>(no per-layer choices)</p>"
     columns = knob_columns()
-    return _table(["layer", *columns], [[r["layer"], *(_format_choice(c, r[c]) for c in columns)] for r in rows])
+    return _table(
+        ["layer", *columns], [[r["layer"], *(_format_choice(c, r[c]) for c in columns)] for r in rows]
+    )
 
 
 def _pareto_figure(result: SearchResult):
@@ -309,43 +395,78 @@ def _pareto_figure(result: SearchResult):
 
     def hover(t: TrialRecord) -> str:
         m = t.measurements
-        return (f"trial {t.number}<br>accuracy {m.accuracy:.4f}, speedup {m.speedup:.2f}x<br>"
-                + html.escape(summarize_policy(t.params)))
+        return f"trial {t.number}<br>accuracy {m.accuracy:.4f}, speedup {m.speedup:.2f}x<br>" + html.escape(
+            summarize_policy(t.params)
+        )
 
     for label, group, symbol, colour in (
         ("feasible", [t for t in trials if t.feasible], "circle", "#1f77b4"),
         ("infeasible", [t for t in trials if not t.feasible], "x", "#d62728"),
     ):
         if group:
-            fig.add_trace(go.Scatter(
-                x=[t.measurements.speedup for t in group], y=[t.measurements.accuracy for t in group],
-                mode="markers", name=f"{label} ({len(group)})", marker={"symbol": symbol, "size": 9, "color": colour},
-                text=[hover(t) for t in group], hovertemplate="%{text}<extra></extra>",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=[t.measurements.speedup for t in group],
+                    y=[t.measurements.accuracy for t in group],
+                    mode="markers",
+                    name=f"{label} ({len(group)})",
+                    marker={"symbol": symbol, "size": 9, "color": colour},
+                    text=[hover(t) for t in group],
+                    hovertemplate="%{text}<extra></extra>",
+                )
+            )
     front = _front(result)
     if front:
-        fig.add_trace(go.Scatter(
-            x=[t.measurements.speedup for t in front], y=[t.measurements.accuracy for t in front],
-            mode="lines", name="Pareto front", line={"color": "#1f77b4"}, hoverinfo="skip",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[t.measurements.speedup for t in front],
+                y=[t.measurements.accuracy for t in front],
+                mode="lines",
+                name="Pareto front",
+                line={"color": "#1f77b4"},
+                hoverinfo="skip",
+            )
+        )
     base = _number(result.baseline.get("accuracy"))
     if base is not None:
-        fig.add_trace(go.Scatter(
-            x=[1.0], y=[base], mode="markers", name="baseline", marker={"symbol": "star", "size": 16, "color": "black"},
-            hovertemplate=f"baseline<br>accuracy {base:.4f}, speedup 1.00x<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[1.0],
+                y=[base],
+                mode="markers",
+                name="baseline",
+                marker={"symbol": "star", "size": 16, "color": "black"},
+                hovertemplate=f"baseline<br>accuracy {base:.4f}, speedup 1.00x<extra></extra>",
+            )
+        )
     best = result.best
     if best is not None and any(t.number == best.number for t in trials):
-        fig.add_trace(go.Scatter(
-            x=[best.measurements.speedup], y=[best.measurements.accuracy], mode="markers", name=f"best (#{best.number})",
-            marker={"size": 20, "color": "rgba(0,0,0,0)", "line": {"color": "#2ca02c", "width": 3}},
-            text=[hover(best)], hovertemplate="%{text}<extra>best</extra>",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[best.measurements.speedup],
+                y=[best.measurements.accuracy],
+                mode="markers",
+                name=f"best (#{best.number})",
+                marker={"size": 20, "color": "rgba(0,0,0,0)", "line": {"color": "#2ca02c", "width": 3}},
+                text=[hover(best)],
+                hovertemplate="%{text}<extra>best</extra>",
+            )
+        )
     if result.floor is not None:
-        fig.add_hline(y=result.floor, line_dash="dash", line_color="#d62728",
-                      annotation_text=f"accuracy floor {result.floor:.4f}", annotation_position="bottom right")
-    fig.update_layout(xaxis_title="speedup over the baseline", yaxis_title="validation accuracy", height=520,
-                      template="plotly_white", legend={"orientation": "h", "y": -0.2})
+        fig.add_hline(
+            y=result.floor,
+            line_dash="dash",
+            line_color="#d62728",
+            annotation_text=f"accuracy floor {result.floor:.4f}",
+            annotation_position="bottom right",
+        )
+    fig.update_layout(
+        xaxis_title="speedup over the baseline",
+        yaxis_title="validation accuracy",
+        height=520,
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+    )
     return fig
 
 
@@ -368,7 +489,9 @@ def _history_figure(result: SearchResult):
             study = optuna.load_study(study_name=result.study_name, storage=storage)
             name = result.objectives[0]["name"] if result.objectives else "objective"
             if len(study.directions) > 1:  # the history of the first objective
-                fig = optuna.visualization.plot_optimization_history(study, target=lambda t: t.values[0], target_name=name)
+                fig = optuna.visualization.plot_optimization_history(
+                    study, target=lambda t: t.values[0], target_name=name
+                )
             else:
                 fig = optuna.visualization.plot_optimization_history(study, target_name=name)
         fig.update_layout(height=450)

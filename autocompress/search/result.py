@@ -28,10 +28,25 @@ class TrialRecord:
     error: str | None = None
 
     @classmethod
-    def from_outcome(cls, number: int, params: dict[str, Any], policy: Policy | None, outcome: TrialOutcome,
-                     seconds: float | None) -> TrialRecord:
-        return cls(number, outcome.state, dict(params), policy, outcome.measurements, outcome.values, outcome.violation,
-                   seconds, outcome.error)
+    def from_outcome(
+        cls,
+        number: int,
+        params: dict[str, Any],
+        policy: Policy | None,
+        outcome: TrialOutcome,
+        seconds: float | None,
+    ) -> TrialRecord:
+        return cls(
+            number,
+            outcome.state,
+            dict(params),
+            policy,
+            outcome.measurements,
+            outcome.values,
+            outcome.violation,
+            seconds,
+            outcome.error,
+        )
 
     @property
     def feasible(self) -> bool:
@@ -100,7 +115,11 @@ class SearchResult:
             if t is None:
                 return None
             measurements = t.measurements.to_dict() if t.measurements else None
-            return {**t.row(), "policy": t.policy.to_dict() if t.policy else None, "measurements": measurements}
+            return {
+                **t.row(),
+                "policy": t.policy.to_dict() if t.policy else None,
+                "measurements": measurements,
+            }
 
         return {
             "study_name": self.study_name,
@@ -129,11 +148,18 @@ class SearchResult:
         base = self.baseline["accuracy"]
         for t in self.pareto:
             m = t.measurements
-            lines.append([
-                str(t.number), f"{100 * m.accuracy:.2f}%", f"{100 * (m.accuracy - base):+.2f}",
-                f"{m.speedup:.2f}x", f"{m.latency_ms:.4f}", f"{m.size_ratio:.0%}", f"{m.parameters:,}",
-                summarize_policy(t.params),
-            ])
+            lines.append(
+                [
+                    str(t.number),
+                    f"{100 * m.accuracy:.2f}%",
+                    f"{100 * (m.accuracy - base):+.2f}",
+                    f"{m.speedup:.2f}x",
+                    f"{m.latency_ms:.4f}",
+                    f"{m.size_ratio:.0%}",
+                    f"{m.parameters:,}",
+                    summarize_policy(t.params),
+                ]
+            )
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in lines]
         out.insert(1, "  ".join("-" * w for w in widths))
@@ -144,7 +170,8 @@ class SearchResult:
         for t in self.trials:
             counts[t.state] = counts.get(t.state, 0) + 1
         lines = [
-            f"study {self.study_name!r}: {len(self.trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in counts.items())}) "
+            f"study {self.study_name!r}: {len(self.trials)} trials "
+            f"({', '.join(f'{n} {s.lower()}' for s, n in counts.items())}) "
             f"in {self.seconds:.0f} s; {sum(t.feasible for t in self.trials)} feasible; {self.constraint}",
             self.message,
         ]
@@ -175,7 +202,9 @@ class SearchResult:
             "trial": self.best.number,
             "feasible": self.feasible,
             "constraint": self.constraint,
-            "validation": {k: v for k, v in self.best.measurements.to_dict().items() if not k.endswith("_path")},
+            "validation": {
+                k: v for k, v in self.best.measurements.to_dict().items() if not k.endswith("_path")
+            },
             "baseline": self.baseline,
             "test": self.test,
             "study": {"name": self.study_name, "storage": self.storage, "objectives": self.objectives},
@@ -196,8 +225,16 @@ def summarize_policy(params: dict[str, Any]) -> str:
 
 
 def summarize_trials(
-    records: list[TrialRecord], *, objectives: list, constraint, baseline, layers: tuple[str, ...], name: str, storage: str,
-    workdir: Path, strategy: str,
+    records: list[TrialRecord],
+    *,
+    objectives: list,
+    constraint,
+    baseline,
+    layers: tuple[str, ...],
+    name: str,
+    storage: str,
+    workdir: Path,
+    strategy: str,
 ) -> SearchResult:
     """A SearchResult from the trials of a search (any backend): best, Pareto front, message."""
     finished = [r for r in records if r.state == "COMPLETE"]
@@ -209,9 +246,11 @@ def summarize_trials(
         message = f"best feasible trial {best.number}: {values}, validation accuracy {best.measurements.accuracy:.4f}"
     elif finished:
         best = min(finished, key=lambda r: r.violation)
-        message = (f"INFEASIBLE: no trial met {constraint.describe(baseline.accuracy)}; the closest, trial "
-                   f"{best.number}, reached {best.measurements.accuracy:.4f}. Allow a larger drop, a longer "
-                   "fine-tune, or a gentler space.")
+        message = (
+            f"INFEASIBLE: no trial met {constraint.describe(baseline.accuracy)}; the closest, trial "
+            f"{best.number}, reached {best.measurements.accuracy:.4f}. Allow a larger drop, a longer "
+            "fine-tune, or a gentler space."
+        )
     else:
         best = None
         errors = {r.error for r in records if r.error}
@@ -243,8 +282,12 @@ def pareto_front(records: list[TrialRecord], objectives: list) -> list[TrialReco
 
     keys = {r.number: key(r) for r in records}
     front = [
-        r for r in records
-        if not any(all(a <= b for a, b in zip(keys[o.number], keys[r.number])) and keys[o.number] != keys[r.number] for o in records)
+        r
+        for r in records
+        if not any(
+            all(a <= b for a, b in zip(keys[o.number], keys[r.number])) and keys[o.number] != keys[r.number]
+            for o in records
+        )
     ]
     unique: dict[tuple, TrialRecord] = {}
     for r in sorted(front, key=lambda r: (keys[r.number], r.number)):

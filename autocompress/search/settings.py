@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import optuna
 
@@ -63,7 +64,9 @@ class Ray:
         if self.max_concurrent is not None:
             _check_int("Ray.max_concurrent", self.max_concurrent, 1)
         if not isinstance(self.resources_per_trial, dict) or not self.resources_per_trial:
-            raise ValueError(f"resources_per_trial must be a non-empty dict such as {{'cpu': 1}}, got {self.resources_per_trial!r}")
+            raise ValueError(
+                f"resources_per_trial must be a non-empty dict such as {{'cpu': 1}}, got {self.resources_per_trial!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,7 +112,9 @@ class SearchSettings:
         _check_int("seed", self.seed, 0)
         if self.timeout is not None and (not _number(self.timeout) or self.timeout <= 0):
             raise ValueError(f"timeout must be a number of seconds > 0 or None, got {self.timeout!r}")
-        if self.early_stop_margin is not None and (not _number(self.early_stop_margin) or self.early_stop_margin < 0):
+        if self.early_stop_margin is not None and (
+            not _number(self.early_stop_margin) or self.early_stop_margin < 0
+        ):
             raise ValueError(f"early_stop_margin must be >= 0 or None, got {self.early_stop_margin!r}")
         if not isinstance(self.space, (str, dict)):
             raise TypeError(f"space must be a preset name or a search space, got {type(self.space).__name__}")
@@ -118,15 +123,21 @@ class SearchSettings:
         if not isinstance(self.finetune, Finetune):
             raise TypeError(f"finetune must be an autocompress.Finetune, got {type(self.finetune).__name__}")
         if self.sampler not in SAMPLERS and not _is_sampler(self.sampler):
-            raise ValueError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)} or an optuna sampler instance")
+            raise ValueError(
+                f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)} or an optuna sampler instance"
+            )
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
         if self.backend not in BACKENDS and not isinstance(self.backend, Ray):
-            raise ValueError(f"unknown backend {self.backend!r}; use 'optuna', 'ray' or autocompress.search.Ray(...)")
+            raise ValueError(
+                f"unknown backend {self.backend!r}; use 'optuna', 'ray' or autocompress.search.Ray(...)"
+            )
         if self.backend == "ray":
             object.__setattr__(self, "backend", Ray())
         if isinstance(self.backend, Ray) and self.strategy != "direct":
-            raise ValueError(f"strategy={self.strategy!r} runs on the Optuna backend only; use backend='optuna' or strategy='direct'")
+            raise ValueError(
+                f"strategy={self.strategy!r} runs on the Optuna backend only; use backend='optuna' or strategy='direct'"
+            )
 
     @property
     def uses_ray(self) -> bool:
@@ -160,7 +171,8 @@ class SearchSettings:
             values["backend"] = Ray.from_dict(values["backend"])
         if stored_callable(values.get("objective")):
             raise ValueError(
-                f"the search optimised a callable objective ({values['objective']}); code is not stored: pass it again as objective="
+                f"the search optimised a callable objective ({values['objective']}); code is not stored: "
+                "pass it again as objective="
             )
         if isinstance(values.get("sampler"), str) and values["sampler"] not in SAMPLERS:
             values["sampler"] = "auto"  # a sampler instance was stored by its class name

@@ -44,7 +44,9 @@ def storage_url(storage: str | Path | None, workdir: Path) -> str | BaseStorage:
     )
 
 
-def open_storage(url: str | BaseStorage, *, heartbeat_interval: int | None = 30, grace_period: int | None = None) -> BaseStorage:
+def open_storage(
+    url: str | BaseStorage, *, heartbeat_interval: int | None = 30, grace_period: int | None = None
+) -> BaseStorage:
     """Open ``url`` (see storage_url) with heartbeats and retries for RDBs; clear errors otherwise."""
     if isinstance(url, BaseStorage):
         return url
@@ -57,7 +59,10 @@ def open_storage(url: str | BaseStorage, *, heartbeat_interval: int | None = 30,
             raise ValueError(f"cannot open the journal storage {path}: {error}") from None
     scheme = url.split("://", 1)[0].split("+", 1)[0]
     if scheme not in RDB_SCHEMES:
-        raise ValueError(f"cannot open the search storage {_redact(url)!r}: unsupported scheme {scheme!r}; use sqlite, postgresql or mysql")
+        raise ValueError(
+            f"cannot open the search storage {_redact(url)!r}: unsupported scheme {scheme!r}; "
+            "use sqlite, postgresql or mysql"
+        )
     try:
         if scheme == "sqlite":
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -75,15 +80,21 @@ def open_storage(url: str | BaseStorage, *, heartbeat_interval: int | None = 30,
     except Exception as error:  # SQLAlchemy / driver errors come in many types
         hint = "Check the path and that the file is an Optuna SQLite database."
         if scheme != "sqlite":
-            hint = ("Check the URL, that the database server is up and reachable, and that its driver is installed "
-                    "(PostgreSQL: pip install psycopg2-binary).")
-        raise ValueError(f"cannot open the search storage {_redact(url)!r}: {type(error).__name__}: {error}. {hint}") from None
+            hint = (
+                "Check the URL, that the database server is up and reachable, and that its driver is installed "
+                "(PostgreSQL: pip install psycopg2-binary)."
+            )
+        raise ValueError(
+            f"cannot open the search storage {_redact(url)!r}: {type(error).__name__}: {error}. {hint}"
+        ) from None
 
 
 def create_or_load_study(storage: BaseStorage, name: str, **kwargs) -> optuna.Study:
     """``optuna.create_study(load_if_exists=True)`` that does not fail when another process
     creates the same study at the same moment (it loads it instead)."""
-    return _retrying(lambda: optuna.create_study(storage=storage, study_name=name, load_if_exists=True, **kwargs))
+    return _retrying(
+        lambda: optuna.create_study(storage=storage, study_name=name, load_if_exists=True, **kwargs)
+    )
 
 
 def _retrying(make, attempts: int = 6):
@@ -94,7 +105,8 @@ def _retrying(make, attempts: int = 6):
             return make()
         except Exception as error:
             race = isinstance(error, optuna.exceptions.DuplicatedStudyError) or any(
-                text in str(error).lower() for text in ("already exists", "unique constraint", "database is locked", "duplicate")
+                text in str(error).lower()
+                for text in ("already exists", "unique constraint", "database is locked", "duplicate")
             )
             if not race or attempt == attempts - 1:
                 raise

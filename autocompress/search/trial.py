@@ -20,8 +20,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import onnx
@@ -33,8 +34,8 @@ from autocompress.evaluators.metrics import Metric, score
 from autocompress.evaluators.runtime import Dataset
 from autocompress.evaluators.size import count_flops, parameter_stats
 from autocompress.evaluators.target import LatencyConfig, Target
-from autocompress.export import export_onnx
 from autocompress.evaluators.torch_side import module_logits
+from autocompress.export import export_onnx
 from autocompress.policies import Policy
 from autocompress.search.objectives import AccuracyConstraint, Objective
 
@@ -144,7 +145,9 @@ class TrialOutcome:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialOutcome:
         data = dict(data)
-        data["measurements"] = Measurements.from_dict(data["measurements"]) if data.get("measurements") else None
+        data["measurements"] = (
+            Measurements.from_dict(data["measurements"]) if data.get("measurements") else None
+        )
         data["values"] = tuple(data["values"]) if data.get("values") is not None else None
         data["checks"] = tuple(tuple(c) for c in data.get("checks") or ())
         return cls(**data)
@@ -181,13 +184,24 @@ class Measure(Protocol):
     compare(): the outputs of the IRs ``ir_paths`` on ``inputs_file`` and their latencies in
         alternating rounds, the first being the reference (the final test-split check)."""
 
-    def candidate(self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool) -> MeasuredIR: ...
+    def candidate(
+        self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool
+    ) -> MeasuredIR: ...
 
-    def compare(self, ir_paths: list[str], inputs_file: Path, config: LatencyConfig) -> tuple[list[np.ndarray], dict]: ...
+    def compare(
+        self, ir_paths: list[str], inputs_file: Path, config: LatencyConfig
+    ) -> tuple[list[np.ndarray], dict]: ...
 
 
 def measure_candidate(
-    onnx_path: Path, ir_path: Path, inputs_file: Path, target: Target, config: LatencyConfig, *, against: str | None, latency: bool
+    onnx_path: Path,
+    ir_path: Path,
+    inputs_file: Path,
+    target: Target,
+    config: LatencyConfig,
+    *,
+    against: str | None,
+    latency: bool,
 ) -> MeasuredIR:
     """IR conversion, validation logits and (optionally) latency, in ONE OpenVINO child process."""
     shape = list(np.load(inputs_file, mmap_mode="r").shape[1:])
@@ -210,11 +224,15 @@ def measure_candidate(
     return MeasuredIR(int(results[0]["bin_bytes"]), logits, timed)
 
 
-def compare_irs(ir_paths: list[str], inputs_file: Path, target: Target, config: LatencyConfig) -> tuple[list[np.ndarray], dict]:
+def compare_irs(
+    ir_paths: list[str], inputs_file: Path, target: Target, config: LatencyConfig
+) -> tuple[list[np.ndarray], dict]:
     """Outputs of each IR on the inputs, and their latencies in alternating rounds (the
     first IR is the reference), in one OpenVINO child process on this machine."""
     with tempfile.TemporaryDirectory(prefix="autocompress-check-") as tmp:
-        jobs: list = [Infer(p, str(inputs_file), f"{tmp}/{i}.npy", target.to_dict()) for i, p in enumerate(ir_paths)]
+        jobs: list = [
+            Infer(p, str(inputs_file), f"{tmp}/{i}.npy", target.to_dict()) for i, p in enumerate(ir_paths)
+        ]
         jobs.append(MeasureLatency(list(ir_paths), target.to_dict(), config.to_dict()))
         results = [unwrap(r) for r in run_jobs(jobs)]
         logits = [np.load(f"{tmp}/{i}.npy") for i in range(len(ir_paths))]
@@ -230,9 +248,13 @@ class LocalMeasure:
     config: LatencyConfig = TRIAL_LATENCY
 
     def candidate(self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool) -> MeasuredIR:
-        return measure_candidate(onnx_path, ir_path, self.inputs_file, self.target, self.config, against=against, latency=latency)
+        return measure_candidate(
+            onnx_path, ir_path, self.inputs_file, self.target, self.config, against=against, latency=latency
+        )
 
-    def compare(self, ir_paths: list[str], inputs_file: Path, config: LatencyConfig) -> tuple[list[np.ndarray], dict]:
+    def compare(
+        self, ir_paths: list[str], inputs_file: Path, config: LatencyConfig
+    ) -> tuple[list[np.ndarray], dict]:
         return compare_irs(ir_paths, inputs_file, self.target, config)
 
 
@@ -300,9 +322,16 @@ class TrialSetup:
 
     def torch_accuracy(self, module: nn.Module) -> float:
         """The metric of a torch module on the validation data (for early stopping)."""
-        return score(self.metric, module_logits(module, self.val.inputs, 500), self.val.targets, "a candidate during fine-tuning")
+        return score(
+            self.metric,
+            module_logits(module, self.val.inputs, 500),
+            self.val.targets,
+            "a candidate during fine-tuning",
+        )
 
-    def export(self, module: nn.Module, directory: str | Path, seconds_compress: float | None = None) -> Exported:
+    def export(
+        self, module: nn.Module, directory: str | Path, seconds_compress: float | None = None
+    ) -> Exported:
         """Export a (compressed) module to ``directory``/model.onnx, with what the rest of the
         measurement needs from torch (parameters, FLOPs), so it can go on without it."""
         directory = Path(directory)
@@ -378,7 +407,9 @@ class Trial:
         except TrialStopped as stopped:
             return TrialOutcome("PRUNED", error=str(stopped), checks=tuple(checks))
         except Exception as error:  # recorded, not retried: the same policy would fail again
-            log.warning("trial failed: %s: %s", type(error).__name__, error, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.warning(
+                "trial failed: %s: %s", type(error).__name__, error, exc_info=log.isEnabledFor(logging.DEBUG)
+            )
             return TrialOutcome("FAIL", error=f"{type(error).__name__}: {error}"[:2000], checks=tuple(checks))
         violation = self.setup.constraint.violation(measurements.accuracy, self.baseline.accuracy)
         return TrialOutcome("COMPLETE", measurements, values, violation, checks=tuple(checks))
@@ -390,7 +421,9 @@ class Trial:
         def watch(stage: str, accuracy: float) -> None:
             check(stage, accuracy)
             if margin is not None and accuracy < floor - margin:
-                raise TrialStopped(f"{stage}: validation accuracy {accuracy:.4f} is below the floor {floor:.4f} by more than {margin}")
+                raise TrialStopped(
+                    f"{stage}: validation accuracy {accuracy:.4f} is below the floor {floor:.4f} by more than {margin}"
+                )
             if should_stop is not None and should_stop():
                 raise TrialStopped(f"{stage}: stopped by the search's scheduler at accuracy {accuracy:.4f}")
 
@@ -402,19 +435,27 @@ class Trial:
 
         started = time.perf_counter()
         module = apply_policy(
-            self.setup.model, policy, self.setup.train_loader, finetune=self.setup.finetune, loss_fn=self.setup.loss_fn,
+            self.setup.model,
+            policy,
+            self.setup.train_loader,
+            finetune=self.setup.finetune,
+            loss_fn=self.setup.loss_fn,
             on_finetune_step=on_step,
         ).module
         seconds = time.perf_counter() - started
         check("compressed", self.setup.torch_accuracy(module))
         return self.setup.export(module, directory, seconds)
 
-    def _measure(self, exported: Exported, policy: Policy, measure: Measure, cache: LatencyCache) -> Measurements:
+    def _measure(
+        self, exported: Exported, policy: Policy, measure: Measure, cache: LatencyCache
+    ) -> Measurements:
         onnx_path = Path(exported.onnx_path)
         ir_path = onnx_path.with_name("model.xml")
         cached = cache.get(exported.fingerprint)
         started = time.perf_counter()
-        measured = measure.candidate(onnx_path, ir_path, against=self.baseline.ir_path, latency=cached is None)
+        measured = measure.candidate(
+            onnx_path, ir_path, against=self.baseline.ir_path, latency=cached is None
+        )
         seconds = time.perf_counter() - started
         latency = cached or measured.latency
         if cached is None:
