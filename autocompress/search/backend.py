@@ -34,11 +34,17 @@ class SearchJob:
     settings: SearchSettings
     space: SearchSpace
     setup: TrialSetup
-    study_name: str
-    workdir: Path
     resuming: bool = False
     progress: bool = True
     test_loader: Iterable | None = None
+
+    @property
+    def study_name(self) -> str:
+        return self.settings.study_name
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.settings.workdir)
 
 
 class BackendSession(Protocol):

@@ -151,16 +151,8 @@ def resume(
         from autocompress.search.ray_backend import load_experiment
 
         settings, setup, test_loader, backend = load_experiment(model, address=address, timeout=timeout)
-        job = SearchJob(
-            settings,
-            SearchSpace.from_dict(settings.space),
-            setup,
-            settings.study_name,
-            Path(settings.workdir),
-            resuming=True,
-            progress=progress,
-            test_loader=test_loader,
-        )
+        space = SearchSpace.from_dict(settings.space)
+        job = SearchJob(settings, space, setup, resuming=True, progress=progress, test_loader=test_loader)
         return run_job(job, backend)
     if train_loader is None or val_loader is None or storage is None or study_name is None:
         raise ValueError(
@@ -230,9 +222,7 @@ def run_search(
         loss_fn=loss_fn,
         early_stop_margin=settings.early_stop_margin,
     )
-    job = SearchJob(
-        settings, space, setup, study_name, Path(settings.workdir), resuming, progress, test_loader
-    )
+    job = SearchJob(settings, space, setup, resuming, progress, test_loader)
     return run_job(job, backend)
 
 

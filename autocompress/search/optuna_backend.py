@@ -91,7 +91,7 @@ class OptunaBackend:
 
     @contextlib.contextmanager
     def open(self, job: SearchJob) -> Iterator[OptunaSession]:
-        with _quiet_optuna():
+        with quiet_optuna():
             yield OptunaSession(job, self)
 
 
@@ -194,8 +194,12 @@ class OptunaSession:
         single = len(study.directions) == 1
 
         def objective(ot: optuna.Trial):
-            params = suggest(ot, space)
-            policy = space.policy(params)
+            try:
+                params = suggest(ot, space)
+                policy = space.policy(params)
+            except Exception as error:  # a bad sample fails its trial, never the search
+                ot.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
+                raise TrialFailed(str(error)) from None
             ot.set_user_attr("policy", policy.to_dict())
 
             def on_check(stage: str, accuracy: float) -> None:
@@ -359,10 +363,13 @@ def record(t: optuna.trial.FrozenTrial) -> TrialRecord:
 
 
 @contextlib.contextmanager
-def _quiet_optuna():
-    previous = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(previous)
+def quiet_optuna():
+    """Optuna's INFO lines (one per trial) and experimental-feature warnings off, for a while."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        previous = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            yield
+        finally:
+            optuna.logging.set_verbosity(previous)

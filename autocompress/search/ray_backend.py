@@ -42,7 +42,7 @@ from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.policies import Policy
 from autocompress.search.backend import SearchJob
 from autocompress.search.objectives import Objective
-from autocompress.search.optuna_backend import make_sampler
+from autocompress.search.optuna_backend import make_sampler, quiet_optuna
 from autocompress.search.progress import ProgressBar
 from autocompress.search.result import TrialRecord
 from autocompress.search.settings import Ray, SearchSettings
@@ -139,7 +139,7 @@ class StudySearcher(Searcher):
         sampler = self.sampler_instance or make_sampler(
             o["sampler"], len(directions), o["seed"], o["n_trials"]
         )
-        with warnings_quiet():
+        with quiet_optuna():
             self.study = (
                 create_or_load_study(storage, o["study_name"], directions=directions, sampler=sampler)
                 if storage
@@ -152,14 +152,14 @@ class StudySearcher(Searcher):
         self._replay(records)
 
     def _replay(self, records: list[dict]) -> None:
-        known = {
-            t.user_attrs.get(TUNE_TRIAL_ID): t for t in self.study.get_trials(deepcopy=False)
-        }  # a persistent mirror
+        # With a persistent storage (a mirror), the study already holds earlier trials.
+        known = {t.user_attrs.get(TUNE_TRIAL_ID): t for t in self.study.get_trials(deepcopy=False)}
         for record in records:
             trial_id, existing = record["trial_id"], known.get(record["trial_id"])
             self.points = [p for p in self.points if p != record["params"]]
             if existing is not None and existing.state.is_finished():
-                self.records[trial_id], self.finished = record, self.finished | {trial_id}
+                self.records[trial_id] = record
+                self.finished.add(trial_id)
                 continue
             if existing is not None:  # left RUNNING by a dead driver: failed, and asked again below
                 self.study.tell(existing.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
@@ -238,20 +238,6 @@ def _final_only(result: dict) -> dict:
     """What the searcher needs to tell a trial again on replay."""
     keep = {"state", "violation", "policy", "measurements", "error", "stage"}
     return {k: v for k, v in result.items() if k in keep or k.startswith("objective/")}
-
-
-@contextlib.contextmanager
-def warnings_quiet():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        previous = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            yield
-        finally:
-            optuna.logging.set_verbosity(previous)
 
 
 # -- measuring on the target node ------------------------------------------------------------
@@ -393,10 +379,22 @@ def tune_trial(config: dict, work: TuneWork) -> None:
     accuracy checks and one final result with ``state``; resumes from its checkpoint when
     Ray retries it."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
-    policy = SearchSpace.from_dict(work.space).policy(config)
-    placeholders = {
-        objective_key(o): None for o in work.trial.setup.objectives
-    }  # Tune wants the searcher's metrics in every result
+    # Tune wants the searcher's metrics in every result.
+    placeholders = {objective_key(o): None for o in work.trial.setup.objectives}
+    try:
+        policy = SearchSpace.from_dict(work.space).policy(config)
+    except Exception as error:  # a bad sample fails its trial (recorded, not retried)
+        outcome = TrialOutcome("FAIL", error=f"{type(error).__name__}: {error}"[:2000])
+        tune.report(
+            {
+                **placeholders,
+                "state": "FAIL",
+                "outcome": outcome.to_dict(),
+                "error": outcome.error,
+                "stage": "done",
+            }
+        )
+        return
     trained_on = node_id()
     last_check = [0.0]
 
