@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import math
 import sys
 import time
 from pathlib import Path
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         help="condensa: first the highest uniform INT8 pruning level meeting the constraint, then the space below it",
     )
     search.add_argument("--sampler", choices=SAMPLERS, default="auto")
-    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--seed", type=SEED, default=0)
 
     res = commands.add_parser(
         "resume",
@@ -84,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_model_options(res)
     res.add_argument(
         "--trials",
-        type=int,
+        type=COUNT,
         default=None,
         help="finished trials the study should hold (default: the original budget)",
     )
-    res.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
+    res.add_argument("--timeout", type=SECONDS, default=None, help="seconds after which no new trial starts")
 
     ev = commands.add_parser(
         "evaluate", help="compress a model with a policy and print baseline vs compressed"
@@ -102,13 +104,65 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_common(ev)
 
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a bad option (argparse printed why)
+        return int(exit_.code or 0)
     handlers = {"demo": _search, "search": _search, "resume": _resume, "evaluate": _evaluate}
     try:
         return handlers[args.command](args)
-    except (PolicyError, ModelError, SpaceError, ValueError, FileNotFoundError) as error:
+    except (PolicyError, ModelError, SpaceError, ValueError) as error:
         print(f"autocompress: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"autocompress: error: {_os_error(error)}", file=sys.stderr)
+        return 2
+
+
+_OS_FIXES = {
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a folder on that path is a file; choose another path",
+    errno.EISDIR: "it is a folder; give a file",
+    errno.EACCES: "check its permissions, or choose a path you can write",
+    errno.EPERM: "check its permissions, or choose a path you can write",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENOSPC: "the disk is full; free space or choose another disk",
+}
+
+
+def _os_error(error: OSError) -> str:
+    """One line: the path, what the system said, and what to do."""
+    if error.filename is None or error.strerror is None:
+        return str(error)  # ours already name the file
+    fix = _OS_FIXES.get(error.errno)
+    return f"{error.filename}: {error.strerror}" + (f"; {fix}" if fix else "")
+
+
+def _number(kind: type, *, minimum: float, inclusive: bool = True, below: float | None = None):
+    """An argparse type: a finite ``kind`` >= minimum (> minimum unless inclusive), < below."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a{'n integer' if kind is int else ' number'}"
+            ) from None
+        if not math.isfinite(value) or value < minimum or (not inclusive and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum:g}, got {text}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be < {below:g}, got {text}")
+        return value
+
+    return parse
+
+
+COUNT = _number(int, minimum=1)  # trials, threads, epochs of the baseline, rounds
+SEED = _number(int, minimum=0)
+SECONDS = _number(float, minimum=0, inclusive=False)
+EPOCHS = _number(float, minimum=0)
+RATE = _number(float, minimum=0, inclusive=False)
+DROP = _number(float, minimum=0, below=1)
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +171,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", default="mnist5k", choices=DATASETS)
     parser.add_argument(
-        "--baseline-epochs", type=int, default=8, help="training epochs of the cached baseline"
+        "--baseline-epochs", type=COUNT, default=8, help="training epochs of the cached baseline"
     )
 
 
@@ -135,24 +189,26 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         help="latency, throughput or size; a,b for a Pareto search; name=weight,... for a weighted mix",
     )
     parser.add_argument(
-        "--max-drop", type=float, default=0.01, help="allowed validation accuracy drop (0.01 = 1 point)"
+        "--max-drop", type=DROP, default=0.01, help="allowed validation accuracy drop (0.01 = 1 point)"
     )
     parser.add_argument(
         "--relative-drop", action="store_true", help="--max-drop is a fraction of the baseline accuracy"
     )
-    parser.add_argument("--trials", type=int, default=12, help="number of trials")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
+    parser.add_argument("--trials", type=COUNT, default=12, help="number of trials")
     parser.add_argument(
-        "--epochs", type=float, default=SEARCH_FINETUNE.epochs, help="QAT fine-tuning epochs per trial"
+        "--timeout", type=SECONDS, default=None, help="seconds after which no new trial starts"
+    )
+    parser.add_argument(
+        "--epochs", type=EPOCHS, default=SEARCH_FINETUNE.epochs, help="QAT fine-tuning epochs per trial"
     )
     parser.add_argument(
         "--recovery-epochs",
-        type=float,
+        type=EPOCHS,
         default=SEARCH_FINETUNE.recovery_epochs,
         help="float recovery epochs after pruning, per trial",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="OpenVINO inference threads (default: runtime)"
+        "--threads", type=COUNT, default=None, help="OpenVINO inference threads (default: runtime)"
     )
     parser.add_argument(
         "--precision", choices=["f32", "bf16"], default=None, help="precision hint for float layers"
@@ -166,18 +222,18 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs after compression")
-    parser.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    parser.add_argument("--epochs", type=EPOCHS, default=1.0, help="fine-tuning epochs after compression")
+    parser.add_argument("--lr", type=RATE, default=1e-4, help="fine-tuning learning rate")
     parser.add_argument(
-        "--baseline-epochs", type=int, default=8, help="training epochs of the cached baseline"
+        "--baseline-epochs", type=COUNT, default=8, help="training epochs of the cached baseline"
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="OpenVINO inference threads (default: runtime)"
+        "--threads", type=COUNT, default=None, help="OpenVINO inference threads (default: runtime)"
     )
     parser.add_argument(
         "--precision", choices=["f32", "bf16"], default=None, help="precision hint for float layers"
     )
-    parser.add_argument("--rounds", type=int, default=5, help="alternating latency rounds")
+    parser.add_argument("--rounds", type=COUNT, default=5, help="alternating latency rounds")
     parser.add_argument(
         "--out", type=Path, default=None, help="directory for IR/ONNX files, policies and report.json"
     )

@@ -22,8 +22,16 @@ WORKER_FILE = os.path.join(_EVALUATORS_DIR, "runtime_worker.py")
 # `autocompress.evaluators` registered as bare packages by directory: nothing on the user's
 # sys.path (a folder named `evaluators` or `autocompress` in the working directory, say) can
 # replace it, and autocompress/__init__, which imports torch, never runs in the worker.
+# It also dies with the process that started it, even one killed by SIGKILL (Linux: a
+# parent-death signal; a parent already gone by then is caught by the ppid check).
 _BOOTSTRAP = """\
-import importlib.util, json, sys, types
+import ctypes, importlib.util, json, os, signal, sys, types
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass  # not Linux: the parent's timeout still bounds the worker
+if os.getppid() != int(sys.argv[3]):
+    sys.exit("the process that started this worker is gone")
 if sys.path and sys.path[0] in ("", "."):
     del sys.path[0]  # `python -c` puts the working directory first
 for name, path in json.loads(sys.argv[1]).items():
@@ -34,7 +42,7 @@ spec = importlib.util.spec_from_file_location("autocompress.evaluators.runtime_w
 worker = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = worker
 spec.loader.exec_module(worker)
-sys.exit(worker.main(sys.argv[3:]))
+sys.exit(worker.main(sys.argv[4:]))
 """
 
 
@@ -108,7 +116,16 @@ def _tail(text: str, lines: int = 20) -> str:
 def worker_command(request: str, response: str) -> list[str]:
     """The command line of one worker process."""
     packages = {"autocompress": os.path.dirname(_EVALUATORS_DIR), "autocompress.evaluators": _EVALUATORS_DIR}
-    return [sys.executable, "-c", _BOOTSTRAP, json.dumps(packages), WORKER_FILE, request, response]
+    return [
+        sys.executable,
+        "-c",
+        _BOOTSTRAP,
+        json.dumps(packages),
+        WORKER_FILE,
+        str(os.getpid()),
+        request,
+        response,
+    ]
 
 
 def run_jobs(

@@ -280,6 +280,7 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+        """A policy from its JSON form, strictly: "8" or 8.0 is not bits=8, "yes" or 1 not True."""
         if not isinstance(data, Mapping):
             raise PolicyError(f"a policy must be a JSON object, got {type(data).__name__}")
         if data.get("format", POLICY_FORMAT) != POLICY_FORMAT:
@@ -292,16 +293,26 @@ class Policy:
                 f"this autocompress reads version {POLICY_VERSION}"
             )
         try:
-            return _ADAPTER.validate_python(dict(data))
+            text = json.dumps(dict(data), allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as error:
+            raise PolicyError(
+                f"a policy holds only JSON values (objects, arrays, strings, finite numbers): {error}"
+            ) from None
+        try:  # JSON-mode strict validation: no string, float or bool coercion; arrays are fine for tuples
+            return _ADAPTER.validate_json(text, strict=True)
         except ValidationError as error:
             raise PolicyError(_explain(error)) from None
+        except RecursionError:
+            raise PolicyError("the policy is nested too deeply to be a policy") from None
 
     @classmethod
-    def from_json(cls, text: str) -> Policy:
+    def from_json(cls, text: str | bytes) -> Policy:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise PolicyError(f"policy is not valid JSON: {error}") from None
+        except RecursionError:
+            raise PolicyError("policy is not valid JSON: nested too deeply") from None
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:
@@ -313,9 +324,15 @@ class Policy:
     def load(cls, path: str | Path) -> Policy:
         path = Path(path)
         if not path.is_file():
-            raise PolicyError(f"policy file {str(path)!r} does not exist")
+            raise PolicyError(f"policy file {str(path)!r} does not exist (or is not a file)")
         try:
-            return cls.from_json(path.read_text())
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise PolicyError(f"{path}: not UTF-8 text ({error}); save the policy as UTF-8 JSON") from None
+        except OSError as error:
+            raise PolicyError(f"{path}: cannot be read ({error.strerror or error})") from None
+        try:
+            return cls.from_json(text)
         except PolicyError as error:
             raise PolicyError(f"{path}: {error}") from None
 
@@ -343,6 +360,16 @@ class Policy:
 
 
 _ADAPTER = TypeAdapter(Policy)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's keys, each once: with a repeated key, which value was meant is unknown."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise PolicyError(f"policy is not valid: the key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
 
 
 def _explain(error: ValidationError) -> str:

@@ -114,8 +114,12 @@ def test_search_then_resume_and_resume_errors(tmp_path, capsys, cnn):
     [
         (["--objective", "speed"], "unknown objective 'speed'"),
         (["--objective", "latency=a"], "weight 'a' of 'latency' is not a number"),
-        (["--max-drop", "1.5"], "max_accuracy_drop must be in [0, 1)"),
-        (["--trials", "0"], "n_trials must be an int >= 1"),
+        (["--max-drop", "1.5"], "argument --max-drop: must be < 1, got 1.5"),
+        (["--trials", "0"], "argument --trials: must be >= 1, got 0"),
+        (["--trials", "2.5"], "argument --trials: '2.5' is not an integer"),
+        (["--timeout", "-5"], "argument --timeout: must be > 0, got -5"),
+        (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+        (["--epochs", "nan"], "argument --epochs: must be >= 0, got nan"),
     ],
 )
 def test_bad_search_options_exit_2_with_the_reason(tmp_path, capsys, argv, message, cnn):
@@ -210,3 +214,23 @@ def test_bad_config_files_exit_2_with_the_reason(tmp_path, capsys, entry_points,
 def test_resume_needs_a_path_or_a_storage_and_study(capsys):
     assert main(["resume"]) == 2
     assert "resume needs a Ray experiment PATH, or --storage and --study-name" in capsys.readouterr().err
+
+
+def test_an_out_folder_under_a_file_is_one_line_naming_it(tmp_path, capsys, cnn):
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file" / "out"
+    argv = [
+        "search",
+        "--model",
+        "zoo:mnist_cnn",
+        "--data",
+        "digits",
+        "--baseline-epochs",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert str(tmp_path / "a-file") in err and "a folder on that path is a file" in err

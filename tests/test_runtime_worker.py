@@ -7,7 +7,11 @@ through autocompress.evaluators.child.run_jobs.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 import warnings
 import xml.etree.ElementTree as ET
 
@@ -339,3 +343,58 @@ def test_hanging_child_times_out(tmp_path, monkeypatch):
     )
     with pytest.raises(RuntimeError, match="timed out after 1"):
         run_jobs([], timeout=1)
+
+
+KILLED_PARENT = textwrap.dedent("""
+    import sys
+    from autocompress.evaluators.child import MeasureLatency, run_jobs
+
+    config = {"warmup_iterations": 1, "rounds": 1000, "min_iterations": 1, "min_seconds": 1.0}
+    run_jobs([MeasureLatency([sys.argv[1]], {}, config)])  # runs for ~1000 s unless killed
+""")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the worker")
+def test_the_worker_dies_with_a_killed_parent(models):
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, models["fp32_xml"]])
+    try:
+        deadline = time.monotonic() + 60
+        while not _children(parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = _children(parent.pid)
+        assert workers, "the worker did not start"
+        time.sleep(1.0)  # into its measurement
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while (
+            any(os.path.exists(f"/proc/{w}") and _alive(w) for w in workers) and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert not any(os.path.exists(f"/proc/{w}") and _alive(w) for w in workers), (
+            "the worker outlived its parent"
+        )
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import autocompress
 from autocompress import Finetune, Policy, SearchResult, Target
+from autocompress.search.lock import DriverLock, SearchBusy
 from autocompress.search_spaces import Dimension, SearchSpace, SpaceError, build_space
 
 FINETUNE = Finetune(epochs=0.3, recovery_epochs=0.5, rewind_lr=1e-3)
@@ -220,6 +221,35 @@ def aggressive(cnn, digits_loaders, example, tmp_path_factory):
         cnn, digits_loaders, workdir, space=space, n_trials=2, max_accuracy_drop=0.0, early_stop_margin=None
     )
     return result, workdir
+
+
+def test_deploy_replaces_a_deployment_whole_and_never_other_files(aggressive, tmp_path):
+    result, _ = aggressive
+    target = tmp_path / "deploy"
+    result.deploy(target)
+    (target / "model.onnx").unlink()  # a damaged deployment is replaced whole
+    result.deploy(target)
+    assert {p.name for p in target.iterdir()} == {
+        "model.xml",
+        "model.bin",
+        "model.onnx",
+        "policy.json",
+        "manifest.json",
+    }
+    assert not list(tmp_path.glob(".deploy.*")), "no staging folder left behind"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds other files"):
+        result.deploy(mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_a_second_driver_on_a_running_search_is_refused(cnn, digits_loaders, tmp_path):
+    with DriverLock(tmp_path):  # what a running search holds; released by the kernel when it dies
+        with pytest.raises(SearchBusy, match=f"pid {os.getpid()} on "):
+            run_search(cnn, digits_loaders, tmp_path, n_trials=1)
+    assert not (tmp_path / "search.db").exists(), "refused before it touched the study"
 
 
 def test_same_graph_reuses_the_measured_latency(aggressive):
@@ -489,7 +519,8 @@ def test_a_killed_search_resumes_and_retries_the_interrupted_trial(cnn, digits_l
     finished_before = {n: r for n, r in before.items() if r[0] in FINISHED}
     assert len(finished_before) >= 2
 
-    time.sleep(3.5)  # > grace period (3 x heartbeat_interval): the killed trial's heartbeat is stale
+    # At once, with a heartbeat grace period not yet passed: the workdir's driver lock is free,
+    # so the killed driver is gone and its RUNNING trial is an orphan to retry now.
     train, val, _ = digits_loaders
     result = autocompress.resume(
         cnn, train, val, storage=db, study_name="killed", heartbeat_interval=1, progress=False
@@ -504,8 +535,6 @@ def test_a_killed_search_resumes_and_retries_the_interrupted_trial(cnn, digits_l
     for number in killed:
         state, params, _ = after[number]
         assert state == TrialState.FAIL and "error" not in study.trials[number].user_attrs
-        retries = [
-            t for t in study.trials if t.number > number and t.system_attrs.get("failed_trial") == number
-        ]
+        retries = [t for t in study.trials if t.number > number and t.user_attrs.get("retry_of") == number]
         assert len(retries) == 1 and retries[0].params == params and retries[0].state in FINISHED
     assert result.best is not None and result.feasible

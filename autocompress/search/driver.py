@@ -26,6 +26,7 @@ from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.graph import inputs_of
 from autocompress.search import optuna_backend
 from autocompress.search.backend import Backend, SearchJob
+from autocompress.search.lock import DriverLock
 from autocompress.search.objectives import parse_objectives
 from autocompress.search.result import SearchResult, summarize_trials
 from autocompress.search.settings import SEARCH_FINETUNE, SearchSettings
@@ -231,7 +232,7 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
     started = time.monotonic()
     job.workdir.mkdir(parents=True, exist_ok=True)
     setup = job.setup
-    with backend.open(job) as session:
+    with DriverLock(job.workdir), backend.open(job) as session:
         baseline = session.stored_baseline()
         if baseline is None:
             baseline = setup.measure_baseline(job.workdir / "baseline", session.measure)
@@ -266,7 +267,9 @@ def finish_search(result: SearchResult, job: SearchJob, measure: Measure) -> Non
     workdir = job.workdir
     if result.best is not None and result.best.measurements is not None and job.test_loader is not None:
         result.test = _recheck(result, job.test_loader, job.setup.metric, measure)
-    (workdir / "result.json").write_text(result.to_json() + "\n")
+    staging = workdir / f".result.json.{os.getpid()}"
+    staging.write_text(result.to_json() + "\n")
+    staging.replace(workdir / "result.json")  # readers never see half a file
     written = [workdir / "result.json"]
     if result.best is not None and result.best.measurements is not None:
         written.append(result.deploy(workdir / "best"))

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from autocompress.policies import Policy
 from autocompress.search.backend import SearchJob
+from autocompress.search.lock import DriverLock
 from autocompress.search.progress import ProgressBar
 from autocompress.search.result import TrialRecord
 from autocompress.search.settings import SearchSettings
@@ -104,6 +105,7 @@ class OptunaSession:
         self.storage = open_storage(url, heartbeat_interval=backend.heartbeat_interval)
         self.measure = LocalMeasure(job.setup.val.inputs_file(), job.setup.target)
         self.latency_cache = LatencyCache(job.workdir / "latency-cache")
+        self.owner = DriverLock(job.workdir).owner
         condensa = self.settings.strategy == "condensa"
         # Condensa's second stage starts from the level it finds, not from the preset's points.
         created_with = dataclasses.replace(job.space, start_points=()) if condensa else job.space
@@ -147,14 +149,15 @@ class OptunaSession:
                     f"({', '.join(differing)}); "
                     "continue it with autocompress.resume(...) or start a new one with another study_name"
                 )
-        if not has_heartbeat(self.storage):
-            recovered = recover_interrupted(study)
-            if recovered:
-                log.warning(
-                    "study %s: %d trial(s) left running by an interrupted search are queued again",
-                    name,
-                    recovered,
-                )
+        # We hold the workdir's driver lock: trials an earlier driver of it left RUNNING are
+        # orphans, retried now rather than after a heartbeat grace period.
+        recovered = recover_interrupted(study, None if not has_heartbeat(self.storage) else self.owner)
+        if recovered:
+            log.warning(
+                "study %s: %d trial(s) left running by an interrupted search are queued again",
+                name,
+                recovered,
+            )
         return study
 
     def stored_baseline(self) -> Baseline | None:
@@ -201,6 +204,7 @@ class OptunaSession:
                 ot.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
                 raise TrialFailed(str(error)) from None
             ot.set_user_attr("policy", policy.to_dict())
+            ot.set_user_attr("driver", self.owner)
 
             def on_check(stage: str, accuracy: float) -> None:
                 ot.set_user_attr(f"accuracy_{stage}_check", accuracy)

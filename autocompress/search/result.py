@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -189,12 +190,20 @@ class SearchResult:
         if self.best is None or self.best.measurements is None:
             raise ValueError(f"no trial to deploy: {self.message}")
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        if directory.exists() and any(directory.iterdir()) and not (directory / "manifest.json").exists():
+            raise ValueError(
+                f"{directory} holds other files; deploy into a new or empty folder, or a previous deployment"
+            )
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        # Built beside it, then swapped in: the folder is never half old, half new.
+        staging = directory.with_name(f".{directory.name}.staging-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         source = Path(self.best.measurements.ir_path)
         for suffix in (".xml", ".bin", ".onnx"):
             if source.with_suffix(suffix).exists():
-                shutil.copy2(source.with_suffix(suffix), directory / f"model{suffix}")
-        self.best.policy.save(directory / "policy.json")
+                shutil.copy2(source.with_suffix(suffix), staging / f"model{suffix}")
+        self.best.policy.save(staging / "policy.json")
         manifest = {
             "policy": "policy.json",
             "openvino_ir": "model.xml",
@@ -209,7 +218,12 @@ class SearchResult:
             "test": self.test,
             "study": {"name": self.study_name, "storage": self.storage, "objectives": self.objectives},
         }
-        (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        previous = directory.with_name(f".{directory.name}.previous-{os.getpid()}")
+        if directory.exists():
+            directory.rename(previous)
+        staging.rename(directory)
+        shutil.rmtree(previous, ignore_errors=True)
         return directory
 
 

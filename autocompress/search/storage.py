@@ -132,12 +132,15 @@ def has_heartbeat(storage: BaseStorage) -> bool:
     return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
 
 
-def recover_interrupted(study: optuna.Study) -> int:
-    """For storages without heartbeats: RUNNING trials left by a dead search (resume
-    means the previous driver is gone) are failed and their parameters queued again.
-    Returns how many were recovered."""
+def recover_interrupted(study: optuna.Study, driver: str | None = None) -> int:
+    """RUNNING trials left by a dead driver are failed and their parameters queued again.
+    ``driver``: only the trials that driver started (its lock is ours now, so it is
+    gone); None: every RUNNING trial (storages without heartbeats, where a resume means
+    the previous driver is gone). Returns how many were recovered."""
     recovered = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if driver is not None and trial.user_attrs.get("driver") != driver:
+            continue  # another worker's, perhaps alive: its heartbeat decides
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         recovered += 1
