@@ -109,6 +109,9 @@ def test_search_then_resume_and_resume_errors(tmp_path, capsys, cnn):
     assert "Pass the --model, --data and --baseline-epochs the search used" in capsys.readouterr().err
 
 
+SEARCH_DIGITS = ["search", "--model", "zoo:mnist_cnn", "--data", "digits", "--baseline-epochs", "2"]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -123,18 +126,7 @@ def test_search_then_resume_and_resume_errors(tmp_path, capsys, cnn):
     ],
 )
 def test_bad_search_options_exit_2_with_the_reason(tmp_path, capsys, argv, message, cnn):
-    base = [
-        "search",
-        "--model",
-        "zoo:mnist_cnn",
-        "--data",
-        "digits",
-        "--baseline-epochs",
-        "2",
-        "--out",
-        str(tmp_path),
-    ]
-    assert main([*base, *argv]) == 2
+    assert main([*SEARCH_DIGITS, "--out", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -219,18 +211,7 @@ def test_resume_needs_a_path_or_a_storage_and_study(capsys):
 def test_an_out_folder_under_a_file_is_one_line_naming_it(tmp_path, capsys, cnn):
     (tmp_path / "a-file").write_text("not a folder")
     out = tmp_path / "a-file" / "out"
-    argv = [
-        "search",
-        "--model",
-        "zoo:mnist_cnn",
-        "--data",
-        "digits",
-        "--baseline-epochs",
-        "2",
-        "--out",
-        str(out),
-    ]
-    assert main(argv) == 2
+    assert main([*SEARCH_DIGITS, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert str(tmp_path / "a-file") in err and "a folder on that path is a file" in err

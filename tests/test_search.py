@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import autocompress
 from autocompress import Finetune, Policy, SearchResult, Target
+from autocompress.search import SearchSettings
 from autocompress.search.lock import DriverLock, SearchBusy
 from autocompress.search_spaces import Dimension, SearchSpace, SpaceError, build_space
 
@@ -538,3 +539,16 @@ def test_a_killed_search_resumes_and_retries_the_interrupted_trial(cnn, digits_l
         retries = [t for t in study.trials if t.number > number and t.user_attrs.get("retry_of") == number]
         assert len(retries) == 1 and retries[0].params == params and retries[0].state in FINISHED
     assert result.best is not None and result.feasible
+
+
+def test_a_study_continues_only_with_the_same_settings():
+    stored = SearchSettings(objective="latency", sampler=optuna.samplers.RandomSampler(seed=0)).to_dict()
+    # A sampler instance compares by the name it was stored under; budget and places may change.
+    same = SearchSettings(
+        objective="latency", sampler=optuna.samplers.RandomSampler(seed=0), n_trials=99, workdir="x"
+    )
+    assert same.differing(stored) == []
+    assert SearchSettings(objective="size", sampler=optuna.samplers.RandomSampler()).differing(stored) == [
+        "objective"
+    ]
+    assert SearchSettings(objective="latency").differing(stored) == ["sampler"]

@@ -109,10 +109,12 @@ def search(
         backend=backend,
     )
     backend_impl = make_backend(
-        settings, sampler=_instance(sampler), pruner=pruner, heartbeat_interval=heartbeat_interval
+        settings,
+        sampler=_instance(sampler),
+        pruner=pruner,
+        heartbeat_interval=heartbeat_interval,
+        storage=_storage_object(storage),
     )
-    if not isinstance(storage, (str, os.PathLike, type(None))) and not settings.uses_ray:
-        backend_impl = dataclasses.replace(backend_impl, storage=storage)
     return run_search(
         settings, model, train_loader, val_loader, test_loader, metric, loss_fn, backend_impl, progress
     )
@@ -171,10 +173,11 @@ def resume(
         replace["objective"] = objective
     settings = optuna_backend.load_settings(storage, study_name, **replace)
     backend = optuna_backend.OptunaBackend(
-        sampler=sampler, pruner=pruner, heartbeat_interval=heartbeat_interval
+        sampler=sampler,
+        pruner=pruner,
+        heartbeat_interval=heartbeat_interval,
+        storage=_storage_object(storage),
     )
-    if not isinstance(storage, (str, os.PathLike)):
-        backend = dataclasses.replace(backend, storage=storage)
     return run_search(
         settings,
         model,
@@ -202,10 +205,10 @@ def run_search(
     resuming: bool = False,
 ) -> SearchResult:
     """Check the inputs, build the space and the trial setup, and run ``settings`` on ``backend``."""
-    _check_loader(train_loader, "train_loader")
+    example = _first_inputs(train_loader, "train_loader")[:1]
     val = _dataset(val_loader, "val_loader")
     if isinstance(settings.space, str):
-        space = build_space(model, settings.space, example_input=inputs_of(next(iter(train_loader)))[:1])
+        space = build_space(model, settings.space, example_input=example)
         settings = dataclasses.replace(settings, space=space.to_dict())
     else:
         space = SearchSpace.from_dict(settings.space)
@@ -327,11 +330,17 @@ def _storage_setting(storage: Any) -> str | None:
     return str(storage) if isinstance(storage, (str, os.PathLike)) else None
 
 
+def _storage_object(storage: Any) -> optuna.storages.BaseStorage | None:
+    """An optuna storage object given instead of a path or URL (used as is, not stored)."""
+    return storage if isinstance(storage, optuna.storages.BaseStorage) else None
+
+
 def _instance(sampler: Any) -> optuna.samplers.BaseSampler | None:
     return sampler if isinstance(sampler, optuna.samplers.BaseSampler) else None
 
 
-def _check_loader(loader: Any, name: str) -> None:
+def _first_inputs(loader: Any, name: str):
+    """The inputs of the loader's first batch; a clear error for an empty or odd loader."""
     try:
         batch = next(iter(loader))
     except StopIteration:
@@ -342,7 +351,7 @@ def _check_loader(loader: Any, name: str) -> None:
         raise TypeError(
             f"{name} must be an iterable of (inputs, targets) batches, got {type(loader).__name__}"
         ) from None
-    inputs_of(batch)
+    return inputs_of(batch)
 
 
 def _dataset(loader: Any, name: str) -> Dataset:

@@ -141,8 +141,7 @@ class OptunaSession:
             for point in space.start_points:
                 study.enqueue_trial(point, skip_if_exists=True)
         else:
-            before = SearchSettings.from_dict(stored, objective=settings.objective).comparable()
-            differing = [k for k, v in settings.comparable().items() if before.get(k) != v]
+            differing = settings.differing(stored)
             if differing:
                 raise ValueError(
                     f"study {name!r} in {self.location} holds a search with different settings "

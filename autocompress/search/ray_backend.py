@@ -379,29 +379,22 @@ def tune_trial(config: dict, work: TuneWork) -> None:
     accuracy checks and one final result with ``state``; resumes from its checkpoint when
     Ray retries it."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
-    # Tune wants the searcher's metrics in every result.
+    # Tune wants the searcher's metrics, and ASHA its accuracy_check, in every result.
     placeholders = {objective_key(o): None for o in work.trial.setup.objectives}
-    try:
-        policy = SearchSpace.from_dict(work.space).policy(config)
-    except Exception as error:  # a bad sample fails its trial (recorded, not retried)
-        outcome = TrialOutcome("FAIL", error=f"{type(error).__name__}: {error}"[:2000])
-        tune.report(
-            {
-                **placeholders,
-                "state": "FAIL",
-                "outcome": outcome.to_dict(),
-                "error": outcome.error,
-                "stage": "done",
-            }
-        )
-        return
-    trained_on = node_id()
     last_check = [0.0]
 
     def report(stage: str, checkpoint: tune.Checkpoint | None = None, **fields: Any) -> None:
         tune.report(
             {**placeholders, "accuracy_check": last_check[0], **fields, "stage": stage}, checkpoint=checkpoint
         )
+
+    try:
+        policy = SearchSpace.from_dict(work.space).policy(config)
+    except Exception as error:  # a bad sample fails its trial (recorded, not retried)
+        outcome = TrialOutcome("FAIL", error=f"{type(error).__name__}: {error}"[:2000])
+        report("done", state="FAIL", outcome=outcome.to_dict(), error=outcome.error)
+        return
+    trained_on = node_id()
 
     def on_check(stage: str, accuracy: float) -> None:
         last_check[0] = accuracy

@@ -178,12 +178,21 @@ class SearchSettings:
             values["sampler"] = "auto"  # a sampler instance was stored by its class name
         return cls(**values)
 
-    def comparable(self) -> dict[str, Any]:
-        """The settings that must match to continue a study (budget, time and places may change)."""
-        d = self.to_dict()
-        for key in ("n_trials", "timeout", "workdir", "storage", "study_name"):
-            d.pop(key)
-        return json.loads(json.dumps(d, default=str))
+    def differing(self, stored: Mapping[str, Any]) -> list[str]:
+        """The settings that differ from ``stored`` (as ``to_dict`` wrote them) and must match
+        to continue a study; budget, time and places may change. Compared as stored, so an
+        objective callable or a sampler instance compares by the name it was stored under."""
+        mine, theirs = _comparable(self.to_dict()), _comparable(stored)
+        return [key for key in mine if theirs.get(key) != mine[key]]
+
+
+def _comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {
+        k: v
+        for k, v in settings.items()
+        if k not in ("n_trials", "timeout", "workdir", "storage", "study_name")
+    }
+    return json.loads(json.dumps(kept, default=str))
 
 
 def stored_callable(objective: Any) -> bool:

@@ -76,9 +76,7 @@ class Measurements:
     accuracy: float
     latency_ms: float
     latency_ratio: float  # candidate / baseline: 0.25 = 4x faster
-    speedup: float
     throughput: float  # samples per second at the target's batch
-    throughput_ratio: float
     size_bytes: int  # the IR's .bin
     size_ratio: float
     parameters: int
@@ -95,12 +93,26 @@ class Measurements:
     node_measured: str | None = None
     resumed_from: str | None = None  # Ray: "exported" when a retried trial went on from its checkpoint
 
+    @property
+    def speedup(self) -> float:
+        """Baseline latency / candidate latency, from the same alternating rounds."""
+        return 1.0 / self.latency_ratio
+
+    @property
+    def throughput_ratio(self) -> float:
+        return 1.0 / self.latency_ratio
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, and the ratios derived from them for readers of the JSON."""
+        return {
+            **dataclasses.asdict(self),
+            "speedup": self.speedup,
+            "throughput_ratio": self.throughput_ratio,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurements:
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k not in ("speedup", "throughput_ratio")})
 
     def with_paths(self, ir_path: str, onnx_path: str) -> Measurements:
         return dataclasses.replace(self, ir_path=ir_path, onnx_path=onnx_path)
@@ -466,9 +478,7 @@ class Trial:
             accuracy=score(self.setup.metric, measured.logits, self.setup.val.targets, "a candidate"),
             latency_ms=latency.latency_ms,
             latency_ratio=latency.latency_ratio,
-            speedup=1.0 / latency.latency_ratio,
             throughput=1000.0 * batch / latency.latency_ms,
-            throughput_ratio=1.0 / latency.latency_ratio,
             size_bytes=measured.bin_bytes,
             size_ratio=measured.bin_bytes / self.baseline.size_bytes,
             parameters=exported.parameters,
