@@ -165,6 +165,13 @@ RATE = _number(float, minimum=0, inclusive=False)
 DROP = _number(float, minimum=0, below=1)
 
 
+def CONFIDENCE(text: str) -> float | None:  # noqa: N802 (an argparse type, named like the others)
+    """'none' or a confidence in [0.5, 1)."""
+    if text.strip().lower() == "none":
+        return None
+    return _number(float, minimum=0.5, below=1)(text)
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="zoo:resnet20", help="zoo:NAME[:key=value,...], e.g. zoo:resnet20:width=2"
@@ -193,6 +200,22 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--relative-drop", action="store_true", help="--max-drop is a fraction of the baseline accuracy"
+    )
+    parser.add_argument(
+        "--confidence",
+        type=CONFIDENCE,
+        default=0.9,
+        help="the constraint must hold for the drop's one-sided upper bound at this confidence "
+        "(paired with the baseline); 'none': for the measured drop",
+    )
+    parser.add_argument(
+        "--confirm-fraction",
+        type=_number(float, minimum=0, below=1),
+        default=0.3,
+        help="share of the validation data held back to confirm the best candidates on (0: none)",
+    )
+    parser.add_argument(
+        "--top-k", type=COUNT, default=3, help="best feasible trials confirmed, best first, until one passes"
     )
     parser.add_argument("--trials", type=COUNT, default=12, help="number of trials")
     parser.add_argument(
@@ -368,6 +391,9 @@ def _search(args) -> int:
         sampler=getattr(args, "sampler", "auto"),
         strategy=getattr(args, "strategy", "direct"),
         seed=getattr(args, "seed", 0),
+        confidence=args.confidence,
+        confirm_fraction=args.confirm_fraction,
+        top_k=args.top_k,
         progress=True,
     )
     return _print_result(result, args)
@@ -451,7 +477,16 @@ def _print_result(result, args) -> int:
             f"--study-name {result.study_name} "
             f"--model {args.model} --data {args.data} --baseline-epochs {args.baseline_epochs} --trials N"
         )
-    return 0 if result.best is not None else 1
+    if result.best is None:
+        return 1
+    if result.test is not None and not result.test["held"]:
+        print(
+            f"\nexit status 3: the promise did not hold on the test split ({100 * result.test['drop']:.2f} pt "
+            f"dropped, {100 * result.test['allowed_drop']:.2f} pt allowed)",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autocompress.search.settings import SEARCH_FINETUNE, Ray, SearchSettings
+from autocompress.search.settings import FINAL_FINETUNE, SEARCH_FINETUNE, Ray, SearchSettings
 
 ENTRY_POINTS = ("model", "data", "metric", "loss")
 
@@ -75,6 +75,8 @@ class SearchConfig:
             data["backend"] = Ray.from_dict(ray_options or {})
         if isinstance(data.get("finetune"), dict):
             data["finetune"] = {**dataclasses.asdict(SEARCH_FINETUNE), **data["finetune"]}
+        if isinstance(data.get("final_finetune"), dict):
+            data["final_finetune"] = {**dataclasses.asdict(FINAL_FINETUNE), **data["final_finetune"]}
         return cls(
             model=points["model"],
             data=points["data"],
@@ -85,7 +87,7 @@ class SearchConfig:
 
     def run(self, progress: bool = True):
         """Resolve the entry points and run the search; returns the SearchResult."""
-        from autocompress.search.driver import make_backend, run_search
+        from autocompress.search.driver import Loaders, make_backend, run_search
 
         # Everything that can be checked without running user code, first.
         build_model, build_loaders = entry_point(self.model, "model"), entry_point(self.data, "data")
@@ -93,16 +95,14 @@ class SearchConfig:
         loss_fn = entry_point(self.loss, "loss") if self.loss else None
         model = build_model()
         loaders = build_loaders()
-        if not isinstance(loaders, (tuple, list)) or len(loaders) not in (2, 3):
+        if not isinstance(loaders, (tuple, list)) or len(loaders) not in (2, 3, 4):
             raise ValueError(
-                f"data entry point {self.data} must return (train_loader, val_loader) or (train, val, test), "
-                f"got {type(loaders).__name__}"
+                f"data entry point {self.data} must return (train_loader, val_loader), (train, val, test) or "
+                f"(train, val, test, confirm), got {type(loaders).__name__}"
             )
-        train, val, test = (*loaders, None)[:3]
         settings = dataclasses.replace(self.settings, workdir=str(Path(self.settings.workdir).resolve()))
-        return run_search(
-            settings, model, train, val, test, metric, loss_fn, make_backend(settings), progress
-        )
+        data = Loaders(*loaders)
+        return run_search(settings, model, data, metric, loss_fn, make_backend(settings), progress)
 
 
 def entry_point(spec: str, what: str) -> Callable:

@@ -9,6 +9,7 @@ them and fine-tunes (quantization-aware training).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import operator
 import time
 from collections.abc import Callable, Iterable
@@ -91,9 +92,10 @@ def apply_policy(
 
     Order (KD -> prune -> QAT): with ``policy.student``, a student is built from the
     model (the teacher), warm-started from its weights and trained by distillation for
-    ``finetune.distill_epochs``; the per-layer policy then applies to the student, whose
-    later fine-tuning keeps the distillation loss. Then structured pruning (channels
-    physically removed, optionally in several steps with recovery fine-tuning), then
+    ``finetune.distill_epochs``; the per-layer policy then applies to the student (its
+    overrides and pinned layers name the student's layers, as ``SearchSpace.policy`` writes
+    them), whose later fine-tuning keeps the distillation loss. Then structured pruning
+    (channels physically removed, optionally in several steps with recovery fine-tuning), then
     BatchNorm folding, sparsity masks and fake quantizers, calibration, and one
     fine-tuning run in which sparsity ramps up and quantization is trained (QAT).
     calibration_loader defaults to train_loader; finetune=None skips fine-tuning
@@ -232,6 +234,7 @@ def _distilled_student(
             history["init_from_teacher"] = init_from_teacher(member, teacher, example, data=data)
         members.append(member)
     student = members[0] if len(members) == 1 else Ensemble(members)
+    _check_student_names(student, policy)  # before distilling: a mismatch should not cost the training
     if finetune is not None and data is not None and finetune.distill_epochs > 0:
         history["distillation"] = distill(
             teacher,
@@ -245,6 +248,24 @@ def _distilled_student(
             task_loss=loss_fn,
         )
     return student.eval()
+
+
+def _check_student_names(student: nn.Module, policy: Policy) -> None:
+    """PolicyError unless every override and pinned name matches a layer of the student."""
+    layers = compressible_layers(student)
+    unmatched = [
+        name
+        for name in (*policy.overrides, *policy.pinned)
+        if name not in layers and not fnmatch.filter(layers, name)
+    ]
+    if unmatched:
+        spec = policy.student
+        raise PolicyError(
+            f"the policy names layers its {spec.family!r} student {spec.params} does not have: "
+            f"{', '.join(map(repr, unmatched))}. With a student, overrides and pinned layers name the "
+            f"student's layers ({', '.join(layers)}); a search space maps the model's per-layer choices "
+            "onto the student (SearchSpace.policy)."
+        )
 
 
 def _finetune(

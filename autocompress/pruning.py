@@ -94,6 +94,9 @@ class PruneGroup:
         construct this pruner does not handle; ``reason`` says which.
     members: (module name, channel index in the group, channel index in the module) for
         each coupled Conv/Linear/BatchNorm; what importance and masking read.
+    consumers: the Conv/Linear layers outside the group that read these channels (they
+        lose input channels when the group is pruned), in execution order; what a latency
+        model needs to know which layers shrink on both sides.
     """
 
     name: str
@@ -104,6 +107,7 @@ class PruneGroup:
     members: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = dataclasses.field(
         default=(), repr=False
     )
+    consumers: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     def removed(self, ratio: float) -> int:
         """Channels removed at ``ratio``: round(ratio * channels)."""
@@ -154,7 +158,9 @@ def _analyse(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str
             f"({type(error).__name__}: {error})"
         ) from error
 
-    raw: list[tuple[str, nn.Module, list[tuple[str, nn.Module, list[int], list[int]]], list[str]]] = []
+    raw: list[
+        tuple[str, nn.Module, list[tuple[str, nn.Module, list[int], list[int]]], list[str], list[str]]
+    ] = []
     covered: set[nn.Module] = set()
     rank = {name: index for index, name in enumerate(order)}
     for name in order:
@@ -167,6 +173,7 @@ def _analyse(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str
         )
         members: list[tuple[str, nn.Module, list[int], list[int]]] = []
         problems: list[str] = []
+        consumers: list[str] = []
         for item in group:
             target = item.dep.target
             node_module = target.module
@@ -192,7 +199,8 @@ def _analyse(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str
             ):
                 problems.append(f"{member_name!r} is a grouped convolution (groups={node_module.groups})")
             if isinstance(node_module, COMPRESSIBLE) and not out_role:
-                continue  # a consumer: loses input channels, is not part of the group
+                consumers.append(member_name)  # loses input channels, is not part of the group
+                continue
             members.append((member_name, node_module, list(item.root_idxs), list(item.idxs)))
         layers = sorted(
             (m for m in members if isinstance(m[1], COMPRESSIBLE)), key=lambda m: rank.get(m[0], len(rank))
@@ -207,17 +215,17 @@ def _analyse(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str
         pinned_layers = [n for n in layer_names if _is_pinned(n, pinned)]
         if pinned_layers:
             problems.insert(0, f"layer {pinned_layers[0]!r} is pinned")
-        raw.append((name, module, members, problems))
+        raw.append((name, module, members, problems, consumers))
 
     # A group whose leading layer also loses channels through another group (partial
     # coupling through a concat) would see its indices shift: not supported.
     shared = {}
-    for name, _, members, _ in raw:
+    for name, _, members, _, _ in raw:
         for member_name, member, _, _ in members:
             if isinstance(member, COMPRESSIBLE):
                 shared.setdefault(member_name, []).append(name)
     groups, roots = [], {}
-    for name, module, members, problems in raw:
+    for name, module, members, problems, consumers in raw:
         others = [g for g in shared.get(name, []) if g != name]
         if others:
             problems.append(
@@ -238,6 +246,12 @@ def _analyse(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str
                 prunable=reason is None,
                 reason=reason,
                 members=tuple((n, tuple(r), tuple(i)) for n, _, r, i in members),
+                consumers=tuple(
+                    sorted(
+                        dict.fromkeys(n for n in consumers if n not in layers),
+                        key=lambda n: rank.get(n, len(rank)),
+                    )
+                ),
             )
         )
         roots[name] = module
@@ -424,7 +438,8 @@ def prune(
     input channels. ``model`` is never modified.
     """
     thinned = copy.deepcopy(model)
-    analysis, selection = _select(thinned, ratios, example_input, data, loss_fn, pinned, batches)
+    analysis = _analyse(thinned, example_input, pinned)
+    _, selection = _select(thinned, ratios, example_input, data, loss_fn, pinned, batches, analysis.groups)
     graph = analysis.graph
     for name, remove in selection.items():
         root = analysis.roots[name]
@@ -445,6 +460,7 @@ def masked_twin(
     loss_fn: Callable | None = None,
     pinned: Iterable[str] = (),
     batches: int = 4,
+    groups: Iterable[PruneGroup] | None = None,
 ) -> nn.Module:
     """A deep copy with the channels ``prune`` would remove zeroed instead (same shapes).
 
@@ -453,10 +469,12 @@ def masked_twin(
     after BatchNorm, as if absent. Matches ``prune``'s output for channel-preserving
     activations with f(0) = 0 (ReLU, ReLU6, PReLU, ...). For ``taylor``, pass the same
     batches as to ``prune`` (a shuffling loader yields other batches on each pass).
+    ``groups``: this model's ``pruning_groups`` (same ``pinned``), to skip tracing it again
+    when masking many selections of one model.
     """
     twin = copy.deepcopy(model)
-    analysis, selection = _select(twin, ratios, example_input, data, loss_fn, pinned, batches)
-    groups = {g.name: g for g in analysis.groups}
+    known, selection = _select(twin, ratios, example_input, data, loss_fn, pinned, batches, groups)
+    groups = {g.name: g for g in known}
     modules = dict(twin.named_modules())
     with torch.no_grad():
         for name, remove in selection.items():
@@ -489,17 +507,19 @@ def _select(
     loss_fn: Callable | None,
     pinned: Iterable[str],
     batches: int,
-) -> tuple[_Analysis, dict[str, list[int]]]:
-    """Analyse ``work`` (a copy) and pick, per group, the channels to remove."""
+    known: Iterable[PruneGroup] | None = None,
+) -> tuple[list[PruneGroup], dict[str, list[int]]]:
+    """Pick, per group, the channels of ``work`` (a copy) to remove; its groups are ``known``
+    or found by analysing it."""
     if not isinstance(ratios, Mapping):
         raise TypeError(f"ratios must map group names to (ratio, criterion), got {type(ratios).__name__}")
-    analysis = _analyse(work, example_input, pinned)
-    groups = {g.name: g for g in analysis.groups}
+    known = list(known) if known is not None else _analyse(work, example_input, pinned).groups
+    groups = {g.name: g for g in known}
     requests: dict[str, tuple[float, str]] = {}
     for name, spec in ratios.items():
         ratio, criterion = _unpack(name, spec)
         if name not in groups:
-            owner = next((g.name for g in analysis.groups if name in g.layers), None)
+            owner = next((g.name for g in known if name in g.layers), None)
             hint = (
                 f" ({name!r} is a layer of group {owner!r}; ratios are keyed by group name)" if owner else ""
             )
@@ -520,7 +540,7 @@ def _select(
         scores = _importance(work, groups[name], criterion, taylor)
         order = torch.sort(scores, stable=True).indices
         selection[name] = sorted(order[:count].tolist())
-    return analysis, selection
+    return known, selection
 
 
 def _unpack(name: str, spec: Any) -> tuple[float, str]:

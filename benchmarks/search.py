@@ -1,181 +1,235 @@
-"""Search benchmark: the constrained policy search against NNCF post-training INT8.
+"""Search benchmark: does the search beat what an engineer would set by hand?
 
-Zoo ResNet-20 (wide) on MNIST-5k, accuracy drop <= 1 pt on the validation split,
-objective = OpenVINO latency at true FP32 precision ("f32") on 1 thread, in ONE run:
+Per model (zoo ResNet-20 wide, the zoo depthwise/concat net, the MNIST CNN; MNIST-5k),
+objective = OpenVINO latency at true FP32 precision ("f32") on 1 thread, accuracy drop
+<= 1 pt, the same trial budget for every search, in ONE run per model:
 
+- rule: the engineer's rule. Uniform INT8 + uniform pruning on the grid 0..0.75 in steps
+  of 0.125 (7 trials, the search's per-trial fine-tune); the fastest point feasible on the
+  validation data (measured drop) is then fine-tuned with the final budget, as ours is;
 - NNCF PTQ INT8 of the FP32 IR (the usual one-knob answer);
-- searches at an equal trial budget: joint (TPE, per-layer bits + per-group pruning),
-  random (same space), condensa (uniform level-set first, then joint below it),
-  quantization-only and pruning-only spaces. Every search starts with the same
-  enqueued points (uniform INT8, then INT8 + uniform pruning where the space prunes).
+- random, TPE: the joint space, without hardware-aware proposals;
+- FLOPs proxy: the joint space with FLOPs as the objective (TPE), then measured;
+- ours: the joint space with hardware-aware proposals (TPE).
+The searches use the default selection (constraint on the 90% upper bound, 30% of the
+validation data held back, the top 3 confirmed after a final fine-tune).
 
-Each search's best policy is then re-measured side by side with FP32 and NNCF INT8 in
-the same alternating latency rounds, and scored on the held-out test split.
+Every delivered model, FP32 and NNCF INT8 are then scored on the 1000-image test split
+(drop paired with FP32, 90% bounds) and timed side by side in alternating rounds.
 
-    python benchmarks/search.py                       # width 2, 12 trials per search
-    python benchmarks/search.py --width 1 --trials 8 --searches joint,random
+    python benchmarks/search.py                          # 3 models, 16 trials per search
+    python benchmarks/search.py --models mnist_cnn --trials 8 --methods rule,tpe,ours
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 import autocompress
 from autocompress import LatencyConfig, Target, export
+from autocompress.core import apply_policy
 from autocompress.data import load_dataset, make_loaders
-from autocompress.evaluators.artifact import ExportedModel
-from autocompress.evaluators.runtime import Dataset, OpenVINOAccuracy, OpenVINOLatency
-from autocompress.search import SEARCH_FINETUNE, SearchResult
+from autocompress.evaluators.runtime import Dataset
+from autocompress.search import SearchResult
+from autocompress.search.objectives import AccuracyConstraint
+from autocompress.search.result import summarize_policy
+from autocompress.search.settings import FINAL_FINETUNE
+from autocompress.search.trial import compare_irs
+from autocompress.search_spaces import Dimension, SearchSpace, build_space
 from autocompress.zoo import pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantization import nncf_int8  # noqa: E402  (sibling benchmark script)
 
-SEARCHES = {
-    # name: (space, sampler, strategy)
-    "joint (TPE)": ("joint", "auto", "direct"),
-    "random": ("joint", "random", "direct"),
-    "condensa": ("joint", "auto", "condensa"),
-    "quantization only": ("quantization", "auto", "direct"),
-    "pruning only": ("pruning", "auto", "direct"),
+MODELS = {
+    "resnet20_w2": ("resnet20", {"width": 2}),
+    "mobilenet_cat": ("mobilenet_cat", {}),
+    "mnist_cnn": ("mnist_cnn", {}),
 }
-KEYS = {
-    "joint": "joint (TPE)",
-    "random": "random",
-    "condensa": "condensa",
-    "quantization": "quantization only",
-    "pruning": "pruning only",
-}
+METHODS = ("rule", "nncf", "random", "tpe", "flops", "ours")
+RULE_GRID = tuple(i * 0.125 for i in range(7))  # 0 .. 0.75
+
+
+class FlopsRatio:
+    """The FLOPs-proxy objective: the candidate's FLOPs over the baseline's (minimised)."""
+
+    name = "flops"
+
+    def __init__(self, baseline_flops: int) -> None:
+        self.baseline_flops = baseline_flops
+
+    def __call__(self, measurements) -> float:
+        return measurements.flops / self.baseline_flops
+
+
+def rule_space(model, example) -> SearchSpace:
+    """Uniform INT8 + one uniform pruning ratio: the compact space with bits fixed, the grid enqueued."""
+    space = build_space(model, "compact", example_input=example)
+    space = space.fix(weight_bits=8, activation_bits=8, pruning_criterion="l1")
+    grid = Dimension("pruning_ratio", choices=RULE_GRID)
+    return dataclasses.replace(
+        space,
+        dimensions=tuple(grid if d.name == "pruning_ratio" else d for d in space.dimensions),
+        start_points=tuple({"pruning_ratio": r} for r in RULE_GRID),
+    )
 
 
 def trials_to_95(result: SearchResult) -> int | None:
-    """1-based count of trials until a feasible one reached 95% of the final best speedup."""
+    """1-based count of trials until a feasible one reached 95% of the search's best validation speedup."""
     feasible = [t for t in result.trials if t.feasible]
     if not feasible:
         return None
     final = max(t.measurements.speedup for t in feasible)
-    for index, t in enumerate(result.trials, start=1):
-        if t.feasible and t.measurements.speedup >= 0.95 * final:
-            return index
-    return None
+    return next(
+        i for i, t in enumerate(result.trials, 1) if t.feasible and t.measurements.speedup >= 0.95 * final
+    )
 
 
-def overhead(result: SearchResult) -> float | None:
-    """Median seconds per finished trial spent outside apply_policy (export, IR, measurement)."""
-    values = [
-        t.seconds - (t.measurements.seconds_compress or 0)
-        for t in result.trials
-        if t.state == "COMPLETE" and t.seconds
-    ]
-    return statistics.median(values) if values else None
+def run_model(label: str, args, target: Target, root: Path) -> list[dict]:
+    name, kwargs = MODELS[label]
+    splits = load_dataset("mnist5k")
+    train, val, test = make_loaders(splits, batch_size=64)
+    model = pretrained(name, "mnist5k", **kwargs)
+    example = next(iter(train))[0][:1]
+    fp32 = export(model, root / "fp32", input_shape=splits.input_shape)
+    irs: dict[str, Path] = {"FP32": Path(fp32.ir_path)}
+    info: dict[str, dict] = {}
+    common = dict(
+        test_loader=None,
+        objective="latency",
+        max_accuracy_drop=0.01,
+        target=target,
+        n_trials=args.trials,
+        progress=False,
+        seed=args.seed,
+    )
+    for method in args.methods:
+        started = time.perf_counter()
+        if method == "nncf":
+            calibration = splits.train.tensors[0][:300].numpy()
+            irs["nncf"] = Path(nncf_int8(fp32, calibration, root / "nncf", 300).ir_path)
+            info["nncf"] = {"seconds": time.perf_counter() - started}
+            continue
+        options = dict(common, workdir=root / method)
+        if method == "rule":
+            options.update(
+                space=rule_space(model, example),
+                n_trials=len(RULE_GRID),
+                confidence=None,
+                confirm_fraction=0.0,
+                hardware_proposals=False,
+            )
+        elif method == "random":
+            options.update(space="joint", sampler="random", hardware_proposals=False)
+        elif method == "tpe":
+            options.update(space="joint", hardware_proposals=False)
+        elif method == "flops":
+            from autocompress.evaluators.size import count_flops
+
+            flops = count_flops(model, (1, *splits.input_shape))
+            options.update(space="joint", objective=FlopsRatio(flops), hardware_proposals=False)
+        elif method == "ours":
+            options.update(space="joint", hardware_proposals=True)
+        result = autocompress.search(model, train, val, **options)
+        best = result.best if result.feasible else None
+        if best is not None and method == "rule":  # the same final fine-tune as ours
+            tuned = apply_policy(model, best.policy, train, finetune=FINAL_FINETUNE)
+            irs[method] = Path(export(tuned, root / "rule-final", input_shape=splits.input_shape).ir_path)
+        elif best is not None:
+            irs[method] = Path(best.measurements.ir_path)
+        info[method] = {
+            "seconds": time.perf_counter() - started,
+            "to95": trials_to_95(result),
+            "policy": summarize_policy(best.params) if best is not None else f"none: {result.message[:80]}",
+            "trials": len(result.trials),
+        }
+        print(f"[{label} {method}] {info[method]['seconds']:.0f} s: {result.message[:160]}", flush=True)
+
+    data = Dataset(test)
+    names = list(irs)
+    logits, latency = compare_irs(
+        [str(irs[n]) for n in names],
+        data.inputs_file(),
+        target,
+        LatencyConfig(rounds=args.rounds, min_iterations=200, min_seconds=0.5),
+    )
+    constraint = AccuracyConstraint(0.01, confidence=0.9)
+    ms = {n: latency["models"][i]["median_ms"] for i, n in enumerate(names)}
+    rows = []
+    for i, n in enumerate(names):
+        drop = constraint.assess(None, logits[0], logits[i], data.targets)
+        rows.append(
+            dict(
+                model=label,
+                method=n,
+                speedup=ms["FP32"] / ms[n],
+                vs_rule=ms["rule"] / ms[n] if "rule" in ms else float("nan"),
+                drop=drop,
+                held=drop.drop <= 0.01,
+                **info.get(n, {}),
+            )
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--width", type=float, default=2.0)
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--searches", default=",".join(KEYS), help=f"comma-separated among {', '.join(KEYS)}")
-    parser.add_argument("--baseline-epochs", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-drop", type=float, default=0.01)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    chosen = [KEYS[k.strip()] for k in args.searches.split(",") if k.strip()]
-
-    splits = load_dataset("mnist5k")
-    train, val, test = make_loaders(splits, batch_size=64)
-    started = time.perf_counter()
-    model = pretrained("resnet20", "mnist5k", epochs=args.baseline_epochs, width=args.width)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown or args.trials > 16:
+        parser.error(f"methods among {', '.join(METHODS)}; at most 16 trials")
+    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    cpu_name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if "Model name" in line), "?")
+    flags = next((line for line in cpu.splitlines() if line.startswith("Flags")), "")
     print(
-        f"baseline resnet20 width {args.width:g} ready in {time.perf_counter() - started:.0f} s", flush=True
+        f"# {platform.node()}: {cpu_name}; avx512_vnni={'avx512_vnni' in flags}; OpenVINO f32 hint, 1 thread, "
+        f"batch 1; {args.trials} trials per search (the rule: {len(RULE_GRID)}); max drop 1 pt",
+        flush=True,
     )
-    target = Target(threads=args.threads, precision_hint="f32")
-
+    target = Target(threads=1, precision_hint="f32")
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
-        root = args.workdir or Path(tmp)
-        fp32 = export(model, root / "fp32", input_shape=splits.input_shape)
-        calibration = splits.train.tensors[0][:300].numpy()
-        artifacts: dict[str, ExportedModel] = {
-            "FP32": fp32,
-            "NNCF PTQ INT8": nncf_int8(fp32, calibration, root / "nncf", 300),
-        }
-        results: dict[str, SearchResult] = {}
-        for name in chosen:
-            space, sampler, strategy = SEARCHES[name]
-            t0 = time.perf_counter()
-            result = autocompress.search(
-                model,
-                train,
-                val,
-                test_loader=test,
-                objective="latency",
-                max_accuracy_drop=args.max_drop,
-                target=target,
-                space=space,
-                sampler=sampler,
-                strategy=strategy,
-                n_trials=args.trials,
-                workdir=root / name.split()[0],
-                finetune=SEARCH_FINETUNE,
-                seed=0,
-                progress=False,
-            )
-            results[name] = result
-            print(f"[{name}] {time.perf_counter() - t0:.0f} s: {result.message}", flush=True)
-            if result.best is not None and result.feasible:
-                ir = Path(result.best.measurements.ir_path)
-                artifacts[name] = ExportedModel(
-                    onnx_path=ir.with_suffix(".onnx"), ir_path=ir, input_shape=fp32.input_shape
-                )
+        for label in [m.strip() for m in args.models.split(",") if m.strip()]:
+            rows += run_model(label, args, target, Path(tmp) / label)
 
-        data = Dataset(test)
-        accuracy = {
-            name: OpenVINOAccuracy(data, target=target)(a)["accuracy"] for name, a in artifacts.items()
-        }
-        latency = OpenVINOLatency(
-            target, LatencyConfig(rounds=args.rounds, min_iterations=200, min_seconds=0.5)
-        ).compare(artifacts)
-
-    nncf = latency["NNCF PTQ INT8"]
     print(
-        f"\nresnet20 width {args.width:g}, MNIST-5k; constraint: validation drop <= {100 * args.max_drop:g} pt; "
-        f"{args.trials} trials per search; OpenVINO f32 hint, {args.threads} thread(s), batch 1, {args.rounds} alternating rounds\n"
+        f"\n{'model':<14} {'method':<7} {'test speedup':>12} {'vs rule':>8} {'test drop pt (90% bounds)':>28} "
+        f"{'held':>5} {'to 95%':>6} {'wall s':>7}  policy"
     )
-    header = f"{'variant':<20} {'test acc':>8} {'Δ pt':>6} {'lat ms':>8} {'vs FP32':>8} {'vs NNCF':>8} {'to 95%':>6} {'feasible':>8} {'wall s':>7} {'ovh s/trial':>11}  best policy"
-    print(header)
-    print("-" * len(header))
-    for name, measured in latency.items():
-        speedup = 1.0 / measured["ratio_to_first"]
-        vs_nncf = nncf["median_ms"] / measured["median_ms"]
-        r = results.get(name)
-        extra = ""
-        if r is not None:
-            from autocompress.search.result import summarize_policy
-
-            feasible = sum(t.feasible for t in r.trials)
-            ovh = overhead(r)
-            extra = f" {trials_to_95(r) or '-':>6} {f'{feasible}/{len(r.trials)}':>8} {r.seconds:>7.0f} {ovh if ovh is None else f'{ovh:.1f}':>11}  {summarize_policy(r.best.params)}"
-        else:
-            extra = f" {'':>6} {'':>8} {'':>7} {'':>11}"
+    for r in rows:
+        d = r["drop"]
         print(
-            f"{name:<20} {100 * accuracy[name]:>7.2f}% {100 * (accuracy[name] - accuracy['FP32']):>+6.2f} "
-            f"{measured['median_ms']:>8.4f} {speedup:>7.2f}x {vs_nncf:>7.2f}x{extra}"
+            f"{r['model']:<14} {r['method']:<7} {r['speedup']:>11.2f}x {r['vs_rule']:>7.2f}x "
+            f"{f'{100 * d.drop:.2f} ({100 * d.low:.2f}..{100 * d.high:.2f})':>28} {str(r['held']):>5} "
+            f"{r.get('to95') or '-':>6} {r.get('seconds', float('nan')):>7.0f}  {r.get('policy', '')}"
         )
-    for name in chosen:
-        if name not in artifacts:
-            print(f"{name}: no feasible policy ({results[name].message})")
+    ours = [r["vs_rule"] for r in rows if r["method"] == "ours" and np.isfinite(r["vs_rule"])]
+    if ours:
+        print(
+            f"\nours vs the rule: median test speedup ratio {statistics.median(ours):.2f} over {len(ours)} models"
+        )
     print(
-        "\nvs FP32 / vs NNCF: latency ratios measured side by side in this run (median over rounds); "
-        "to 95%: trials until a feasible one reached 95% of the search's final best (validation) speedup; "
-        "ovh: median seconds per finished trial outside apply_policy (ONNX export, IR conversion, accuracy, latency)."
+        "speedups: FP32 latency / model latency, medians of alternating rounds measured side by side in this "
+        "run on the test inputs; drop: FP32 test accuracy - model's, paired bootstrap; held: drop <= 1 pt; "
+        "to 95%: trials until a feasible one reached 95% of that search's best validation speedup."
     )
     return 0
 

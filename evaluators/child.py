@@ -1,7 +1,7 @@
 """Run OpenVINO / ONNX Runtime jobs in a child process (see autocompress.evaluators.runtime_worker), so that
 a runtime crash or an abort at exit never takes the (torch) parent process down.
 
-Jobs are typed (ConvertToIR, Infer, MeasureLatency, MeasureOrtLatency, RuntimeInfo); each
+Jobs are typed (ConvertToIR, Infer, MeasureLatency, ProfileLayers, MeasureOrtLatency, RuntimeInfo); each
 turns into the worker's JSON request ({"op", "args"}) only here.
 """
 
@@ -87,6 +87,23 @@ class MeasureLatency(Job):
     xml_paths: list[str]
     target: dict[str, Any] | list[dict[str, Any]] | None = None
     config: dict[str, Any] | None = None
+    inputs_npy: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileLayers(Job):
+    """Per-node execution times of IRs (or ONNX files) from OpenVINO's profiling (PERF_COUNT), alone, in passes.
+
+    Each executed node of each compiled (fused) graph comes back with its mean time over the faster half
+    of the runs (microseconds), its type, kernel and precision, and the original layer names fused into it.
+    """
+
+    op: ClassVar[str] = "profile_layers"
+    xml_paths: list[str]
+    target: dict[str, Any] | None = None
+    iterations: int = 200
+    rounds: int = 4
+    warmup_iterations: int = 20
     inputs_npy: str | None = None
 
 

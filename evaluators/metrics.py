@@ -30,6 +30,34 @@ def score(metric: Metric | None, logits: np.ndarray, targets: np.ndarray, what: 
     return value
 
 
+def paired_bootstrap(
+    metric: Metric | None,
+    first: np.ndarray,
+    second: np.ndarray,
+    targets: np.ndarray,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The metric of two models' outputs on the SAME bootstrap resamples of the samples:
+    two arrays of ``resamples`` scores whose differences estimate the spread of the
+    difference (pairing removes the samples' common difficulty from it, so a paired
+    interval is several times narrower than two separate ones)."""
+    targets = np.asarray(targets).reshape(-1)
+    n = len(targets)
+    if n == 0:
+        raise ValueError("paired_bootstrap: no samples")
+    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    if metric is None or metric is top1_accuracy:  # per-sample correctness: one gather, not 2000 calls
+        hits = [
+            (np.asarray(x).reshape(n, -1).argmax(axis=1) == targets).astype(np.float64)
+            for x in (first, second)
+        ]
+        return hits[0][rows].mean(axis=1), hits[1][rows].mean(axis=1)
+    first, second = np.asarray(first), np.asarray(second)
+    scores = np.array([[metric(first[r], targets[r]), metric(second[r], targets[r])] for r in rows])
+    return scores[:, 0], scores[:, 1]
+
+
 def to_jsonable(value):
     """``value`` with numpy scalars and arrays as Python numbers and lists, non-finite floats
     as None and other objects as their str: what JSON, Optuna and Tune can store."""

@@ -66,8 +66,10 @@ class Knob:
         0.5: how hard the start point compresses) for knobs that are a level themselves.
     ranged: may be searched over [low, high]; otherwise choices only.
     apply_layer: (layer policy, value, prunable) -> layer policy, for layer/group knobs and
-        global ones that act per layer. apply_student: (student params, value) -> params.
-        Knobs apply in registration order, so a later knob overrides an earlier one.
+        global ones that act per layer. apply_student: (student params, value) -> params, or
+        None for no student (the model keeps its own architecture; the other student knobs
+        are then ignored). Knobs apply in registration order, so a later knob overrides an
+        earlier one.
     label, digest: the knob's part of the one-line digest; digest None: another knob's
         digest shows it (pruning_criterion, inside pruning_ratio's).
     column, read: the report's per-layer column and how to read it back from a layer's
@@ -81,7 +83,7 @@ class Knob:
     starts_at: Any
     ranged: bool = False
     apply_layer: Callable[[LayerPolicy, Any, bool], LayerPolicy] | None = None
-    apply_student: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
+    apply_student: Callable[[dict[str, Any], Any], dict[str, Any] | None] | None = None
     label: str = ""
     digest: Callable[[str, list[Any], Mapping[str, Any]], str] | None = _counts
     column: str | None = None
@@ -222,8 +224,23 @@ def _pruning_digest(label: str, values: list[Any], params: Mapping[str, Any]) ->
     return f"{label} {lo:g}" + (f"-{hi:g}" if hi != lo else "") + (f" ({crit})" if crit else "")
 
 
+def _if_student(digest: Callable[[str, list[Any], Mapping[str, Any]], str]):
+    """A student knob's digest, empty where the point chose no student (knob ``student`` False)."""
+
+    def part(label: str, values: list[Any], params: Mapping[str, Any]) -> str:
+        return digest(label, values, params) if params.get("student", True) else ""
+
+    return part
+
+
+@_if_student
 def _student_digest(label: str, values: list[Any], params: Mapping[str, Any]) -> str:
     return f"{label} w{values[0]:g}" + (f" b{params['student_blocks']}" if "student_blocks" in params else "")
+
+
+@_if_student
+def _student_flag_digest(label: str, values: list[Any], params: Mapping[str, Any]) -> str:
+    return "" if "student_width" in params else label  # student_width's part names the student
 
 
 _BITS = "None (float) or an int in 2..8"
@@ -325,7 +342,20 @@ for _knob in (
         starts_at=3,
         apply_student=lambda params, size: {**params, "kernel_size": size},
         label="student kernel",
-        digest=_value,
+        digest=_if_student(_value),
+    ),
+    # Whether to distill at all, so that one fixed set of dimensions (what Optuna's samplers
+    # need) can hold both the model's own architecture and its students; an engineer starts
+    # without a student.
+    Knob(
+        "student",
+        "global",
+        "True (distill into a student of the space's family) or False (keep the model's architecture)",
+        lambda v: isinstance(v, bool),
+        starts_at=False,
+        apply_student=lambda params, on: params if on else None,
+        label="student",
+        digest=_student_flag_digest,
     ),
 ):
     register_knob(_knob)

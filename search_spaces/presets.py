@@ -4,11 +4,17 @@
     sparsity      per layer: unstructured sparsity 0..0.9 (no speed-up on CPUs; size in non-zeros)
     pruning       per group of coupled layers: channel ratio 0..0.75; global criterion
     distillation  student width and depth; INT8 or float
-    joint         quantization + pruning, per layer / per group
+    joint         quantization + pruning, per layer / per group; where a student family fits
+                  the model, also whether to distill into a student and its width (and depth),
+                  one candidate pipeline: distill -> prune -> QAT
     compact       the joint knobs as global values: 4 dimensions, for small budgets
 
 Per-layer knobs come from ``compressible_layers``; pruning ratios are per group from
-``pruning_groups`` (coupled layers share one ratio, so every sampled policy is valid).
+``pruning_groups`` (coupled layers share one ratio, so every sampled policy is valid). In
+``joint``, a point with a student applies its per-layer and per-group values to the
+student's layers of the same name (``SearchSpace.policy``); the preset builds every student
+it offers to read their layers and groups, and offers only widths whose students keep a
+channel in every group at the highest pruning ratio.
 """
 
 from __future__ import annotations
@@ -18,12 +24,18 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from autocompress.distillation import build_student, student_families
+from autocompress.distillation import Ensemble, build_student, student_families
 from autocompress.graph import ModelError, compressible_layers
-from autocompress.policies import Policy, PolicyError, Student
+from autocompress.policies import Policy, Student
 from autocompress.pruning import pruning_groups
 from autocompress.search_spaces.knobs import start_point
-from autocompress.search_spaces.space import Dimension, SearchSpace, SpaceError
+from autocompress.search_spaces.space import (
+    Dimension,
+    SearchSpace,
+    SpaceError,
+    StudentLayout,
+    student_choices,
+)
 
 PRESETS = ("quantization", "sparsity", "pruning", "distillation", "joint", "compact")
 
@@ -59,6 +71,7 @@ def build_space(
     ratio = dict(low=0.0, high=MAX_PRUNING_RATIO, step=PRUNING_STEP)
     dims: list[Dimension] = []
     family = None
+    students: tuple[StudentLayout, ...] = ()
 
     if preset in ("quantization", "joint"):
         for layer in layers:
@@ -82,9 +95,21 @@ def build_space(
         if family == "resnet":
             dims.append(Dimension("student_blocks", choices=STUDENT_BLOCKS))
         dims += [Dimension("weight_bits", choices=(8, None)), Dimension("activation_bits", choices=(8, None))]
+    if preset == "joint":  # the first family whose students the knobs can build, if any
+        for candidate in student_families():
+            try:
+                student_dims, found = _joint_students(model, candidate, example_input, base)
+            except (
+                Exception
+            ):  # e.g. a user's family without a width param, or one that cannot take this model
+                continue
+            if student_dims:
+                dims += student_dims
+                family, students = candidate, found
+                break
 
     # Start where an engineer would: uniform INT8, then uniform pruning (or sparsity) on top
-    # of it; knobs that ignore the level give the same point, kept once.
+    # of it, without a student; knobs that ignore the level give the same point, kept once.
     starts: list[dict] = []
     for level in (0.0, 0.25, 0.5):
         point = start_point(dims, level)
@@ -97,20 +122,66 @@ def build_space(
         base=base,
         start_points=tuple(starts),
         student_family=family,
+        students=students,
         preset=preset,
     )
 
 
+def _joint_students(
+    model: nn.Module, family: str, example_input: torch.Tensor, base: Policy
+) -> tuple[list[Dimension], tuple[StudentLayout, ...]]:
+    """joint's student dimensions (``student``: whether to distill, then width and, for the
+    resnet family, blocks) and every offered student's layout. A width is offered only if
+    each of its students keeps at least one channel of every prunable group at the highest
+    pruning ratio, so that every point of the space is a policy that applies; no width
+    left: no student dimensions."""
+    depth = [Dimension("student_blocks", choices=STUDENT_BLOCKS)] if family == "resnet" else []
+    widths, layouts = [], []
+    for width in STUDENT_WIDTHS:
+        dims = [Dimension("student_width", choices=(width,)), *depth]
+        built = [
+            _layout(model, student, example_input, base)
+            for student in student_choices(dims, family, base.student)
+        ]
+        if all(fits for _, fits in built):
+            widths.append(width)
+            layouts += [layout for layout, _ in built]
+    if not widths:
+        return [], ()
+    dims = [
+        Dimension("student", choices=(False, True)),
+        Dimension("student_width", choices=tuple(widths)),
+        *depth,
+    ]
+    return dims, tuple(layouts)
+
+
+def _layout(
+    model: nn.Module, student: Student, example_input: torch.Tensor, base: Policy
+) -> tuple[StudentLayout, bool]:
+    """The student's layers and prunable groups (as ``apply_policy`` will build it), and
+    whether every group keeps a channel at the highest pruning ratio."""
+    members = [build_student(model, student, example_input=example_input) for _ in range(student.ensemble)]
+    built = members[0] if len(members) == 1 else Ensemble(members)  # as apply_policy builds it
+    layers = tuple(compressible_layers(built))
+    pinned = StudentLayout(params=student.params, layers=layers).pinned(base.pinned)
+    groups = [g for g in pruning_groups(built, example_input, pinned) if g.prunable]
+    fits = all(g.removed(MAX_PRUNING_RATIO) < g.channels for g in groups)
+    return StudentLayout(student.params, layers, {g.name: tuple(g.layers) for g in groups}), fits
+
+
 def _student_family(
-    model: nn.Module, example_input: torch.Tensor, families: Iterable[str] | None = None
+    model: nn.Module,
+    example_input: torch.Tensor,
+    families: Iterable[str] | None = None,
 ) -> str:
     """The first registered student family that can derive a student from ``model``."""
     tried = []
     for family in families or student_families():
         try:
             build_student(model, Student(family=family), example_input=example_input)
-        except (PolicyError, ValueError, TypeError) as error:
-            tried.append(f"{family}: {error}")
+        except Exception as error:  # a family's builder (maybe the user's) that cannot take this model
+            tried.append(f"{family}: {type(error).__name__}: {error}")
             continue
         return family
     raise SpaceError(

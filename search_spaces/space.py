@@ -3,7 +3,9 @@
 A ``SearchSpace`` is a list of ``Dimension``s (what may vary, and over which values) and
 the model's layers it was built for; ``space.policy(values)`` turns one choice of values
 into a ``Policy``. Spaces validate on construction, round-trip through JSON, and can be
-narrowed (``fix``, ``exclude``) or widened (``extend``) before a search. Backends
+narrowed (``fix``, ``exclude``) or widened (``extend``) before a search. A space that
+searches students together with per-layer or per-group knobs holds each student's layers
+and groups (``StudentLayout``) and maps the knobs onto the chosen student's layers. Backends
 (Optuna, Ray Tune) translate dimensions into their own distributions; the space knows
 nothing of them. What each knob takes and does lives in its registry
 (autocompress.search_spaces.knobs).
@@ -14,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import itertools
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +29,16 @@ from pydantic.dataclasses import dataclass
 from autocompress.policies import LayerPolicy, Policy, Student
 from autocompress.search_spaces.knobs import KNOBS, Knob, SpaceError, knob
 
-__all__ = ["KNOBS", "SPACE_FORMAT", "SPACE_VERSION", "Dimension", "SearchSpace", "SpaceError"]
+__all__ = [
+    "KNOBS",
+    "SPACE_FORMAT",
+    "SPACE_VERSION",
+    "Dimension",
+    "SearchSpace",
+    "SpaceError",
+    "StudentLayout",
+    "student_choices",
+]
 
 SPACE_FORMAT = "autocompress.search_space"
 SPACE_VERSION = 1
@@ -144,6 +156,84 @@ class Dimension:
 
 @_raises_space_error
 @dataclass(frozen=True, config=_STRICT)
+class StudentLayout:
+    """One student's compressible layers and prunable groups (leader -> coupled layers), for
+    its family's ``params``: what a space maps the model's per-layer and per-group choices
+    onto when a point chooses this student. ``build_space`` builds each student to read them.
+    """
+
+    params: dict[str, Any]
+    layers: tuple[str, ...]
+    groups: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        stray = sorted({layer for layers in self.groups.values() for layer in layers} - set(self.layers))
+        if stray:
+            raise SpaceError(
+                f"student layout {self.params}: its groups name layers the student does not have: {stray}"
+            )
+
+    def pinned(self, pinned: Iterable[str]) -> tuple[str, ...]:
+        """The pinned names or patterns that match a layer of this student (a student without
+        the pinned layer, e.g. one that dropped its block, has nothing to keep there)."""
+        return tuple(p for p in pinned if any(_matches(layer, p) for layer in self.layers))
+
+
+def _listed(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _matches(layer: str, pattern: str) -> bool:
+    return layer == pattern or fnmatch.fnmatchcase(layer, pattern)
+
+
+def student_choices(
+    dimensions: Iterable[Dimension],
+    family: str | None,
+    base: Student | None = None,
+    fixed: Mapping[str, Any] | None = None,
+) -> list[Student]:
+    """Every distinct student a point over ``dimensions`` can choose (no student: not listed),
+    from the choices of the student dimensions (or their ``fixed`` values); without student
+    dimensions, ``base`` (the space's base student), if any."""
+    fixed = fixed or {}
+    dims = [d for d in dimensions if d.spec.for_student]
+    options = []
+    for dim in dims:
+        if dim.name in fixed:
+            options.append((fixed[dim.name],))
+        elif dim.choices is not None:
+            options.append(dim.choices)
+        else:
+            raise SpaceError(
+                f"dimension {dim.name!r}: a student dimension searched over a range cannot be combined with "
+                "per-layer or pruning dimensions (each student's layers must be known in advance); give choices"
+            )
+    found: list[Student] = []
+    for combo in itertools.product(*options):
+        student = _student_of({d.knob: v for d, v in zip(dims, combo)}, family, base)
+        if student is not None and student not in found:
+            found.append(student)
+    return found
+
+
+def _student_of(chosen: Mapping[str, Any], family: str | None, base: Student | None) -> Student | None:
+    """The student for the student knobs' values ``chosen`` ({knob: value}), applied in
+    registry order to the params of ``base`` (the space's base student); a knob that says
+    "no student" ends it."""
+    knobs = [k for k in KNOBS.values() if k.for_student and k.name in chosen]
+    if not knobs:
+        return base
+    params: dict[str, Any] | None = dict(base.params) if base else {}
+    for k in knobs:
+        params = k.apply_student(params, chosen[k.name])
+        if params is None:
+            return None
+    return dataclasses.replace(base or Student(family=family), family=family, params=params)
+
+
+@_raises_space_error
+@dataclass(frozen=True, config=_STRICT)
 class SearchSpace:
     """Dimensions over the compressible ``layers`` of one model, plus what stays fixed.
 
@@ -153,6 +243,8 @@ class SearchSpace:
     fixed: dimension name -> value, kept out of the search.
     start_points: values to try first (e.g. uniform INT8), as {dimension name: value}.
     student_family: the registered student family, for student_* dimensions.
+    students: the layers and groups of each student a point can choose, needed where the
+        space also has per-layer or per-group dimensions (see ``policy``).
     """
 
     dimensions: tuple[Dimension, ...]
@@ -162,6 +254,7 @@ class SearchSpace:
     fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
     start_points: tuple[dict[str, Any], ...] = ()
     student_family: str | None = None
+    students: tuple[StudentLayout, ...] = ()
     preset: str | None = None
     format: Literal["autocompress.search_space"] = SPACE_FORMAT
     version: Literal[1] = SPACE_VERSION
@@ -199,20 +292,27 @@ class SearchSpace:
                         f"dimensions {other!r} and {dim.name!r} both set {dim.knob} of layer {layer!r}; keep one"
                     )
         students = [d.name for d in self.dimensions if d.spec.for_student]
-        if students:
-            if self.student_family is None:
-                raise SpaceError(
-                    f"student dimensions ({', '.join(students)}) need student_family "
-                    "(a registered family, e.g. 'resnet')"
-                )
-            per_layer = [d.name for d in self.dimensions if not d.is_global]
-            pruned = [d.name for d in self.dimensions if d.spec.scope == "group"]
-            if per_layer or pruned:
-                raise SpaceError(
-                    "a space with a student cannot hold per-layer or pruning dimensions "
-                    f"({', '.join(per_layer + pruned)}): "
-                    "the student's layers are not the model's. Search the student first, then a space built on it."
-                )
+        if students and self.student_family is None:
+            raise SpaceError(
+                f"student dimensions ({', '.join(students)}) need student_family "
+                "(a registered family, e.g. 'resnet')"
+            )
+        layouts = [layout.params for layout in self.students]
+        if any(layouts.count(params) > 1 for params in layouts):
+            raise SpaceError("students: two layouts for the same student params; keep one")
+        mapped = self._mapped()
+        if mapped and (students or self.base.student is not None):
+            for student in student_choices(
+                self.dimensions, self.student_family, self.base.student, self.fixed
+            ):
+                if self._layout(student.params) is None:
+                    raise SpaceError(
+                        f"dimensions {_listed(mapped)} set the model's layers and groups; a point with the "
+                        f"{student.family!r} student {student.params} maps them onto that student's layers, "
+                        "but the space has no StudentLayout for it. Build the space with "
+                        "build_space(model, 'joint', example_input=...), which reads every student's layers, "
+                        "or add the layout to students=."
+                    )
         by_name = {d.name: d for d in self.dimensions}
         for name, value in self.fixed.items():
             if name not in by_name:
@@ -239,6 +339,11 @@ class SearchSpace:
         ]
         lines += ["  " + d.describe() for d in self.searched]
         lines += [f"  {name} = {value!r} (fixed)" for name, value in self.fixed.items()]
+        if self.students:
+            lines.append(
+                f"  per-layer and per-group values map onto each of {len(self.students)} "
+                f"{self.student_family} students' layers of the same name"
+            )
         return "\n".join(lines)
 
     # -- narrowing / widening -------------------------------------------------------------
@@ -291,50 +396,102 @@ class SearchSpace:
         return {name: by_name[name].check(value) for name, value in merged.items()}
 
     def policy(self, values: Mapping[str, Any]) -> Policy:
-        """The policy for one choice of values (every searched dimension needs one)."""
+        """The policy for one choice of values (every searched dimension needs one).
+
+        With a student and per-layer or per-group dimensions, the knobs apply to the
+        student's layers (``_onto_student``); the policy's overrides and pinned layers then
+        name the student's layers, as ``apply_policy`` expects (it prunes and quantizes the
+        student after distilling into it).
+        """
         values = self._complete(values)
-        knob_of: dict[tuple[str, str], Any] = {}  # (knob, layer or "*") -> value
-        for dim in self.dimensions:
-            value = values[dim.name]
-            if dim.is_global:
-                knob_of[(dim.knob, "*")] = value
-            for layer in dim.layers:
-                knob_of[(dim.knob, layer)] = value
-
-        def get(name: str, layer: str) -> tuple[bool, Any]:
-            for key in ((name, layer), (name, "*")):
-                if key in knob_of:
-                    return True, knob_of[key]
-            return False, None
-
-        grouped = {layer for layers in self.groups.values() for layer in layers}
-        student = self._student(knob_of)
-        if student is not None:  # all knobs are global: one default layer policy
-            layer_policies = {
-                "*": self._layer_policy(self.base.default, lambda name: get(name, "*"), prunable=False)
-            }
+        student = self._student(values)
+        if student is not None and not self._mapped():  # all knobs are global: one default layer policy
+            knob_of = self._by_layer(values, ("*",))
+            default = self._layer_policy(self.base.default, _getter(knob_of, "*"), prunable=False)
+            return _compact(self.base, {"*": default}, student)
+        if student is None:
+            layers, groups, pinned = self.layers, self.groups, self.base.pinned
+            knob_of = self._by_layer(values, self.layers)
         else:
-            layer_policies = {
-                layer: self._layer_policy(
-                    self.base.for_layer(layer),
-                    lambda name, layer=layer: get(name, layer),
-                    prunable=layer in grouped,
-                )
-                for layer in self.layers
-            }
-        return _compact(self.base, layer_policies, student)
+            layout = self._layout(student.params)
+            if layout is None:  # validated on construction; only an unvalidated copy gets here
+                raise SpaceError(f"no StudentLayout for the {student.family!r} student {student.params}")
+            layers, groups, pinned = layout.layers, layout.groups, layout.pinned(self.base.pinned)
+            knob_of = self._onto_student(values, layout)
+        grouped = {layer for members in groups.values() for layer in members}
+        layer_policies = {
+            layer: self._layer_policy(
+                self.base.for_layer(layer), _getter(knob_of, layer), prunable=layer in grouped
+            )
+            for layer in layers
+        }
+        return dataclasses.replace(_compact(self.base, layer_policies, student), pinned=pinned)
 
-    def _student(self, knob_of: Mapping[tuple[str, str], Any]) -> Student | None:
-        chosen = [
-            (k, knob_of[k.name, "*"]) for k in KNOBS.values() if k.for_student and (k.name, "*") in knob_of
-        ]
-        if not chosen:
-            return self.base.student
-        params = dict(self.base.student.params) if self.base.student else {}
-        for k, value in chosen:
-            params = k.apply_student(params, value)
-        base = self.base.student or Student(family=self.student_family)
-        return dataclasses.replace(base, family=self.student_family, params=params)
+    def layers_of(self, values: Mapping[str, Any]) -> tuple[str, ...]:
+        """The compressible layers that the policy for ``values`` applies to, to resolve it
+        per layer (e.g. a report's per-layer table): the model's without a student, the
+        student's with one; empty for a student whose layers the space does not hold (the
+        distillation preset's: its policy is one default for every layer)."""
+        student = self._student(self._complete(values))
+        if student is None:
+            return self.layers
+        layout = self._layout(student.params)
+        return layout.layers if layout is not None else ()
+
+    def _student(self, values: Mapping[str, Any]) -> Student | None:
+        chosen = {d.knob: values[d.name] for d in self.dimensions if d.spec.for_student}
+        return _student_of(chosen, self.student_family, self.base.student)
+
+    def _by_layer(self, values: Mapping[str, Any], layers: Iterable[str]) -> dict[tuple[str, str], Any]:
+        """{(knob, layer or "*"): value} for the dimensions' ``layers`` among ``layers``; a
+        global dimension's value under "*"."""
+        layers = set(layers)
+        knob_of: dict[tuple[str, str], Any] = {}
+        for dim in self.dimensions:
+            if dim.is_global:
+                knob_of[(dim.knob, "*")] = values[dim.name]
+            for layer in dim.layers:
+                if layer in layers:
+                    knob_of[(dim.knob, layer)] = values[dim.name]
+        return knob_of
+
+    def _mapped(self) -> list[str]:
+        """The dimensions that set the model's own layers or groups (per-layer, per-group, or a
+        global pruning ratio, which needs the groups): with a student they need its layout."""
+        return [d.name for d in self.dimensions if not d.is_global or d.spec.scope == "group"]
+
+    def _layout(self, params: Mapping[str, Any]) -> StudentLayout | None:
+        return next((layout for layout in self.students if layout.params == params), None)
+
+    def _onto_student(self, values: Mapping[str, Any], layout: StudentLayout) -> dict[tuple[str, str], Any]:
+        """{(knob, student layer or "*"): value}: one point's choices for the model, on a student.
+
+        A global dimension applies to every student layer. A per-layer or per-group value
+        applies to the student's layer of the same name (the built-in families name a
+        student's layers as the model's: a narrower student keeps every name, a shallower
+        one the first blocks of each stage, and each of its groups lies in one of the model's).
+        A student layer the model does not have takes the value most of that knob's
+        dimensions took, or for a per-group knob (a pruning ratio) their mean. Coupled layers
+        of the student share one group value: where they took different ones (the student
+        couples layers that the model keeps apart), their mean.
+        """
+        knob_of = self._by_layer(values, layout.layers)
+        per_layer = [d for d in self.dimensions if not d.is_global]
+        for name in dict.fromkeys(d.knob for d in per_layer):
+            taken = [values[d.name] for d in per_layer if d.knob == name]
+            per_group = knob(name).scope == "group"
+            fallback = sum(taken) / len(taken) if per_group else Counter(taken).most_common(1)[0][0]
+            for layer in layout.layers:
+                if layer not in self.layers:
+                    knob_of[(name, layer)] = fallback
+            if not per_group:
+                continue
+            for members in layout.groups.values():
+                found = [knob_of[(name, layer)] for layer in members if (name, layer) in knob_of]
+                if found:
+                    shared = found[0] if len(set(found)) == 1 else sum(found) / len(found)
+                    knob_of.update({(name, layer): shared for layer in members})
+        return knob_of
 
     @staticmethod
     def _layer_policy(base: LayerPolicy, get, prunable: bool) -> LayerPolicy:
@@ -386,6 +543,18 @@ class SearchSpace:
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
         return cls.from_json(Path(path).read_text())
+
+
+def _getter(knob_of: Mapping[tuple[str, str], Any], layer: str) -> Callable[[str], tuple[bool, Any]]:
+    """knob name -> (set?, value) for ``layer``: its own value, else the global one."""
+
+    def get(name: str) -> tuple[bool, Any]:
+        for key in ((name, layer), (name, "*")):
+            if key in knob_of:
+                return True, knob_of[key]
+        return False, None
+
+    return get
 
 
 def _compact(base: Policy, layer_policies: Mapping[str, LayerPolicy], student: Student | None) -> Policy:

@@ -10,7 +10,7 @@ from autocompress.data import DATASETS, DatasetSplits, load_dataset, make_loader
 
 EXPECTED = {
     # name: (train, val, test, input_shape)
-    "mnist5k": (3500, 500, 1000, (1, 28, 28)),
+    "mnist5k": (3000, 1000, 1000, (1, 28, 28)),
     "digits": (1257, 180, 360, (1, 8, 8)),
 }
 

@@ -98,6 +98,9 @@ def ray_search(model, loaders, workdir: Path, **kwargs):
         max_accuracy_drop=0.05,
         workdir=workdir,
         n_trials=4,
+        # The search as it was before the confirmation stage; tests/test_confirm.py covers that.
+        confidence=None,
+        confirm_fraction=0.0,
     )
     backend = dict(storage_path=str(workdir / "ray"), target_resource=TARGET_RESOURCE, max_concurrent=2)
     backend.update(kwargs.pop("backend", {}))
@@ -108,7 +111,15 @@ def ray_search(model, loaders, workdir: Path, **kwargs):
 def test_trials_run_on_both_nodes_and_are_measured_on_the_target(two_nodes, cnn, digits_loaders, tmp_path):
     mirror = f"sqlite:///{tmp_path / 'mirror.db'}"
     result = ray_search(
-        cnn, digits_loaders, tmp_path, study_name="both", storage=mirror, test_loader=digits_loaders[2]
+        cnn,
+        digits_loaders,
+        tmp_path,
+        study_name="both",
+        storage=mirror,
+        test_loader=digits_loaders[2],
+        confirm_fraction=0.3,
+        top_k=1,
+        early_stop_margin=None,  # every trial finishes: both nodes train one (126 selection samples are noisy)
     )
 
     assert len(result.trials) == 4 and [t.number for t in result.trials] == [0, 1, 2, 3]
@@ -124,8 +135,14 @@ def test_trials_run_on_both_nodes_and_are_measured_on_the_target(two_nodes, cnn,
         assert t.values == (pytest.approx(t.measurements.latency_ratio),)
     # The preset's start points come first: uniform INT8 is trial 0.
     assert result.trials[0].policy.default.quantization.weights.bits == 8
-    assert result.feasible and result.best.feasible and result.test["samples"] > 0
-    assert result.test["node"] == two_nodes.head_id, "the final test check runs on the target node too"
+    assert result.test["samples"] > 0 and result.test["node"] == two_nodes.head_id, (
+        "the final test check runs on the target node too"
+    )
+    # The best trial was fine-tuned again here and confirmed on the held-back data, measured on the target.
+    (confirmed,) = result.confirmation
+    assert confirmed.drop.samples == round(0.3 * len(digits_loaders[1].dataset))
+    assert confirmed.measurements.node_measured == two_nodes.head_id
+    assert result.feasible == confirmed.passed and result.best.feasible == confirmed.passed
     assert (tmp_path / "best" / "model.xml").exists() and (tmp_path / "result.json").exists()
     # The Optuna mirror holds the sampler's study, with the constraint of every finished trial.
     study = optuna.load_study(study_name="both", storage=mirror)

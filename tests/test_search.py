@@ -40,6 +40,9 @@ def run_search(model, loaders, workdir, **kwargs) -> SearchResult:
         max_accuracy_drop=0.05,
         workdir=workdir,
         n_trials=3,
+        # The search as it was before the confirmation stage; tests/test_confirm.py covers that.
+        confidence=None,
+        confirm_fraction=0.0,
     )
     options.update(kwargs)
     return autocompress.search(model, train, val, **options)

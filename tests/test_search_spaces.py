@@ -200,11 +200,15 @@ def test_extend_adds_validated_dimensions(quantization):
         quantization.extend(Dimension("sparsity", layers=("nope",), low=0.0, high=0.5))
 
 
-def test_a_student_dimension_cannot_be_combined_with_per_layer_or_pruning_dims(spaces):
+def test_student_dimensions_with_per_layer_or_pruning_dims_need_each_students_layout(spaces):
+    # The distillation preset reads no student's layers: it cannot map the model's layers onto
+    # its students (joint can: tests/test_joint_students.py).
     distillation = spaces["cnn", "distillation"]
-    with pytest.raises(SpaceError, match=r"student.*sparsity:conv1"):
+    with pytest.raises(
+        SpaceError, match=r"sparsity:conv1 set the model's layers.*'mnist_cnn' student \{'width': 0.25\}"
+    ):
         distillation.extend(Dimension("sparsity", layers=("conv1",), low=0.0, high=0.5))
-    with pytest.raises(SpaceError, match="cannot hold per-layer or pruning dimensions"):
+    with pytest.raises(SpaceError, match="pruning_ratio set the model's layers and groups.*no StudentLayout"):
         distillation.extend(Dimension("pruning_ratio", low=0.0, high=0.5))
     with pytest.raises(SpaceError, match="student_family"):
         dataclasses.replace(distillation, student_family=None)
@@ -317,6 +321,7 @@ def test_distillation_preset_gives_a_student_that_builds(request, spaces, exampl
     values = {**space.start_points[0], "student_width": 0.25, "weight_bits": None}
     policy = space.policy(values)
     assert isinstance(policy.student, Student)
+    assert space.layers_of(values) == ()  # one default policy for all the student's layers
     assert policy.student.family == family and policy.student.params["width"] == 0.25
     assert (
         policy.default.quantization.weights.bits is None and policy.default.quantization.activations.bits == 8

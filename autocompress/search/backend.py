@@ -18,8 +18,9 @@ import dataclasses
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from autocompress.evaluators.runtime import Dataset
 from autocompress.search.result import TrialRecord
 from autocompress.search.settings import SearchSettings
 from autocompress.search.trial import Baseline, Measure, Trial, TrialSetup
@@ -37,6 +38,8 @@ class SearchJob:
     resuming: bool = False
     progress: bool = True
     test_loader: Iterable | None = None
+    confirm: Dataset | None = None  # held back from the search: the best candidates are confirmed on it
+    hardware: Any = None  # a new search's plan (autocompress.search.proposals.HardwarePlan)
 
     @property
     def study_name(self) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from torch import nn
 
@@ -23,15 +25,17 @@ from autocompress.core import Finetune
 from autocompress.evaluators.metrics import Metric, score
 from autocompress.evaluators.runtime import Dataset
 from autocompress.evaluators.target import LatencyConfig, Target
+from autocompress.evaluators.torch_side import module_logits
 from autocompress.graph import inputs_of
-from autocompress.search import optuna_backend
+from autocompress.search import optuna_backend, proposals
 from autocompress.search.backend import Backend, SearchJob
+from autocompress.search.confirm import apply_confirmation, confirm_candidates, ranked
 from autocompress.search.lock import DriverLock
-from autocompress.search.objectives import parse_objectives
+from autocompress.search.objectives import DropEstimate, parse_objectives
 from autocompress.search.result import SearchResult, summarize_trials
-from autocompress.search.settings import SEARCH_FINETUNE, SearchSettings
-from autocompress.search.trial import Measure, Trial, TrialSetup
-from autocompress.search_spaces import SearchSpace, build_space
+from autocompress.search.settings import FINAL_FINETUNE, SEARCH_FINETUNE, SearchSettings
+from autocompress.search.trial import LatencyCache, Measure, Trial, TrialSetup
+from autocompress.search_spaces import SearchSpace, SpaceError, build_space
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +46,16 @@ def search(
     val_loader: Iterable,
     *,
     test_loader: Iterable | None = None,
+    confirm_loader: Iterable | None = None,
     metric: Metric | None = None,
     loss_fn: Callable | None = None,
     objective: Any = "latency",
     max_accuracy_drop: float = 0.01,
     relative_drop: bool = False,
+    confidence: float | None = 0.9,
+    confirm_fraction: float = 0.3,
+    top_k: int = 3,
+    final_finetune: Finetune | None = FINAL_FINETUNE,
     target: Target = Target(),
     space: str | SearchSpace = "joint",
     n_trials: int = 30,
@@ -66,6 +75,18 @@ def search(
 ) -> SearchResult:
     """Search compression policies for ``model``: maximise ``objective`` subject to
     accuracy >= baseline - ``max_accuracy_drop`` on ``val_loader``.
+
+    confidence: the constraint must hold for the one-sided upper bound of the drop at this
+        confidence (paired with the baseline on the same samples), in every trial and in
+        the confirmation; None decides on the measured drop. It costs speed: with 1000
+        validation samples and 2% of them classified differently than by the baseline,
+        the 90% bound sits about 0.6 pt above the measured drop, so the search delivers
+        policies that measure about that much gentler.
+    confirm_loader / confirm_fraction: data the search does not select on (default: 30% of
+        ``val_loader``, held back). The ``top_k`` best feasible trials, best first, are
+        fine-tuned again with ``final_finetune`` (None: kept as they are) and scored
+        there; the first that keeps the constraint is delivered (selection without the
+        winner's curse). confirm_fraction=0 and no confirm_loader: the search's best as is.
 
     objective: "latency", "throughput", "size" (ratios to the baseline on ``target``), a
         {name: weight} mix, a callable(measurements) -> float to minimise, or a list of
@@ -107,6 +128,10 @@ def search(
         early_stop_margin=early_stop_margin,
         seed=seed,
         backend=backend,
+        confidence=confidence,
+        confirm_fraction=confirm_fraction,
+        top_k=top_k,
+        final_finetune=final_finetune,
     )
     backend_impl = make_backend(
         settings,
@@ -115,9 +140,8 @@ def search(
         heartbeat_interval=heartbeat_interval,
         storage=_storage_object(storage),
     )
-    return run_search(
-        settings, model, train_loader, val_loader, test_loader, metric, loss_fn, backend_impl, progress
-    )
+    data = Loaders(train_loader, val_loader, test_loader, confirm_loader)
+    return run_search(settings, model, data, metric, loss_fn, backend_impl, progress)
 
 
 def resume(
@@ -128,6 +152,7 @@ def resume(
     storage: Any = None,
     study_name: str | None = None,
     test_loader: Iterable | None = None,
+    confirm_loader: Iterable | None = None,
     metric: Metric | None = None,
     loss_fn: Callable | None = None,
     objective: Any = None,
@@ -148,14 +173,17 @@ def resume(
         search, from its storage: its settings (space, objectives, constraint, target,
         fine-tuning, seed) are read back from the study; trials a killed run left RUNNING
         are retried; ``n_trials`` (default: the original budget) is the total to reach.
-        Pass ``objective`` again only if it was a callable (code is not stored).
+        Pass ``objective`` again only if it was a callable (code is not stored), and the
+        ``confirm_loader`` the search had, if it had one.
     """
     if isinstance(model, (str, os.PathLike)):
         from autocompress.search.ray_backend import load_experiment
 
-        settings, setup, test_loader, backend = load_experiment(model, address=address, timeout=timeout)
+        settings, setup, test_loader, confirm, backend = load_experiment(
+            model, address=address, timeout=timeout
+        )
         space = SearchSpace.from_dict(settings.space)
-        job = SearchJob(settings, space, setup, resuming=True, progress=progress, test_loader=test_loader)
+        job = SearchJob(settings, space, setup, True, progress, test_loader, confirm)
         return run_job(job, backend)
     if train_loader is None or val_loader is None or storage is None or study_name is None:
         raise ValueError(
@@ -178,26 +206,24 @@ def resume(
         heartbeat_interval=heartbeat_interval,
         storage=_storage_object(storage),
     )
-    return run_search(
-        settings,
-        model,
-        train_loader,
-        val_loader,
-        test_loader,
-        metric,
-        loss_fn,
-        backend,
-        progress,
-        resuming=True,
-    )
+    data = Loaders(train_loader, val_loader, test_loader, confirm_loader)
+    return run_search(settings, model, data, metric, loss_fn, backend, progress, resuming=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaders:
+    """The user's data: training, validation (selection), test and confirmation loaders."""
+
+    train: Iterable
+    val: Iterable
+    test: Iterable | None = None
+    confirm: Iterable | None = None
 
 
 def run_search(
     settings: SearchSettings,
     model: nn.Module,
-    train_loader: Iterable,
-    val_loader: Iterable,
-    test_loader: Iterable | None,
+    data: Loaders,
     metric: Metric | None,
     loss_fn: Callable | None,
     backend: Backend,
@@ -205,10 +231,16 @@ def run_search(
     resuming: bool = False,
 ) -> SearchResult:
     """Check the inputs, build the space and the trial setup, and run ``settings`` on ``backend``."""
-    example = _first_inputs(train_loader, "train_loader")[:1]
-    val = _dataset(val_loader, "val_loader")
+    example = _first_inputs(data.train, "train_loader")[:1]
+    val, confirm = split_validation(_dataset(data.val, "val_loader"), data.confirm, settings)
+    hardware = None
     if isinstance(settings.space, str):
         space = build_space(model, settings.space, example_input=example)
+        hardware = _hardware_plan(settings, space, model, data.train, val, example, metric)
+        if hardware is not None:  # the predicted fastest policies first, then the engineer's start points
+            points = [*hardware.points, *space.start_points]
+            unique = [p for i, p in enumerate(points) if p not in points[:i]]
+            space = dataclasses.replace(hardware.space, start_points=tuple(unique))
         settings = dataclasses.replace(settings, space=space.to_dict())
     else:
         space = SearchSpace.from_dict(settings.space)
@@ -216,7 +248,7 @@ def run_search(
     settings = dataclasses.replace(settings, study_name=study_name)
     setup = TrialSetup(
         model=model,
-        train_loader=train_loader,
+        train_loader=data.train,
         val=val,
         objectives=parse_objectives(settings.objective),
         constraint=settings.constraint,
@@ -226,8 +258,74 @@ def run_search(
         loss_fn=loss_fn,
         early_stop_margin=settings.early_stop_margin,
     )
-    job = SearchJob(settings, space, setup, resuming, progress, test_loader)
+    job = SearchJob(settings, space, setup, resuming, progress, data.test, confirm, hardware)
     return run_job(job, backend)
+
+
+def _hardware_plan(
+    settings: SearchSettings,
+    space: SearchSpace,
+    model: nn.Module,
+    train_loader: Iterable,
+    val: Dataset,
+    example,
+    metric: Metric | None,
+):
+    """The hardware-aware plan for a new latency search over per-layer or per-group knobs
+    (None otherwise). A plan that fails costs its proposals, never the search."""
+    per_layer = any(d.layers for d in space.searched)
+    if not (settings.hardware_proposals and per_layer and proposals.has_latency(settings.objective)):
+        return None
+    started = time.monotonic()
+    try:
+        allowed = settings.max_accuracy_drop
+        if settings.relative_drop:  # the plan works in metric units: scale by the model's own score
+            allowed *= score(metric, module_logits(model, val.inputs, 500), val.targets, "the model")
+        plan = proposals.plan(
+            model,
+            space,
+            train_loader=train_loader,
+            val=val,
+            example_input=example,
+            target=settings.target,
+            metric=metric,
+            max_drop=allowed,
+            objectives=settings.objective,
+            workdir=settings.workdir,
+        )
+    except Exception as error:
+        log.warning(
+            "hardware-aware proposals skipped: %s: %s",
+            type(error).__name__,
+            error,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        return None
+    log.info("hardware-aware plan in %.0f s: %d proposals", time.monotonic() - started, len(plan.points))
+    return plan
+
+
+def split_validation(
+    val: Dataset, confirm_loader: Iterable | None, settings: SearchSettings
+) -> tuple[Dataset, Dataset | None]:
+    """(selection data, confirmation data): the user's confirm_loader, or a fixed share of
+    the validation data held back (the same samples on every resume of the search)."""
+    if confirm_loader is not None:
+        return val, _dataset(confirm_loader, "confirm_loader")
+    held = round(settings.confirm_fraction * len(val.targets))
+    if held == 0:
+        return val, None
+    if len(val.targets) - held < 1:
+        raise ValueError(
+            f"val_loader has {len(val.targets)} samples: too few to hold back confirm_fraction="
+            f"{settings.confirm_fraction} of them; pass more validation data or confirm_fraction=0"
+        )
+    order = np.random.default_rng(settings.seed).permutation(len(val.targets))
+    kept, confirm = np.sort(order[held:]), np.sort(order[:held])
+    return (
+        Dataset([(val.inputs[kept], val.targets[kept])]),
+        Dataset([(val.inputs[confirm], val.targets[confirm])]),
+    )
 
 
 def run_job(job: SearchJob, backend: Backend) -> SearchResult:
@@ -237,17 +335,21 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
     setup = job.setup
     with DriverLock(job.workdir), backend.open(job) as session:
         baseline = session.stored_baseline()
-        if baseline is None:
+        logits = baseline.logits() if baseline is not None else None
+        if logits is None or len(logits) != len(setup.val.targets):  # new, or its outputs are gone
             baseline = setup.measure_baseline(job.workdir / "baseline", session.measure)
             session.save_baseline(baseline)
+            logits = baseline.logits()
         if job.progress:
+            confirm = f"{len(job.confirm.targets)} held back to confirm" if job.confirm else "none held back"
             print(
                 f"baseline: accuracy {baseline.accuracy:.4f}, latency {baseline.latency_ms:.4f} ms; "
-                f"{setup.constraint.describe(baseline.accuracy)}; {len(job.space.searched)} dimensions; "
-                f"state in {session.location}",
+                f"{setup.constraint.describe(baseline.accuracy)}; validation samples: {len(setup.val.targets)} "
+                f"to select on, {confirm}; {len(job.space.searched)} dimensions; state in {session.location}",
                 flush=True,
             )
-        records = session.run(Trial(setup, baseline))
+        trial = Trial(setup, baseline, logits)
+        records = session.run(trial)
         result = summarize_trials(
             records,
             objectives=setup.objectives,
@@ -259,9 +361,74 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
             workdir=job.workdir,
             strategy=job.settings.strategy,
         )
+        allowed = setup.constraint.allowed_drop(baseline.accuracy)
+        estimates = [t.measurements.drop for t in records if t.measurements and t.measurements.drop]
+        result.warnings += resolution_warning(estimates, allowed, "validation data the search selects on")
+        candidates = ranked(result, setup.objectives[0].baseline)
+        if result.feasible and not candidates:
+            result.warnings.append(
+                f"no feasible trial beats the uncompressed model on {setup.objectives[0].name}: "
+                "keep the original model, or search a space that compresses harder"
+            )
+        if job.confirm is not None and candidates:
+            confirmations = confirm_candidates(
+                candidates[: job.settings.top_k],
+                trial,
+                job.confirm,
+                final_finetune=job.settings.final_finetune,
+                directory=job.workdir / "confirm",
+                measure=session.measure,
+                latency_cache=LatencyCache(job.workdir / "latency-cache"),
+                progress=job.progress,
+            )
+            apply_confirmation(result, confirmations, setup.constraint, len(job.confirm.targets))
+            estimates = [c.drop for c in confirmations if c.drop]
+            result.warnings += resolution_warning(estimates, allowed, "confirmation data")
+        if job.hardware is not None:
+            result.hardware = _hardware_report(job.hardware, records)
+        if result.best is not None and result.best.policy is not None and result.best.policy.student:
+            result.layers = _student_layers(job.space, result.best.params)
         result.seconds = time.monotonic() - started
         finish_search(result, job, session.measure)
     return result
+
+
+def _hardware_report(plan, records: list) -> dict[str, Any]:
+    """The plan for result.json, with how well its latency model predicted the trials that
+    followed (out of sample: the model was fitted before any of them ran)."""
+    measured = [(t.params, t.measurements.latency_ratio) for t in records if t.measurements is not None]
+    try:
+        on_trials = plan.latency_model.report(measured).to_dict()
+    except Exception as error:  # a report must never lose the result
+        on_trials = {"error": f"{type(error).__name__}: {error}"}
+    return {**plan.to_dict(), "latency_model_on_trials": on_trials}
+
+
+def _student_layers(space: SearchSpace, params: dict[str, Any]) -> tuple[str, ...]:
+    """The layers of the best policy's student, as the space knows them (() when it does not)."""
+    try:
+        return space.layers_of(params)
+    except SpaceError:  # e.g. condensa's level stage: params of another space
+        return ()
+
+
+def resolution_warning(estimates: list[DropEstimate], allowed: float, what: str) -> list[str]:
+    """A warning when the data are too few to tell a drop within the constraint from one
+    beyond it: the median one-sided bound sits further above the measured drop than the
+    whole allowed drop."""
+    widths = sorted(e.high - e.drop for e in estimates)
+    if not widths or allowed <= 0:
+        return []
+    width, samples, level = widths[len(widths) // 2], estimates[0].samples, estimates[0].confidence
+    if width <= allowed:
+        return []
+    needed = math.ceil(samples * (width / (allowed / 2)) ** 2)  # the width shrinks as 1/sqrt(samples)
+    return [
+        f"the {what} ({samples} samples) resolve a drop only to +{100 * width:.2f} pt at {level:.0%} "
+        f"(median of {len(widths)} candidates), more than the {100 * allowed:.2f} pt allowed: near the "
+        f"limit, feasibility is decided by chance. About {needed} samples would resolve it to half the "
+        "allowed drop."
+    ]
 
 
 def finish_search(result: SearchResult, job: SearchJob, measure: Measure) -> None:
@@ -269,7 +436,7 @@ def finish_search(result: SearchResult, job: SearchJob, measure: Measure) -> Non
     result.json, the best model and the report."""
     workdir = job.workdir
     if result.best is not None and result.best.measurements is not None and job.test_loader is not None:
-        result.test = _recheck(result, job.test_loader, job.setup.metric, measure)
+        result.test = _recheck(result, job.test_loader, job.setup, measure)
     staging = workdir / f".result.json.{os.getpid()}"
     staging.write_text(result.to_json() + "\n")
     staging.replace(workdir / "result.json")  # readers never see half a file
@@ -289,21 +456,27 @@ def finish_search(result: SearchResult, job: SearchJob, measure: Measure) -> Non
 
 
 def _recheck(
-    result: SearchResult, test_loader: Iterable, metric: Metric | None, measure: Measure
+    result: SearchResult, test_loader: Iterable, setup: TrialSetup, measure: Measure
 ) -> dict[str, Any]:
-    """Test accuracy of the best IR and the baseline IR, and a full latency comparison."""
+    """Test accuracy of the best IR and the baseline IR (the drop paired on the same
+    samples, and whether the promise held there), and a full latency comparison."""
     data = _dataset(test_loader, "test_loader")
     config = LatencyConfig()
     logits, latency = measure.compare(
         [result.baseline["ir_path"], result.best.measurements.ir_path], data.inputs_file(), config
     )
-    scores = [score(metric, x, data.targets, "the test split") for x in logits]
+    drop = setup.constraint.assess(setup.metric, logits[0], logits[1], data.targets, "the test split")
     ratio = latency["ratios_to_first"][1]
     return {
-        "baseline_accuracy": scores[0],
-        "accuracy": scores[1],
-        "drop": scores[0] - scores[1],
-        "samples": len(data.targets),
+        "baseline_accuracy": drop.baseline,
+        "accuracy": drop.accuracy,
+        "drop": drop.drop,
+        "drop_low": drop.low,
+        "drop_high": drop.high,
+        "confidence": drop.confidence,
+        "allowed_drop": setup.constraint.allowed_drop(drop.baseline),
+        "held": setup.constraint.violation(drop.accuracy, drop.baseline) <= 0,
+        "samples": drop.samples,
         "baseline_latency_ms": latency["models"][0]["median_ms"],
         "latency_ms": latency["models"][1]["median_ms"],
         "speedup": 1.0 / ratio,

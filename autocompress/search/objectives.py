@@ -14,6 +14,10 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import numpy as np
+
+from autocompress.evaluators.metrics import Metric, paired_bootstrap, score
+
 Direction = Literal["minimize", "maximize"]
 MEASURES: dict[str, tuple[str, Direction]] = {
     "latency": ("latency_ratio", "minimize"),
@@ -29,6 +33,7 @@ class Objective:
     name: str
     direction: Direction
     read: Callable[[Any], float] = dataclasses.field(compare=False, repr=False)  # Measurements -> value
+    baseline: float | None = None  # its value for the uncompressed model (None: a callable's, unknown)
 
     def __call__(self, measurements: Any) -> float:
         value = float(self.read(measurements))
@@ -41,7 +46,7 @@ class Objective:
 
 def _measure(name: str) -> Objective:
     key, direction = MEASURES[name]
-    return Objective(name, direction, operator.attrgetter(key))
+    return Objective(name, direction, operator.attrgetter(key), baseline=1.0)  # ratios to the baseline
 
 
 def _weighted(weights: Mapping[str, float]) -> Objective:
@@ -56,7 +61,12 @@ def _weighted(weights: Mapping[str, float]) -> Objective:
         for k in weights
     }
     name = "weighted(" + ",".join(f"{k}={w:g}" for k, w in weights.items()) + ")"
-    return Objective(name, "minimize", lambda m: sum(w * terms[k](m) for k, w in weights.items()))
+    return Objective(
+        name,
+        "minimize",
+        lambda m: sum(w * terms[k](m) for k, w in weights.items()),
+        baseline=float(sum(weights.values())),  # every term is a ratio, 1 for the baseline
+    )
 
 
 def parse_objectives(spec: Any) -> list[Objective]:
@@ -98,25 +108,107 @@ def describe_objectives(spec: Any) -> Any:
     return {"callable": getattr(spec, "__qualname__", getattr(spec, "name", repr(spec)))}
 
 
+# Drops are reported with one-sided bounds at this level when the constraint itself uses
+# point estimates (confidence=None).
+REPORT_CONFIDENCE = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class DropEstimate:
+    """How much a candidate's metric drops below the baseline's on the same samples, with
+    one-sided bounds at ``confidence`` from a paired bootstrap (2000 resamples)."""
+
+    drop: float  # baseline - candidate (0.01 = 1 point of top-1)
+    low: float
+    high: float
+    confidence: float
+    samples: int
+    baseline: float
+    accuracy: float
+    violation: float  # of the constraint: at the upper bound when it decides with confidence
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DropEstimate:
+        return cls(**data)
+
+    def describe(self) -> str:
+        """'0.40 pt (90%: -0.20..1.10, 1000 samples)'."""
+        return (
+            f"{100 * self.drop:.2f} pt ({self.confidence:.0%}: {100 * self.low:.2f}..{100 * self.high:.2f}, "
+            f"{self.samples} samples)"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class AccuracyConstraint:
     """Accuracy may drop at most ``max_drop`` below the baseline's: absolute (0.01 = 1
-    point of top-1) or, with ``relative``, a fraction of the baseline (0.01 = 1%)."""
+    point of top-1) or, with ``relative``, a fraction of the baseline (0.01 = 1%).
+
+    confidence: None decides on the measured drop; 0.9 on its one-sided 90% upper bound
+    (paired with the baseline on the same samples), so that a candidate passes only when
+    the data show it keeps the promise, not when it was lucky on these samples."""
 
     max_drop: float = 0.01
     relative: bool = False
+    confidence: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_drop, (int, float)) or not 0 <= self.max_drop < 1:
             raise ValueError(f"max_accuracy_drop must be in [0, 1) (0.01 = 1 point), got {self.max_drop!r}")
+        if self.confidence is not None and (
+            isinstance(self.confidence, bool)
+            or not isinstance(self.confidence, (int, float))
+            or not 0.5 <= self.confidence < 1
+        ):
+            raise ValueError(
+                f"confidence must be None (decide on the measured drop) or in [0.5, 1), e.g. 0.9; "
+                f"got {self.confidence!r}"
+            )
 
-    def floor(self, baseline: float) -> float:
+    def floor(self, baseline):
+        """The accuracy a candidate needs (works on numbers and numpy arrays)."""
         return baseline * (1 - self.max_drop) if self.relative else baseline - self.max_drop
 
     def violation(self, accuracy: float, baseline: float) -> float:
-        """<= 0 when feasible: how far below the floor the accuracy is."""
+        """<= 0 when feasible: how far below the floor the (point) accuracy is."""
         return self.floor(baseline) - accuracy
+
+    def allowed_drop(self, baseline: float) -> float:
+        return baseline - self.floor(baseline)
+
+    def assess(
+        self,
+        metric: Metric | None,
+        baseline_logits: np.ndarray,
+        logits: np.ndarray,
+        targets: np.ndarray,
+        what: str = "a candidate",
+    ) -> DropEstimate:
+        """The candidate's drop against the baseline on the same samples, and the verdict."""
+        baseline = score(metric, baseline_logits, targets, "the uncompressed model")
+        accuracy = score(metric, logits, targets, what)
+        level = self.confidence or REPORT_CONFIDENCE
+        base_b, cand_b = paired_bootstrap(metric, baseline_logits, logits, targets)
+        drops = base_b - cand_b
+        if self.confidence is None:
+            violation = self.violation(accuracy, baseline)
+        else:
+            violation = float(np.quantile(self.floor(base_b) - cand_b, self.confidence))
+        return DropEstimate(
+            drop=baseline - accuracy,
+            low=float(np.quantile(drops, 1 - level)),
+            high=float(np.quantile(drops, level)),
+            confidence=level,
+            samples=len(np.asarray(targets).reshape(-1)),
+            baseline=baseline,
+            accuracy=accuracy,
+            violation=violation,
+        )
 
     def describe(self, baseline: float) -> str:
         kind = f"{self.max_drop:.1%} relative" if self.relative else f"{100 * self.max_drop:.2g} pt"
-        return f"accuracy >= {self.floor(baseline):.4f} (baseline {baseline:.4f} - {kind})"
+        sure = f", at {self.confidence:.0%} confidence" if self.confidence is not None else ""
+        return f"accuracy >= {self.floor(baseline):.4f} (baseline {baseline:.4f} - {kind}{sure})"

@@ -514,7 +514,7 @@ class RaySession:
         _write(
             self.experiment,
             SETUP_FILE,
-            _pickle(self.job.setup, self.job.test_loader, self.job.settings.objective),
+            _pickle(self.job.setup, self.job.test_loader, self.job.confirm, self.job.settings.objective),
         )
 
     def run(self, trial: Trial) -> list[TrialRecord]:
@@ -590,7 +590,8 @@ class RaySession:
 
 
 def load_experiment(path: str | os.PathLike, *, address: str | None = None, timeout: float | None = None):
-    """What ``resume(path)`` needs from a Ray experiment: (settings, setup, test_loader, backend)."""
+    """What ``resume(path)`` needs from a Ray experiment: (settings, setup, test_loader,
+    confirmation data, backend)."""
     experiment = str(path)
     if "://" not in experiment:
         experiment = str(Path(experiment).expanduser().resolve())
@@ -601,7 +602,7 @@ def load_experiment(path: str | os.PathLike, *, address: str | None = None, time
         )
     try:
         stored = json.loads(_read(experiment, SETTINGS_FILE))
-        setup, test_loader, objective = _unpickle(_read(experiment, SETUP_FILE))
+        setup, test_loader, confirm, objective = _unpickle(_read(experiment, SETUP_FILE))
     except FileNotFoundError:
         raise ValueError(
             f"the Ray experiment at {experiment} was not written by autocompress.search (no {SETTINGS_FILE})"
@@ -610,7 +611,7 @@ def load_experiment(path: str | os.PathLike, *, address: str | None = None, time
     options = dataclasses.replace(settings.backend, **({"address": address} if address else {}))
     if "://" not in experiment:  # the experiment may have moved: its storage_path is where it is now
         options = dataclasses.replace(options, storage_path=str(Path(experiment).parent))
-    return dataclasses.replace(settings, backend=options), setup, test_loader, RayBackend(options)
+    return dataclasses.replace(settings, backend=options), setup, test_loader, confirm, RayBackend(options)
 
 
 def _record(result, space: SearchSpace, objectives: list[Objective], workdir: Path) -> TrialRecord:
@@ -839,10 +840,10 @@ def _read(directory: str, name: str) -> bytes:
         return stream.read()
 
 
-def _pickle(setup: TrialSetup, test_loader: Iterable | None, objective: Any) -> bytes:
+def _pickle(setup: TrialSetup, test_loader: Iterable | None, confirm: Any, objective: Any) -> bytes:
     from ray import cloudpickle
 
-    return cloudpickle.dumps((setup, test_loader, objective))
+    return cloudpickle.dumps((setup, test_loader, confirm, objective))
 
 
 def _unpickle(data: bytes):

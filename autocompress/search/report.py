@@ -81,7 +81,7 @@ def layer_choices(result: SearchResult) -> list[dict[str, Any]]:
     layers = list(result.layers)
     knobs = _column_knobs()
     columns = [k.column for k in knobs]
-    if best.policy is not None and layers and best.policy.student is None:
+    if best.policy is not None and layers:
         return [
             {"layer": name, **{k.column: k.read(lp) for k in knobs}}
             for name, lp in best.policy.resolve(layers).items()
@@ -294,6 +294,36 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
 
 
+def _drop_rows(result: SearchResult) -> list[list[str]]:
+    """The delivered policy's accuracy drop with its bounds: where it was selected, where it
+    was confirmed, and on the test split (with whether the promise held there)."""
+
+    def bounds(d: Any) -> str:
+        return f"{100 * d.drop:.2f} pt ({d.confidence:.0%} bounds {100 * d.low:.2f}..{100 * d.high:.2f}, n={d.samples})"
+
+    rows = []
+    m = result.best.measurements if result.best is not None else None
+    if m is not None and m.drop is not None:
+        rows.append(["accuracy drop, validation", "", bounds(m.drop), ""])
+    confirmed = [c for c in result.confirmation or () if c.trial == getattr(result.best, "number", None)]
+    if confirmed and confirmed[-1].drop is not None:
+        verdict = "confirmed" if confirmed[-1].passed else "NOT confirmed"
+        rows.append(["accuracy drop, held-back confirmation", "", bounds(confirmed[-1].drop), verdict])
+    test = result.test or {}
+    if "drop_high" in test:
+        verdict = "promise held" if test["held"] else "promise NOT held"
+        rows.append(
+            [
+                "accuracy drop, test",
+                "",
+                f"{100 * test['drop']:.2f} pt ({test['confidence']:.0%} bounds {100 * test['drop_low']:.2f}.."
+                f"{100 * test['drop_high']:.2f}, n={test['samples']})",
+                verdict,
+            ]
+        )
+    return rows
+
+
 def _comparison_table(result: SearchResult) -> str:
     base = result.baseline
     m = (
@@ -331,6 +361,7 @@ def _comparison_table(result: SearchResult) -> str:
             fmt(test.get("accuracy"), "pct"),
             _delta(test.get("baseline_accuracy"), test.get("accuracy")),
         ],
+        *_drop_rows(result),
         [
             "latency ms (trial measurement)",
             fmt(base.get("latency_ms"), "ms"),

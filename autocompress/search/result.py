@@ -60,6 +60,8 @@ class TrialRecord:
             "state": self.state,
             "feasible": self.feasible,
             "accuracy": m.accuracy if m else None,
+            "drop": m.drop.drop if m and m.drop else None,
+            "drop_high": m.drop.high if m and m.drop else None,
             "speedup": m.speedup if m else None,
             "size_ratio": m.size_ratio if m else None,
             "values": list(self.values) if self.values else None,
@@ -80,11 +82,18 @@ class SearchResult:
         accuracy, best first.
     trials: every trial, finished or not, in order.
     baseline: the uncompressed model as measured on the target.
+    confirmation: the best feasible trials as confirmed on data the search did not select
+        on, in order, until one passed (None: no confirmation data); ``best`` is then the
+        confirmed model (re-fine-tuned at the final budget).
     test: the best policy re-checked on the test data (exported IR on OpenVINO), with a
-        full latency measurement against the baseline; None without a test_loader.
+        full latency measurement against the baseline, its drop with bounds, and whether
+        the promise held (``held``); None without a test_loader.
+    warnings: what the user should know to trust the result (e.g. too few validation
+        samples to resolve the constraint).
     floor: the validation accuracy a trial needs to be feasible (baseline minus the
         allowed drop).
-    layers: the model's compressible layers the search space was built over.
+    layers: the compressible layers the best policy applies to: the model's, or its
+        student's when the best policy distils into one.
     """
 
     study_name: str
@@ -103,6 +112,9 @@ class SearchResult:
     seconds: float = 0.0
     floor: float | None = None
     layers: tuple[str, ...] = ()
+    confirmation: list[Any] | None = None  # autocompress.search.confirm.Confirmation, in the order tried
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    hardware: dict[str, Any] | None = None  # the plan, and its latency model's error on the trials
 
     @property
     def best_policy(self) -> Policy | None:
@@ -134,7 +146,12 @@ class SearchResult:
             "baseline": self.baseline,
             "best": record(self.best),
             "pareto": [record(t) for t in self.pareto],
+            "confirmation": [c.to_dict() for c in self.confirmation]
+            if self.confirmation is not None
+            else None,
             "test": self.test,
+            "warnings": self.warnings,
+            "hardware": self.hardware,
             "trials": self.trials_table(),
             "seconds": self.seconds,
         }
@@ -144,7 +161,16 @@ class SearchResult:
 
     def pareto_table(self) -> str:
         """The Pareto front (feasible trials) as a text table, best first."""
-        header = ["trial", "val acc", "Δ pt", "speedup", "latency ms", "IR size", "params", "policy"]
+        header = [
+            "trial",
+            "val acc",
+            "drop pt (bounds)",
+            "speedup",
+            "latency ms",
+            "IR size",
+            "params",
+            "policy",
+        ]
         lines = [header]
         base = self.baseline["accuracy"]
         for t in self.pareto:
@@ -153,7 +179,8 @@ class SearchResult:
                 [
                     str(t.number),
                     f"{100 * m.accuracy:.2f}%",
-                    f"{100 * (m.accuracy - base):+.2f}",
+                    f"{100 * (base - m.accuracy):.2f}"
+                    + (f" ({100 * m.drop.low:.2f}..{100 * m.drop.high:.2f})" if m.drop else ""),
                     f"{m.speedup:.2f}x",
                     f"{m.latency_ms:.4f}",
                     f"{m.size_ratio:.0%}",
@@ -180,9 +207,18 @@ class SearchResult:
             t = self.test
             lines.append(
                 f"test set: baseline {100 * t['baseline_accuracy']:.2f}%, best {100 * t['accuracy']:.2f}% "
-                f"({100 * t['drop']:+.2f} pt drop); speedup {t['speedup']:.2f}x "
+                f"(drop {100 * t['drop']:.2f} pt, {t['confidence']:.0%} bounds {100 * t['drop_low']:.2f}.."
+                f"{100 * t['drop_high']:.2f}, {t['samples']} samples); speedup {t['speedup']:.2f}x "
                 f"({t['baseline_latency_ms']:.4f} -> {t['latency_ms']:.4f} ms, {t['rounds']} alternating rounds)"
             )
+            lines.append(
+                f"the promise held on the test split: a drop of {100 * t['drop']:.2f} pt, at most "
+                f"{100 * t['allowed_drop']:.2f} pt allowed"
+                if t["held"]
+                else f"THE PROMISE DID NOT HOLD on the test split: the delivered policy dropped "
+                f"{100 * t['drop']:.2f} pt there, more than the {100 * t['allowed_drop']:.2f} pt allowed"
+            )
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def deploy(self, directory: str | Path) -> Path:
@@ -215,6 +251,9 @@ class SearchResult:
                 k: v for k, v in self.best.measurements.to_dict().items() if not k.endswith("_path")
             },
             "baseline": self.baseline,
+            "confirmation": next(
+                (c.to_dict()["drop"] for c in self.confirmation or () if c.trial == self.best.number), None
+            ),
             "test": self.test,
             "study": {"name": self.study_name, "storage": self.storage, "objectives": self.objectives},
         }

@@ -19,8 +19,12 @@ from autocompress.evaluators.target import Target
 from autocompress.search.objectives import AccuracyConstraint, describe_objectives, parse_objectives
 
 # Pruned candidates need a float recovery before QAT (see the pruning benchmark): 1 epoch
-# at the training lr, then a short QAT at a small lr.
-SEARCH_FINETUNE = Finetune(epochs=0.5, lr=1e-4, recovery_epochs=1.0, rewind_lr=1e-3)
+# at the training lr, then a short QAT at a small lr. A student is distilled for 1 epoch
+# per trial (3 would make every student trial cost as much as four others).
+SEARCH_FINETUNE = Finetune(epochs=0.5, lr=1e-4, recovery_epochs=1.0, rewind_lr=1e-3, distill_epochs=1.0)
+# The few candidates that reach the confirmation are trained longer: the delivered model
+# deserves the budget that every trial could not get.
+FINAL_FINETUNE = Finetune(epochs=1.0, lr=1e-4, recovery_epochs=2.0, rewind_lr=1e-3, distill_epochs=3.0)
 SAMPLERS = ("auto", "tpe", "nsga2", "gp", "random")
 STRATEGIES = ("direct", "condensa")
 BACKENDS = ("optuna", "ray")
@@ -86,6 +90,17 @@ class SearchSettings:
     space: a preset name (see autocompress.search_spaces.PRESETS), or the space itself as a
         dict (search() stores the space it built, so resume needs no model analysis).
     backend: "optuna" (trials in this process) or a Ray (Tune on a cluster).
+    confidence: the accuracy constraint holds when the one-sided upper bound of the drop
+        at this confidence is within it (None: the measured drop).
+    confirm_fraction: the share of the validation data held back from the search (when no
+        confirm_loader is given): the top_k candidates are checked on it before one is
+        delivered. 0 delivers the search's best as measured in its trial.
+    top_k: how many of the best feasible trials the confirmation tries, best first;
+        final_finetune: how each is fine-tuned again for it (None: the trial's own model).
+    hardware_proposals: before a latency (or throughput) search over per-layer or per-group
+        knobs, profile the model on the target, fit the space to what measured faster, and
+        start the study from the fastest policies predicted under several drop budgets
+        (autocompress.search.proposals).
     """
 
     objective: Any = "latency"
@@ -104,10 +119,26 @@ class SearchSettings:
     early_stop_margin: float | None = 0.05
     seed: int = 0
     backend: str | Ray = "optuna"
+    confidence: float | None = 0.9
+    confirm_fraction: float = 0.3
+    top_k: int = 3
+    final_finetune: Finetune | None = FINAL_FINETUNE
+    hardware_proposals: bool = True
 
     def __post_init__(self) -> None:
         parse_objectives(self.objective)  # raises with the reason
-        AccuracyConstraint(self.max_accuracy_drop, self.relative_drop)
+        self.constraint  # noqa: B018 (validates max_accuracy_drop and confidence)
+        if not _number(self.confirm_fraction) or not 0 <= self.confirm_fraction < 1:
+            raise ValueError(
+                f"confirm_fraction must be in [0, 1) (0.3 = 30% of the validation data), got {self.confirm_fraction!r}"
+            )
+        _check_int("top_k", self.top_k, 1)
+        if not isinstance(self.hardware_proposals, bool):
+            raise TypeError(f"hardware_proposals must be True or False, got {self.hardware_proposals!r}")
+        if self.final_finetune is not None and not isinstance(self.final_finetune, Finetune):
+            raise TypeError(
+                f"final_finetune must be an autocompress.Finetune or None, got {type(self.final_finetune).__name__}"
+            )
         _check_int("n_trials", self.n_trials, 1)
         _check_int("seed", self.seed, 0)
         if self.timeout is not None and (not _number(self.timeout) or self.timeout <= 0):
@@ -145,7 +176,7 @@ class SearchSettings:
 
     @property
     def constraint(self) -> AccuracyConstraint:
-        return AccuracyConstraint(self.max_accuracy_drop, self.relative_drop)
+        return AccuracyConstraint(self.max_accuracy_drop, self.relative_drop, self.confidence)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able; an objective callable and a sampler instance are stored by name."""
@@ -154,6 +185,7 @@ class SearchSettings:
             "objective": describe_objectives(self.objective),
             "target": self.target.to_dict(),
             "finetune": dataclasses.asdict(self.finetune),
+            "final_finetune": dataclasses.asdict(self.final_finetune) if self.final_finetune else None,
             "sampler": self.sampler if isinstance(self.sampler, str) else type(self.sampler).__name__,
             "backend": self.backend.to_dict() if isinstance(self.backend, Ray) else self.backend,
         }
@@ -167,6 +199,10 @@ class SearchSettings:
             values["target"] = Target.from_dict(dict(values["target"]))
         if isinstance(values.get("finetune"), Mapping):
             values["finetune"] = Finetune(**_known(Finetune, values["finetune"], "finetune"))
+        if isinstance(values.get("final_finetune"), Mapping):
+            values["final_finetune"] = Finetune(
+                **_known(Finetune, values["final_finetune"], "final_finetune")
+            )
         if isinstance(values.get("backend"), Mapping):
             values["backend"] = Ray.from_dict(values["backend"])
         if stored_callable(values.get("objective")):
@@ -180,7 +216,8 @@ class SearchSettings:
 
     def differing(self, stored: Mapping[str, Any]) -> list[str]:
         """The settings that differ from ``stored`` (as ``to_dict`` wrote them) and must match
-        to continue a study; budget, time and places may change. Compared as stored, so an
+        to continue a study; budget, time, places and the final confirmation's top_k and
+        fine-tune may change. Compared as stored, so an
         objective callable or a sampler instance compares by the name it was stored under."""
         mine, theirs = _comparable(self.to_dict()), _comparable(stored)
         return [key for key in mine if theirs.get(key) != mine[key]]
@@ -190,7 +227,7 @@ def _comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
     kept = {
         k: v
         for k, v in settings.items()
-        if k not in ("n_trials", "timeout", "workdir", "storage", "study_name")
+        if k not in ("n_trials", "timeout", "workdir", "storage", "study_name", "top_k", "final_finetune")
     }
     return json.loads(json.dumps(kept, default=str))
 

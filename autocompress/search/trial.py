@@ -37,7 +37,7 @@ from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.evaluators.torch_side import module_logits
 from autocompress.export import export_onnx
 from autocompress.policies import Policy
-from autocompress.search.objectives import AccuracyConstraint, Objective
+from autocompress.search.objectives import AccuracyConstraint, DropEstimate, Objective
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Baseline:
     size_bytes: int
     parameters: int
     flops: int
+    val_logits: str | None = None  # its outputs on the validation data (.npy): trials are paired with them
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,6 +66,13 @@ class Baseline:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Baseline:
         return cls(**data)
+
+    def logits(self) -> np.ndarray | None:
+        """The stored validation outputs, or None when they are gone (then measure it again)."""
+        try:
+            return np.load(self.val_logits) if self.val_logits else None
+        except (OSError, ValueError):
+            return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +100,7 @@ class Measurements:
     node_trained: str | None = None  # Ray: where it was fine-tuned and where it was measured
     node_measured: str | None = None
     resumed_from: str | None = None  # Ray: "exported" when a retried trial went on from its checkpoint
+    drop: DropEstimate | None = None  # paired with the baseline on the same validation samples
 
     @property
     def speedup(self) -> float:
@@ -112,7 +121,10 @@ class Measurements:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurements:
-        return cls(**{k: v for k, v in data.items() if k not in ("speedup", "throughput_ratio")})
+        values = {k: v for k, v in data.items() if k not in ("speedup", "throughput_ratio")}
+        if isinstance(values.get("drop"), dict):
+            values["drop"] = DropEstimate.from_dict(values["drop"])
+        return cls(**values)
 
     def with_paths(self, ir_path: str, onnx_path: str) -> Measurements:
         return dataclasses.replace(self, ir_path=ir_path, onnx_path=onnx_path)
@@ -365,6 +377,8 @@ class TrialSetup:
         exported = self.export(self.model, Path(directory))
         ir_path = Path(exported.onnx_path).with_name("model.xml")
         measured = measure.candidate(Path(exported.onnx_path), ir_path, against=None, latency=True)
+        logits_path = Path(directory) / "val_logits.npy"
+        np.save(logits_path, measured.logits)
         return Baseline(
             onnx_path=exported.onnx_path,
             ir_path=str(ir_path),
@@ -373,6 +387,7 @@ class TrialSetup:
             size_bytes=measured.bin_bytes,
             parameters=exported.parameters,
             flops=exported.flops,
+            val_logits=str(logits_path),
         )
 
 
@@ -385,10 +400,12 @@ class Trial:
     end of pruning recovery, half-way through the final fine-tuning and after it;
     should_stop() lets a scheduler or pruner stop the trial there. ``exported`` resumes a
     trial that was exported before its worker died (skipping the fine-tune), and
-    on_exported(exported) lets a backend checkpoint that point."""
+    on_exported(exported) lets a backend checkpoint that point. ``baseline_logits`` are the
+    baseline's validation outputs, with which each candidate's drop is paired."""
 
     setup: TrialSetup
     baseline: Baseline
+    baseline_logits: np.ndarray
 
     def __call__(
         self,
@@ -423,8 +440,9 @@ class Trial:
                 "trial failed: %s: %s", type(error).__name__, error, exc_info=log.isEnabledFor(logging.DEBUG)
             )
             return TrialOutcome("FAIL", error=f"{type(error).__name__}: {error}"[:2000], checks=tuple(checks))
-        violation = self.setup.constraint.violation(measurements.accuracy, self.baseline.accuracy)
-        return TrialOutcome("COMPLETE", measurements, values, violation, checks=tuple(checks))
+        return TrialOutcome(
+            "COMPLETE", measurements, values, measurements.drop.violation, checks=tuple(checks)
+        )
 
     def _compress_and_export(self, policy: Policy, directory: Path, check, should_stop) -> Exported:
         floor = self.setup.constraint.floor(self.baseline.accuracy)
@@ -474,8 +492,11 @@ class Trial:
             cache.put(exported.fingerprint, latency)
         policy.save(onnx_path.with_name("policy.json"))
         batch = self.setup.target.batch
+        drop = self.setup.constraint.assess(
+            self.setup.metric, self.baseline_logits, measured.logits, self.setup.val.targets
+        )
         return Measurements(
-            accuracy=score(self.setup.metric, measured.logits, self.setup.val.targets, "a candidate"),
+            accuracy=drop.accuracy,
             latency_ms=latency.latency_ms,
             latency_ratio=latency.latency_ratio,
             throughput=1000.0 * batch / latency.latency_ms,
@@ -492,4 +513,5 @@ class Trial:
             seconds_export=exported.seconds_export,
             seconds_measure=seconds,
             node_measured=measured.node,
+            drop=drop,
         )

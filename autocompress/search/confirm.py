@@ -1,0 +1,234 @@
+"""Selection without the winner's curse: the delivered policy is confirmed on data the
+search never selected on.
+
+Picking the fastest of many candidates whose validation accuracy sits just above the floor
+picks the ones whose validation score was lucky. So the search's top_k feasible trials,
+best first, are fine-tuned again at the final budget and scored on the confirmation split
+(held back from the search), paired with the baseline on the same samples; the first whose
+drop keeps the constraint there (at the search's confidence) is delivered. The test split
+stays untouched until the final report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from autocompress.core import Finetune
+from autocompress.evaluators.runtime import Dataset
+from autocompress.search.objectives import AccuracyConstraint, DropEstimate
+from autocompress.search.result import SearchResult, TrialRecord
+from autocompress.search.trial import TRIAL_LATENCY, LatencyCache, Measure, Measurements, Trial
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Confirmation:
+    """One candidate's confirmation: its drop on the confirmation split and the verdict.
+
+    measurements: of the model that was confirmed (re-fine-tuned at the final budget: its
+    IR is what gets deployed), on the search's validation split; speedup: from fresh
+    alternating rounds against the baseline."""
+
+    trial: int
+    passed: bool
+    drop: DropEstimate | None
+    measurements: Measurements | None
+    values: tuple[float, ...] | None
+    speedup: float | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial,
+            "passed": self.passed,
+            "drop": self.drop.to_dict() if self.drop else None,
+            "measurements": self.measurements.to_dict() if self.measurements else None,
+            "values": list(self.values) if self.values is not None else None,
+            "speedup": self.speedup,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Confirmation:
+        return cls(
+            trial=data["trial"],
+            passed=data["passed"],
+            drop=DropEstimate.from_dict(data["drop"]) if data.get("drop") else None,
+            measurements=Measurements.from_dict(data["measurements"]) if data.get("measurements") else None,
+            values=tuple(data["values"]) if data.get("values") is not None else None,
+            speedup=data.get("speedup"),
+            error=data.get("error"),
+        )
+
+
+def ranked(result: SearchResult, baseline_value: float | None = None) -> list[TrialRecord]:
+    """The feasible trials, best first: the Pareto front in its order, then the rest by the
+    first objective (several trials with one policy count once). With ``baseline_value``
+    (the first objective of the uncompressed model), only trials that beat it: a policy
+    slower than no compression is no answer to a latency search."""
+    front = {r.number for r in result.pareto}
+    sign = 1 if not result.objectives or result.objectives[0]["direction"] == "minimize" else -1
+    rest = sorted(
+        (t for t in result.trials if t.feasible and t.number not in front),
+        key=lambda t: (sign * t.values[0], t.number),
+    )
+    seen: set[str] = set()
+    out = []
+    for record in [*result.pareto, *rest]:
+        key = json.dumps(record.params, sort_keys=True, default=str)
+        if baseline_value is not None and sign * record.values[0] >= sign * baseline_value:
+            continue
+        if key not in seen:
+            seen.add(key)
+            out.append(record)
+    return out
+
+
+def confirm_candidates(
+    candidates: list[TrialRecord],
+    trial: Trial,
+    data: Dataset,
+    *,
+    final_finetune: Finetune | None,
+    directory: Path,
+    measure: Measure,
+    latency_cache: LatencyCache,
+    progress: bool = False,
+) -> list[Confirmation]:
+    """Confirm ``candidates`` in order until one passes (see the module docstring).
+
+    Each confirmation is kept in ``directory``/trial-N, so a search killed during this
+    stage resumes it without training again."""
+    # The final budget is spent in full: no early stop.
+    final = dataclasses.replace(
+        trial.setup, finetune=final_finetune or trial.setup.finetune, early_stop_margin=None
+    )
+    retrain = Trial(final, trial.baseline, trial.baseline_logits)
+    done: list[Confirmation] = []
+    for record in candidates:
+        folder = directory / f"trial-{record.number}"
+        key = {"policy": record.policy.to_dict(), "final_finetune": _finetune_key(final_finetune)}
+        confirmation = _stored(folder, key)
+        if confirmation is None:
+            confirmation = _confirm_one(record, retrain, final_finetune, data, folder, measure, latency_cache)
+            folder.mkdir(parents=True, exist_ok=True)
+            staging = folder / ".confirmation.json.tmp"
+            staging.write_text(json.dumps({"key": key, "confirmation": confirmation.to_dict()}, default=str))
+            staging.replace(folder / "confirmation.json")
+        done.append(confirmation)
+        if progress:
+            verdict = "passed" if confirmation.passed else "did not pass"
+            detail = confirmation.drop.describe() if confirmation.drop else confirmation.error
+            print(f"confirmation: trial {record.number} {verdict}: drop {detail}", flush=True)
+        if confirmation.passed:
+            break
+    return done
+
+
+def _confirm_one(
+    record: TrialRecord,
+    retrain: Trial,
+    final_finetune: Finetune | None,
+    data: Dataset,
+    folder: Path,
+    measure: Measure,
+    latency_cache: LatencyCache,
+) -> Confirmation:
+    if final_finetune is None:  # the trial's own model
+        measurements, values = record.measurements, record.values
+    else:
+        outcome = retrain(record.policy, folder, measure=measure, latency_cache=latency_cache)
+        if outcome.state != "COMPLETE":
+            return Confirmation(record.number, False, None, None, None, None, outcome.error or outcome.state)
+        measurements, values = outcome.measurements, outcome.values
+    try:
+        logits, latency = measure.compare(
+            [retrain.baseline.ir_path, measurements.ir_path], data.inputs_file(), TRIAL_LATENCY
+        )
+        drop = retrain.setup.constraint.assess(
+            retrain.setup.metric, logits[0], logits[1], data.targets, "a candidate on the confirmation split"
+        )
+    except Exception as error:  # one candidate's failure must not lose the search's result
+        log.warning("confirming trial %d failed: %s: %s", record.number, type(error).__name__, error)
+        return Confirmation(
+            record.number, False, None, measurements, values, None, f"{type(error).__name__}: {error}"
+        )
+    return Confirmation(
+        trial=record.number,
+        passed=drop.violation <= 0,
+        drop=drop,
+        measurements=measurements,
+        values=values,
+        speedup=1.0 / latency["ratios_to_first"][1],
+    )
+
+
+def _stored(folder: Path, key: dict[str, Any]) -> Confirmation | None:
+    """A confirmation an earlier run of this stage finished, if its model is still there."""
+    try:
+        stored = json.loads((folder / "confirmation.json").read_text())
+        if json.loads(json.dumps(key, default=str)) != stored["key"]:
+            return None
+        confirmation = Confirmation.from_dict(stored["confirmation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    m = confirmation.measurements
+    if m is not None and not Path(m.ir_path).exists():
+        return None  # deleted: confirmed again
+    return confirmation
+
+
+def _finetune_key(finetune: Finetune | None) -> dict[str, Any] | None:
+    return dataclasses.asdict(finetune) if finetune is not None else None
+
+
+def apply_confirmation(
+    result: SearchResult, confirmations: list[Confirmation], constraint: AccuracyConstraint, samples: int
+) -> None:
+    """Deliver the first candidate that passed; when none did, the closest, marked infeasible."""
+    result.confirmation = confirmations
+    by_number = {t.number: t for t in result.trials}
+    passed = [c for c in confirmations if c.passed]
+    measured = [c for c in confirmations if c.drop is not None]
+    chosen = passed[0] if passed else min(measured, key=lambda c: c.drop.violation, default=None)
+    base = result.baseline["accuracy"]
+    if chosen is None:
+        result.feasible = False
+        result.message = (
+            f"NOT CONFIRMED: the confirmation of trials {', '.join(str(c.trial) for c in confirmations)} "
+            f"failed ({'; '.join(str(c.error) for c in confirmations)[:500]}); delivering trial "
+            f"{result.best.number} as measured in the search, unconfirmed"
+        )
+        return
+    result.best = dataclasses.replace(
+        by_number[chosen.trial],
+        measurements=chosen.measurements,
+        values=chosen.values,
+        violation=chosen.drop.violation,
+    )
+    tried = ", ".join(str(c.trial) for c in confirmations)
+    if passed:
+        result.feasible = True
+        values = ", ".join(f"{o['name']} {v:.4g}" for o, v in zip(result.objectives, chosen.values or ()))
+        result.message = (
+            f"best confirmed trial {chosen.trial}: {values}; on {samples} held-back samples the drop is "
+            f"{chosen.drop.describe()}, within {constraint.describe(base)}"
+            + (
+                f" (confirmed after trials {tried[: tried.rfind(',')]} did not pass)"
+                if len(confirmations) > 1
+                else ""
+            )
+        )
+    else:
+        result.feasible = False
+        result.message = (
+            f"NOT CONFIRMED: none of the best feasible trials ({tried}) kept {constraint.describe(base)} on "
+            f"{samples} held-back samples; the closest, trial {chosen.trial}, dropped {chosen.drop.describe()}. "
+            "It is delivered marked infeasible. More validation data narrows the intervals; a larger "
+            "top_k, a longer final_finetune or a gentler space find candidates with room to spare."
+        )

@@ -1,0 +1,305 @@
+"""Hardware-aware proposals (autocompress.search.proposals) on a real small model and real profiles:
+the half-width ResNet-20 trained on digits, profiled by OpenVINO on this machine."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+import pytest
+import torch
+
+import autocompress
+from autocompress.core import Finetune
+from autocompress.evaluators.child import ProfileLayers, run_jobs
+from autocompress.evaluators.runtime import Dataset
+from autocompress.evaluators.target import Target
+from autocompress.pruning import prune
+from autocompress.search.proposals import (
+    FLOAT,
+    INT8,
+    NO_FASTER,
+    LatencyModel,
+    Observation,
+    Sensitivities,
+    Structure,
+    Variant,
+    fit_space,
+    layout,
+    plan,
+    profile_variants,
+    propose,
+)
+from autocompress.search_spaces import build_space
+from autocompress.search_spaces.knobs import start_point
+
+TARGET = Target(precision_hint="f32")
+# Deployed at 32x32 (the net is fully convolutional): at the digits' 8x8 every kernel takes
+# 2-4 us and the time outside the kernels, which a neighbour's load moves, is most of the
+# latency; at 32x32 the layers carry it, as in the models the search is for.
+EXAMPLE = torch.zeros(1, 1, 32, 32)
+FAST = {"profile_iterations": 100}
+
+
+@pytest.fixture(scope="module")
+def space(resnet):
+    return build_space(resnet, "joint", example_input=EXAMPLE)
+
+
+def make_plan(model, space, loaders, workdir):
+    train, val, _ = loaders
+    return plan(
+        model,
+        space,
+        train_loader=train,
+        val=Dataset(val),
+        example_input=EXAMPLE,
+        target=TARGET,
+        max_drop=0.01,
+        workdir=workdir,
+        **FAST,
+    )
+
+
+@pytest.fixture(scope="module")
+def hardware(resnet, space, digits_loaders, tmp_path_factory):
+    """One plan, measured once for the module: (plan, its workdir, seconds)."""
+    workdir = tmp_path_factory.mktemp("hardware")
+    started = time.perf_counter()
+    hardware_plan = make_plan(resnet, space, digits_loaders, workdir)
+    return hardware_plan, workdir, time.perf_counter() - started
+
+
+def test_structure_predicts_the_shapes_pruning_makes(resnet):
+    structure = Structure.from_model(resnet, EXAMPLE)
+    ratios = {g: (0.25, 0.5, 0.75)[i % 3] for i, g in enumerate(structure.group_channels)}
+    pruned = dict(prune(resnet, {g: (r, "l2") for g, r in ratios.items()}, EXAMPLE).named_modules())
+    for shape in structure.layers:
+        module = pruned[shape.name]
+        cin, cout = (
+            (module.in_features, module.out_features)
+            if isinstance(module, torch.nn.Linear)
+            else (module.in_channels, module.out_channels)
+        )
+        assert structure.work(shape, ratios) == pytest.approx(cin * cout / (shape.cin * shape.cout)), shape
+    # A block's second conv reads the first conv's channels and writes the residual group's.
+    second = next(s for s in structure.layers if s.name == "layer2.1.conv2")
+    assert second.in_groups == ("layer2.1.conv1",) and second.out_group == "layer2.0.downsample.0"
+    assert second.producers == ("layer2.1.conv1",)
+
+
+def test_every_layer_maps_to_its_kernels(hardware):
+    hardware_plan, _, _ = hardware
+    structure = hardware_plan.latency_model.structure
+    names = {p.name: p for p in hardware_plan.profiles}
+    assert {"fp32", "int8", "int8-alternate", "prune0.5", "prune0.5-int8", "w4a8", "w6a8", "w8a6"} <= set(
+        names
+    )
+    assert names["fp32"].latency_ratio == 1.0
+    for profile in hardware_plan.profiles:
+        assert profile.mapped_layers == len(structure.layers), profile.name
+        assert set(profile.layer_us) == {s.name for s in structure.layers}
+        # Kernels of one precision map directly; a one-sided or mixed precision adds conversions that
+        # belong to no layer (charged to the next), measured at 0.62-0.93 of the time here.
+        if profile.precision in (FLOAT, INT8):
+            assert profile.coverage > 0.8, (profile.name, profile.coverage)
+        assert profile.coverage > 0.4, (profile.name, profile.coverage)
+    assert names["int8"].classes["layer1.0.conv1"] == INT8
+    assert names["prune0.5"].work["layer1.0.conv2"] == pytest.approx(0.25)
+
+
+def test_latency_model_predicts_variants_it_was_not_fitted_on(hardware, resnet, space, digits_loaders):
+    hardware_plan, workdir, _ = hardware
+    model = hardware_plan.latency_model
+    train, _, _ = digits_loaders
+    inputs, targets = next(iter(train))
+    held_out = [
+        Variant("fp32"),
+        Variant("prune0.375-int8", 0.375, 8, 8),  # between the profiled widths
+        Variant("proposal", params=hardware_plan.proposals[-1].params),
+    ]
+    profiles = profile_variants(
+        resnet,
+        hardware_plan.space,
+        held_out,
+        structure=model.structure,
+        calibration=[(inputs[:16], targets[:16])],
+        example_input=EXAMPLE,
+        target=TARGET,
+        workdir=workdir / "hardware",
+        iterations=FAST["profile_iterations"],
+    )
+    for name in ("prune0.375-int8", "proposal"):
+        measured, predicted = (
+            profiles[name].latency_ratio,
+            model.predict_config(profiles[name].work, profiles[name].classes),
+        )
+        # Re-measuring one model varies 2-16% on an idle machine and up to 30% with others'
+        # tests running on its 2 cores (seen here); the model must stay within 30%.
+        assert abs(predicted - measured) / measured < 0.30, (name, predicted, measured)
+    assert model.predict(hardware_plan.proposals[-1].params) == pytest.approx(
+        model.predict_config(profiles["proposal"].work, profiles["proposal"].classes)
+    )
+    # Pruning and INT8 must both show in the prediction.
+    structure = model.structure
+    full = {s.name: 1.0 for s in structure.layers}
+    assert model.predict_config(full, dict.fromkeys(full, INT8)) < model.predict_config(full, {})
+    assert model.predict_config(profiles["prune0.375-int8"].work, dict.fromkeys(full, INT8)) < (
+        model.predict_config(full, dict.fromkeys(full, INT8))
+    )
+
+
+def test_proposals_are_distinct_valid_points_within_their_budgets(hardware):
+    hardware_plan, _, _ = hardware
+    assert hardware_plan.proposals
+    names = set(hardware_plan.space.names())
+    seen = []
+    for proposal in hardware_plan.proposals:
+        assert set(proposal.params) == names
+        hardware_plan.space.policy(proposal.params)  # raises if not a point of the space
+        assert proposal.params not in seen
+        seen.append(proposal.params)
+        assert proposal.predicted_drop <= proposal.budget + 1e-9
+        assert proposal.predicted_drop == pytest.approx(hardware_plan.predict_drop(proposal.params))
+    latencies = [p.predicted_latency_ratio for p in sorted(hardware_plan.proposals, key=lambda p: p.budget)]
+    assert latencies == sorted(latencies, reverse=True)  # a larger budget is never slower
+
+
+def test_the_integer_program_finds_the_brute_force_optimum(hardware):
+    hardware_plan, _, _ = hardware
+    space = hardware_plan.space
+    reference = start_point(space.searched, 0.0)
+    # Two coupled groups (the stage-1 residual group feeds and is fed by the block's inner
+    # group) and two layers, one of them the other's consumer: products and precision changes.
+    free_groups = ["pruning_ratio:conv1", "pruning_ratio:layer1.0.conv1"]
+    free_layers = ["layer1.0.conv1", "layer1.0.conv2"]
+    free = free_groups + [f"{k}:{layer}" for layer in free_layers for k in ("weight_bits", "activation_bits")]
+    small = space.fix(**{n: v for n, v in reference.items() if n not in free})
+    model = LatencyModel.fit(list(hardware_plan.profiles), hardware_plan.latency_model.structure, small)
+    structure = model.structure
+    # Synthetic drops that make the budget bind: a group costs its ratio x its channels / 100.
+    pruning = {g: {r: r * c / 100 for r in (0.25, 0.5, 0.75)} for g, c in structure.group_channels.items()}
+    sens = Sensitivities(0.9, 100, pruning, dict.fromkeys(free_layers, 0.004))
+    candidates = []  # (predicted drop, predicted latency) of every point the program chooses among
+    for ratios in itertools.product([i * 0.125 for i in range(7)], repeat=len(free_groups)):
+        for precisions in itertools.product((8, None), repeat=len(free_layers)):
+            point = {n: v for n, v in reference.items() if n in small.names()}
+            point.update(zip(free_groups, ratios))
+            for layer, bits in zip(free_layers, precisions):
+                point.update({f"weight_bits:{layer}": bits, f"activation_bits:{layer}": bits})
+            candidates.append((sens.predict(*layout(small, structure, point)), model.predict(point)))
+    for budget in (0.0, 0.003, 0.01, 0.05):
+        best = min(latency for drop, latency in candidates if drop <= budget + 1e-12)
+        (proposal,) = propose(small, model, sens, max_drop=budget or 1e-9, multiples=(1.0,))
+        assert proposal.predicted_drop <= budget + 1e-9
+        assert proposal.predicted_latency_ratio == pytest.approx(best, rel=1e-9), budget
+    # The layers no decision sets (INT8 at the reference) spend the budget too.
+    costly = Sensitivities(0.9, 100, pruning, {s.name: 0.004 for s in structure.layers})
+    assert propose(small, model, costly, max_drop=0.01, multiples=(1.0,)) == []
+
+
+def test_fit_space_leaves_out_only_bit_widths_measured_no_faster(space, hardware):
+    fitted, reasons = fit_space(space, {INT8: 0.50, "w4a8": 0.499, "w8a6": 0.40}, "latency")
+    weight_bits = {c for d in fitted.searched if d.knob == "weight_bits" for c in d.choices}
+    activation_bits = {c for d in fitted.searched if d.knob == "activation_bits" for c in d.choices}
+    assert weight_bits == {8, 6, None}  # 4 no faster than INT8; 6 not profiled: kept
+    assert activation_bits == {8, 6, None}  # 6 measured 20% faster: kept
+    assert any("weight_bits 4 left out" in r and "0.499" in r for r in reasons)
+    assert any("weight_bits 6 kept" in r and "not profiled" in r for r in reasons)
+    for point in fitted.start_points:
+        fitted.policy(point)
+    assert fit_space(space, {INT8: 0.5, "w4a8": 0.9}, "size")[0] is space
+    assert fit_space(space, {INT8: 0.5, "w4a8": 0.9}, ["latency", "size"])[0] is space
+
+    # On the real profiles, a value is gone exactly when its variant measured no faster than INT8.
+    hardware_plan, _, _ = hardware
+    measured = {p.name: p.latency_ratio for p in hardware_plan.profiles}
+    kept = {c for d in hardware_plan.space.searched if d.knob == "weight_bits" for c in d.choices}
+    for bits in (4, 6):
+        slower = measured[f"w{bits}a8"] >= measured["int8"] * (1 - NO_FASTER)
+        assert (bits not in kept) == slower, (bits, measured)
+
+
+def test_sensitivities_cover_every_group_and_layer(hardware, digits_loaders):
+    hardware_plan, _, _ = hardware
+    sens = hardware_plan.sensitivities
+    structure = hardware_plan.latency_model.structure
+    _, val, _ = digits_loaders
+    assert sens.samples == len(val.dataset)  # 180 < 500: all of them
+    assert set(sens.pruning) == set(structure.group_channels)
+    assert all(set(drops) == {0.25, 0.5, 0.75} for drops in sens.pruning.values())
+    assert set(sens.quantization) == {s.name for s in structure.layers}
+    assert {"int8_everywhere", "prune_0.5_everywhere"} <= set(sens.checks)
+    for group in structure.group_channels:
+        assert sens.group_drop(group, 0.0) == 0.0
+        assert sens.group_drop(group, 0.25) <= sens.group_drop(group, 0.5) <= sens.group_drop(group, 0.75)
+    interpolated = Sensitivities(1.0, 10, {"g": {0.5: 0.1, 0.75: 0.05}}, {})
+    assert interpolated.group_drop("g", 0.25) == pytest.approx(0.05)
+    assert interpolated.group_drop("g", 0.75) == pytest.approx(0.1)  # never below a smaller cut's drop
+
+
+def test_trials_rescale_the_drop_and_recalibrate_the_latency_model(hardware):
+    hardware_plan, _, _ = hardware
+    trials = [
+        Observation(
+            p.params,
+            drop=0.1 * p.predicted_drop,  # fine-tuning recovered 90% of the predicted drop
+            latency_ratio=1.3 * p.predicted_latency_ratio,  # the target runs slower than profiled
+        )
+        for p in hardware_plan.proposals
+    ]
+    pairs = [(t.params, t.latency_ratio) for t in trials]
+    before = hardware_plan.latency_model.report(pairs)
+    updated = hardware_plan.update_from_trials(trials)
+    after = updated.latency_model.report(pairs)
+    assert updated.drop_scale < 0.5
+    assert updated.trials_seen == len(trials)
+    assert after.median_abs_rel_error < before.median_abs_rel_error / 2
+    assert before.within_10pct == 0 and after.within_10pct > 0
+    assert not any(p.params in [t.params for t in trials] for p in updated.proposals)
+    assert updated.to_dict()["drop_scale"] == updated.drop_scale
+
+
+def test_a_second_plan_reads_the_cache(hardware, resnet, space, digits_loaders):
+    hardware_plan, workdir, _ = hardware
+    again = make_plan(resnet, space, digits_loaders, workdir)
+    # Read back, not measured again: a re-measured latency would differ in its last digits.
+    assert [p.latency_ms for p in again.profiles] == [p.latency_ms for p in hardware_plan.profiles]
+    assert again.sensitivities == hardware_plan.sensitivities
+    assert again.points == hardware_plan.points
+
+
+def test_profile_job_rejects_bad_requests():
+    no_models, no_iterations = run_jobs(
+        [ProfileLayers([], TARGET.to_dict()), ProfileLayers(["x.xml"], TARGET.to_dict(), iterations=0)]
+    )
+    assert "non-empty list" in no_models["error"]
+    assert "iterations must be an int >= 1" in no_iterations["error"]
+
+
+def test_a_latency_search_starts_from_the_hardware_aware_proposals(resnet, digits_loaders, tmp_path):
+    """search() plans before the first trial: the fitted space is what the study searches, its
+    first trial is the first proposal, and result.json reports the plan with its latency
+    model's error on the trials that followed."""
+    train, val, _ = digits_loaders
+    result = autocompress.search(
+        resnet,
+        train,
+        val,
+        space="joint",
+        n_trials=1,
+        finetune=Finetune(epochs=0.1, recovery_epochs=0.1),
+        target=Target(threads=1),
+        max_accuracy_drop=0.05,
+        confirm_fraction=0.0,
+        workdir=tmp_path,
+        progress=False,
+    )
+    hardware = result.hardware
+    assert hardware is not None and hardware["proposals"], hardware
+    first = hardware["proposals"][0]["params"]
+    assert {k: v for k, v in result.trials[0].params.items() if k in first} == first
+    assert hardware["latency_model_on_trials"]["n"] in (0, 1)
+    written = json.loads((tmp_path / "result.json").read_text())
+    assert written["hardware"]["proposals"][0]["params"] == first
