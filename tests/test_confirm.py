@@ -4,6 +4,7 @@ data the search did not select on, and the test split's verdict."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 
 import numpy as np
@@ -203,3 +204,10 @@ def test_a_search_confirms_its_best_on_held_back_data_and_reports_the_test_verdi
     again = autocompress.search(cnn, train, val, **options)
     assert again.best.number == result.best.number
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_search_takes_every_setting_as_a_keyword():
+    """Each SearchSettings field is a search() argument (a setting only the YAML config
+    could reach was a bug here: hardware_proposals)."""
+    fields = {f.name for f in dataclasses.fields(SearchSettings)}
+    assert fields <= set(inspect.signature(autocompress.search).parameters)

@@ -56,6 +56,7 @@ def search(
     confirm_fraction: float = 0.3,
     top_k: int = 3,
     final_finetune: Finetune | None = FINAL_FINETUNE,
+    hardware_proposals: bool = True,
     target: Target = Target(),
     space: str | SearchSpace = "joint",
     n_trials: int = 30,
@@ -87,6 +88,10 @@ def search(
         fine-tuned again with ``final_finetune`` (None: kept as they are) and scored
         there; the first that keeps the constraint is delivered (selection without the
         winner's curse). confirm_fraction=0 and no confirm_loader: the search's best as is.
+    hardware_proposals: a new latency (or throughput) search over per-layer or per-group
+        knobs first profiles the model on ``target``, leaves out knob values that measured
+        no faster there, and starts from the fastest policies predicted under several drop
+        budgets (autocompress.search.proposals; about a minute for a ResNet-20 on 2 cores).
 
     objective: "latency", "throughput", "size" (ratios to the baseline on ``target``), a
         {name: weight} mix, a callable(measurements) -> float to minimise, or a list of
@@ -132,6 +137,7 @@ def search(
         confirm_fraction=confirm_fraction,
         top_k=top_k,
         final_finetune=final_finetune,
+        hardware_proposals=hardware_proposals,
     )
     backend_impl = make_backend(
         settings,
