@@ -7,6 +7,7 @@ import itertools
 import json
 import time
 
+import optuna
 import pytest
 import torch
 
@@ -16,12 +17,15 @@ from autocompress.evaluators.child import ProfileLayers, run_jobs
 from autocompress.evaluators.runtime import Dataset
 from autocompress.evaluators.target import Target
 from autocompress.pruning import prune
+from autocompress.search.objectives import DropEstimate
+from autocompress.search.optuna_backend import RECALIBRATED, _propose_next
 from autocompress.search.proposals import (
     FLOAT,
     INT8,
     NO_FASTER,
     LatencyModel,
     Observation,
+    Recalibration,
     Sensitivities,
     Structure,
     Variant,
@@ -31,8 +35,11 @@ from autocompress.search.proposals import (
     profile_variants,
     propose,
 )
+from autocompress.search.result import TrialRecord
+from autocompress.search.trial import Measurements
 from autocompress.search_spaces import build_space
 from autocompress.search_spaces.knobs import start_point
+from autocompress.search_spaces.to_optuna import distributions
 
 TARGET = Target(precision_hint="f32")
 # Deployed at 32x32 (the net is fully convolutional): at the digits' 8x8 every kernel takes
@@ -303,3 +310,95 @@ def test_a_latency_search_starts_from_the_hardware_aware_proposals(resnet, digit
     assert hardware["latency_model_on_trials"]["n"] in (0, 1)
     written = json.loads((tmp_path / "result.json").read_text())
     assert written["hardware"]["proposals"][0]["params"] == first
+
+
+def _measured_trial(number, params, drop, latency_ratio, user_attrs=None):
+    """A finished trial as a search records it (a TrialRecord and its Optuna twin): what a
+    fine-tuned, measured candidate would report, here set to what the test needs."""
+    margin = 0.004  # the 90% bound sits this far above the measured drop
+    estimate = DropEstimate(
+        drop, drop - margin, drop + margin, 0.9, 1000, 0.95, 0.95 - drop, drop + margin - 0.01
+    )
+    measurements = Measurements(
+        accuracy=0.95 - drop,
+        latency_ms=latency_ratio,
+        latency_ratio=latency_ratio,
+        throughput=1 / latency_ratio,
+        size_bytes=1,
+        size_ratio=1.0,
+        parameters=1,
+        flops=1,
+        runtime_precision=None,
+        latency_cached=False,
+        fingerprint=str(number),
+        ir_path="",
+        onnx_path="",
+        drop=estimate,
+    )
+    return TrialRecord(
+        number, "COMPLETE", dict(params), None, measurements, (latency_ratio,), estimate.violation, 1.0
+    )
+
+
+def test_recalibration_predicts_each_trial_before_it_learns_from_it(hardware):
+    hardware_plan, _, _ = hardware
+    recalibration = Recalibration(hardware_plan)
+    trials = [
+        _measured_trial(
+            i, p.params, drop=0.1 * p.predicted_drop, latency_ratio=1.3 * p.predicted_latency_ratio
+        )
+        for i, p in enumerate(hardware_plan.proposals)
+    ]
+    recalibration.observe(trials[:1])
+    recalibration.observe(trials)  # every trial so far, again: each is predicted once, before its refit
+    numbers = [n for n, _, _ in recalibration.prequential]
+    assert numbers == list(range(len(trials)))
+    first_predicted, first_measured = recalibration.prequential[0][1:]
+    assert first_measured == pytest.approx(1.3 * first_predicted)  # the profiled model, out of sample
+    later = [abs(p - m) / m for _, p, m in recalibration.prequential[1:]]
+    assert later and max(later) < 0.3 / 1.3  # the refitted model learnt the target runs slower
+    assert recalibration.plan.drop_scale < 0.5 and recalibration.margin == pytest.approx(0.004)
+
+    point = recalibration.next_point(t.params for t in trials)
+    assert point is not None and point not in [t.params for t in trials]
+    budget = hardware_plan.max_drop - recalibration.margin
+    assert recalibration.plan.predict_drop(point) <= budget + 1e-9
+    assert recalibration.next_point([*(t.params for t in trials), point]) != point  # never proposed twice
+    report = json.loads(json.dumps(recalibration.report()))
+    assert report["latency_model_prequential"]["n"] == len(trials)
+    assert report["recalibrated_proposals"] == 2
+
+
+def test_the_optuna_search_queues_recalibrated_proposals_between_sampled_trials(hardware):
+    hardware_plan, _, _ = hardware
+    space = hardware_plan.space
+    dists = distributions(space)
+    study = optuna.create_study(direction="minimize")
+
+    def add(number, params, user_attrs=None):
+        trial = _measured_trial(number, params, drop=0.002, latency_ratio=0.5)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: dists[k] for k in params},
+                value=0.5,
+                user_attrs={"measurements": trial.measurements.to_dict(), **(user_attrs or {})},
+            )
+        )
+        return study.trials[-1]
+
+    recalibration = Recalibration(hardware_plan)
+    last = add(0, hardware_plan.proposals[0].params)
+    _propose_next(study, last, recalibration)
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].user_attrs["proposal"] == RECALIBRATED
+    assert waiting[0].system_attrs["fixed_params"] == recalibration.proposed[0]
+    _propose_next(study, last, recalibration)  # a queued point is still waiting: nothing more
+    assert sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials) == 1
+
+    study = optuna.create_study(direction="minimize")
+    recalibration = Recalibration(hardware_plan)
+    last = add(0, hardware_plan.proposals[0].params, {"proposal": RECALIBRATED})
+    _propose_next(study, last, recalibration)  # after a proposal, the sampler's turn
+    assert not any(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
+    assert recalibration.prequential  # it still learnt from the trial

@@ -51,3 +51,25 @@ def test_processes_creating_one_study_at_once_all_succeed(tmp_path, name):
     assert set(optuna.load_study(study_name="shared", storage=storage).user_attrs) == {
         f"worker{i}" for i in range(6)
     }
+
+
+def test_the_ray_experiment_filesystem_replaces_files_whole(tmp_path):
+    """A driver killed while Tune copies its state must leave the old file, not half the new one."""
+    import pickle
+
+    from autocompress.search.atomic_fs import atomic_local_filesystem
+
+    fs = atomic_local_filesystem()
+    state = tmp_path / "experiment" / "experiment_state.json"
+    with fs.open_output_stream(str(state)) as stream:
+        stream.write(b'{"trial_data": []}')
+    assert state.read_bytes() == b'{"trial_data": []}'
+
+    stream = fs.open_output_stream(str(state))
+    stream.write(b'{"trial_data": [')  # the copy is cut here
+    assert state.read_bytes() == b'{"trial_data": []}'
+    stream.write(b"1]}")
+    stream.close()
+    assert state.read_bytes() == b'{"trial_data": [1]}'
+    assert [p.name for p in state.parent.iterdir()] == ["experiment_state.json"]  # no staging file left
+    assert pickle.loads(pickle.dumps(fs)) == fs  # Tune ships it to the workers

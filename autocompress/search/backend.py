@@ -39,7 +39,7 @@ class SearchJob:
     progress: bool = True
     test_loader: Iterable | None = None
     confirm: Dataset | None = None  # held back from the search: the best candidates are confirmed on it
-    hardware: Any = None  # a new search's plan (autocompress.search.proposals.HardwarePlan)
+    hardware: Any = None  # a new search's plan, refitted on its trials (proposals.Recalibration)
 
     @property
     def study_name(self) -> str:

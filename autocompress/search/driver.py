@@ -264,7 +264,8 @@ def run_search(
         loss_fn=loss_fn,
         early_stop_margin=settings.early_stop_margin,
     )
-    job = SearchJob(settings, space, setup, resuming, progress, data.test, confirm, hardware)
+    recalibration = proposals.Recalibration(hardware) if hardware is not None else None
+    job = SearchJob(settings, space, setup, resuming, progress, data.test, confirm, recalibration)
     return run_job(job, backend)
 
 
@@ -399,15 +400,16 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
     return result
 
 
-def _hardware_report(plan, records: list) -> dict[str, Any]:
-    """The plan for result.json, with how well its latency model predicted the trials that
-    followed (out of sample: the model was fitted before any of them ran)."""
+def _hardware_report(recalibration: proposals.Recalibration, records: list) -> dict[str, Any]:
+    """The plan for result.json: as it ended (recalibrated on the trials), how well the
+    profiled model predicted the trials (out of sample: fitted before any of them ran), and
+    how well the model predicted each trial when refitted on the ones before it."""
     measured = [(t.params, t.measurements.latency_ratio) for t in records if t.measurements is not None]
     try:
-        on_trials = plan.latency_model.report(measured).to_dict()
+        on_trials = recalibration.initial.latency_model.report(measured).to_dict()
+        return {**recalibration.report(), "latency_model_on_trials": on_trials}
     except Exception as error:  # a report must never lose the result
-        on_trials = {"error": f"{type(error).__name__}: {error}"}
-    return {**plan.to_dict(), "latency_model_on_trials": on_trials}
+        return {"error": f"{type(error).__name__}: {error}"}
 
 
 def _student_layers(space: SearchSpace, params: dict[str, Any]) -> tuple[str, ...]:

@@ -230,11 +230,15 @@ class OptunaSession:
             values = values_of(params, outcome) if values_of else outcome.values
             return values[0] if single else list(values)
 
+        recalibration = self.job.hardware if label == "search" else None
+
         def on_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
             if (
                 frozen.state != TrialState.FAIL or "error" in frozen.user_attrs
             ):  # a lost worker's trial is retried, not counted
                 bar.update(record(frozen))
+            if recalibration is not None and counted(study) < n_trials:
+                _propose_next(study, frozen, recalibration)
 
         try:
             timeout = None if deadline is None else max(1.0, deadline - time.monotonic())
@@ -303,6 +307,27 @@ class OptunaSession:
         for point in space.start_points:
             self.study.enqueue_trial(point, skip_if_exists=True)
         return space
+
+
+RECALIBRATED = "recalibrated"
+
+
+def _propose_next(study: optuna.Study, last: optuna.trial.FrozenTrial, recalibration: Any) -> None:
+    """Refit the hardware plan on the trials so far and, once the queued points are used up,
+    queue its next proposal, alternating with the sampler (every other trial is sampled, so
+    the sampler goes on exploring where the predictors are wrong)."""
+    try:
+        trials = study.get_trials(deepcopy=False)
+        recalibration.observe(record(t) for t in trials if t.state == TrialState.COMPLETE)
+        if last.user_attrs.get("proposal") == RECALIBRATED or any(
+            t.state == TrialState.WAITING for t in trials
+        ):
+            return
+        point = recalibration.next_point(t.params for t in trials if t.params)
+        if point is not None:
+            study.enqueue_trial(point, user_attrs={"proposal": RECALIBRATED}, skip_if_exists=True)
+    except Exception as error:  # the predictors are advice: a failure costs a proposal, never the search
+        log.warning("recalibrated proposal skipped: %s: %s", type(error).__name__, error)
 
 
 def make_sampler(name: str, n_objectives: int, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:

@@ -1529,6 +1529,84 @@ class HardwarePlan:
         )
 
 
+class Recalibration:
+    """The plan during a search: after every measured trial both predictors are refitted on
+    all trials so far (``HardwarePlan.update_from_trials``) and the next point is the fastest
+    predicted under the allowed drop that no trial has tried.
+
+    Before each refit, the trial just measured is predicted by the model fitted without it:
+    ``prequential`` collects those (predicted, measured) latency ratios, an out-of-sample
+    error of the model as the search used it."""
+
+    def __init__(self, plan: HardwarePlan) -> None:
+        self.plan = plan
+        self.initial = plan
+        self.prequential: list[tuple[int, float, float]] = []  # (trial number, predicted, measured)
+        self.proposed: list[dict[str, Any]] = []
+        self.margin = 0.0  # how far the constraint's bound sits above the measured drop (median)
+        self._seen: set[int] = set()
+
+    def observe(self, trials: Iterable[Any]) -> None:
+        """Refit on the measured trials (TrialRecords: every one so far; a trial is predicted
+        out of sample once, the first time it is seen)."""
+        trials = [t for t in trials if t.measurements is not None and t.measurements.drop is not None]
+        fresh = [t for t in trials if t.number not in self._seen]
+        if not fresh:
+            return
+        for t in fresh:
+            self._seen.add(t.number)
+            with contextlib.suppress(UnpredictableError):
+                self.prequential.append(
+                    (t.number, self.plan.latency_model.predict(t.params), t.measurements.latency_ratio)
+                )
+        self.plan = self.plan.update_from_trials(
+            Observation(dict(t.params), t.measurements.drop.drop, t.measurements.latency_ratio)
+            for t in trials
+        )
+        # The constraint decides on the drop's upper bound (violation = bound - allowed): aim the
+        # predicted drop that much below the allowed one.
+        margins = [
+            max(0.0, t.measurements.drop.violation + self.plan.max_drop - t.measurements.drop.drop)
+            for t in trials
+        ]
+        self.margin = float(statistics.median(margins))
+
+    def next_point(self, tried: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """The fastest predicted point whose drop is predicted within the allowed one less
+        the bound's margin (half that, if that point was tried) and that is not in ``tried``;
+        None when the predictors have nothing new to say."""
+        tried = [dict(t) for t in tried]
+        budget = max(self.plan.max_drop - self.margin, 0.25 * self.plan.max_drop)
+        proposals = propose(
+            self.plan.space,
+            self.plan.latency_model,
+            self.plan.sensitivities,
+            max_drop=budget,
+            multiples=(1.0, 0.5),
+            drop_scale=self.plan.drop_scale,
+            exclude=tried + self.proposed,
+        )
+        if not proposals:
+            return None
+        self.proposed.append(dict(proposals[0].params))
+        return dict(proposals[0].params)
+
+    def report(self) -> dict[str, Any]:
+        """For result.json: the plan as it ended, and how well the latency model predicted
+        each trial before it was refitted on it."""
+        errors = [abs(p - m) / m for _, p, m in self.prequential if m > 0]
+        return {
+            **self.plan.to_dict(),
+            "initial_drop_scale": self.initial.drop_scale,
+            "recalibrated_proposals": len(self.proposed),
+            "bound_margin": self.margin,
+            "latency_model_prequential": {
+                **_report(errors).to_dict(),
+                "trials": [{"number": n, "predicted": p, "measured": m} for n, p, m in self.prequential],
+            },
+        }
+
+
 def plan(
     model: nn.Module,
     space: SearchSpace,

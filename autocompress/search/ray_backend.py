@@ -40,6 +40,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from autocompress.evaluators.child import ConvertToIR, run_jobs, unwrap
 from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.policies import Policy
+from autocompress.search.atomic_fs import atomic_local_filesystem
 from autocompress.search.backend import SearchJob
 from autocompress.search.objectives import Objective
 from autocompress.search.optuna_backend import make_sampler, quiet_optuna
@@ -531,7 +532,11 @@ class RaySession:
             if "://" not in self.experiment:
                 _check_tune_state(Path(self.experiment), self._searcher())
             tuner = tune.Tuner.restore(
-                self.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
+                self.experiment,
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=True,
+                storage_filesystem=_storage_filesystem(self.experiment),
             )
         else:
             tuner = tune.Tuner(trainable, tune_config=self._tune_config(), run_config=self._run_config(bar))
@@ -580,6 +585,7 @@ class RaySession:
         return tune.RunConfig(
             name=self.job.study_name,
             storage_path=self.experiment.rsplit("/", 1)[0],
+            storage_filesystem=_storage_filesystem(self.experiment),
             verbose=0,
             callbacks=[bar],
             failure_config=tune.FailureConfig(max_failures=self.options.max_failures),
@@ -815,6 +821,12 @@ def _check_storage_path(path: str) -> str:
             "(on a cluster, one every node shares, e.g. NFS) or a cloud URI (s3://bucket/path)"
         ) from None
     return path
+
+
+def _storage_filesystem(experiment: str):
+    """Local experiments are written through atomic renames (see atomic_fs); URIs keep the
+    cloud filesystem Tune picks for them."""
+    return None if "://" in experiment else atomic_local_filesystem()
 
 
 def _join(base: str, *parts: str) -> str:
