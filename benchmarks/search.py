@@ -153,6 +153,9 @@ def run_model(label: str, args, target: Target, root: Path) -> list[dict]:
             "policy": summarize_policy(best.params) if best is not None else f"none: {result.message[:80]}",
             "trials": len(result.trials),
         }
+        if result.hardware and "latency_model_prequential" in result.hardware:
+            fit = result.hardware["latency_model_prequential"]  # each trial predicted before the refit on it
+            info[method]["latency_model"] = fit
         print(f"[{label} {method}] {info[method]['seconds']:.0f} s: {result.message[:160]}", flush=True)
 
     data = Dataset(test)
@@ -221,6 +224,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{f'{100 * d.drop:.2f} ({100 * d.low:.2f}..{100 * d.high:.2f})':>28} {str(r['held']):>5} "
             f"{r.get('to95') or '-':>6} {r.get('seconds', float('nan')):>7.0f}  {r.get('policy', '')}"
         )
+    for r in rows:
+        fit = r.get("latency_model")
+        if fit and fit.get("n"):
+            print(
+                f"{r['model']} {r['method']}: latency model, each trial predicted before it was refitted on it: "
+                f"median error {100 * fit['median_abs_rel_error']:.1f}%, {100 * fit['within_10pct']:.0f}% within "
+                f"+-10% ({fit['n']} trials)"
+            )
     ours = [r["vs_rule"] for r in rows if r["method"] == "ours" and np.isfinite(r["vs_rule"])]
     if ours:
         print(
