@@ -320,7 +320,7 @@ def _measured_trial(number, params, drop, latency_ratio, user_attrs=None):
         drop, drop - margin, drop + margin, 0.9, 1000, 0.95, 0.95 - drop, drop + margin - 0.01
     )
     measurements = Measurements(
-        accuracy=0.95 - drop,
+        drop=estimate,
         latency_ms=latency_ratio,
         latency_ratio=latency_ratio,
         throughput=1 / latency_ratio,
@@ -333,7 +333,6 @@ def _measured_trial(number, params, drop, latency_ratio, user_attrs=None):
         fingerprint=str(number),
         ir_path="",
         onnx_path="",
-        drop=estimate,
     )
     return TrialRecord(
         number, "COMPLETE", dict(params), None, measurements, (latency_ratio,), estimate.violation, 1.0

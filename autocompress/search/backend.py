@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from autocompress.evaluators.runtime import Dataset
 from autocompress.search.result import TrialRecord
 from autocompress.search.settings import SearchSettings
-from autocompress.search.trial import Baseline, Measure, Trial, TrialSetup
+from autocompress.search.trial import Baseline, LatencyCache, Measure, Trial, TrialSetup
 from autocompress.search_spaces import SearchSpace
 
 
@@ -55,6 +55,7 @@ class BackendSession(Protocol):
 
     location: str  # where the search's state lives: a storage URL, an experiment path
     measure: Measure  # where the baseline, the candidates and the final check are measured
+    latency_cache: LatencyCache  # latencies by graph fingerprint, shared by every measurement of the search
 
     def stored_baseline(self) -> Baseline | None:
         """The baseline an earlier run of this search measured (None: measure it)."""

@@ -34,7 +34,7 @@ from autocompress.search.lock import DriverLock
 from autocompress.search.objectives import DropEstimate, parse_objectives
 from autocompress.search.result import SearchResult, summarize_trials
 from autocompress.search.settings import FINAL_FINETUNE, SEARCH_FINETUNE, SearchSettings
-from autocompress.search.trial import LatencyCache, Measure, Trial, TrialSetup
+from autocompress.search.trial import Measure, Trial, TrialSetup
 from autocompress.search_spaces import SearchSpace, SpaceError, build_space
 
 log = logging.getLogger(__name__)
@@ -369,7 +369,7 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
             strategy=job.settings.strategy,
         )
         allowed = setup.constraint.allowed_drop(baseline.accuracy)
-        estimates = [t.measurements.drop for t in records if t.measurements and t.measurements.drop]
+        estimates = [t.measurements.drop for t in records if t.measurements]
         result.warnings += resolution_warning(estimates, allowed, "validation data the search selects on")
         candidates = ranked(result, setup.objectives[0].baseline)
         if result.feasible and not candidates:
@@ -385,7 +385,7 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
                 final_finetune=job.settings.final_finetune,
                 directory=job.workdir / "confirm",
                 measure=session.measure,
-                latency_cache=LatencyCache(job.workdir / "latency-cache"),
+                latency_cache=session.latency_cache,
                 progress=job.progress,
             )
             apply_confirmation(result, confirmations, setup.constraint, len(job.confirm.targets))

@@ -1549,7 +1549,7 @@ class Recalibration:
     def observe(self, trials: Iterable[Any]) -> None:
         """Refit on the measured trials (TrialRecords: every one so far; a trial is predicted
         out of sample once, the first time it is seen)."""
-        trials = [t for t in trials if t.measurements is not None and t.measurements.drop is not None]
+        trials = [t for t in trials if t.measurements is not None]
         fresh = [t for t in trials if t.number not in self._seen]
         if not fresh:
             return

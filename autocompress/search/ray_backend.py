@@ -489,6 +489,12 @@ class RaySession:
                 f"autocompress.resume({self.experiment!r}) "
                 "(or `autocompress resume PATH`), or pick another study_name"
             )
+        # Trials on the nodes share the experiment's cache (a local path every node sees); the
+        # driver's own measurements (confirmation) use it too, or the workdir's for a cloud URI.
+        local = "://" not in self.experiment
+        self.latency_cache = LatencyCache(
+            _join(self.experiment, "latency-cache") if local else job.workdir / "latency-cache"
+        )
         self.started_ray = _connect(self.options.address)
         self.measure = RayMeasure(
             ray.put(job.setup.val.inputs), job.setup.target, self.options.target_resource
@@ -520,7 +526,7 @@ class RaySession:
 
     def run(self, trial: Trial) -> list[TrialRecord]:
         settings, space = self.job.settings, self.job.space
-        cache = None if "://" in self.experiment else _join(self.experiment, "latency-cache")
+        cache = None if "://" in self.experiment else str(self.latency_cache.directory)
         work = TuneWork(trial=trial, space=space.to_dict(), measure=self.measure, latency_cache=cache)
         resources = {
             ("CPU" if k.lower() == "cpu" else "GPU" if k.lower() == "gpu" else k): v

@@ -303,7 +303,7 @@ def _drop_rows(result: SearchResult) -> list[list[str]]:
 
     rows = []
     m = result.best.measurements if result.best is not None else None
-    if m is not None and m.drop is not None:
+    if m is not None:
         rows.append(["accuracy drop, validation", "", bounds(m.drop), ""])
     confirmed = [c for c in result.confirmation or () if c.trial == getattr(result.best, "number", None)]
     if confirmed and confirmed[-1].drop is not None:

@@ -53,7 +53,7 @@ class Baseline:
 
     onnx_path: str
     ir_path: str
-    accuracy: float
+    drop: DropEstimate  # accuracy on the validation data, paired with the baseline on the same samples
     latency_ms: float
     size_bytes: int
     parameters: int
@@ -81,7 +81,7 @@ class Measurements:
     data (OpenVINO), latency on the target (ms, and ratio to the baseline measured in the
     same alternating rounds), size of the IR's weights, and where the time went."""
 
-    accuracy: float
+    drop: DropEstimate  # accuracy on the validation data, paired with the baseline on the same samples
     latency_ms: float
     latency_ratio: float  # candidate / baseline: 0.25 = 4x faster
     throughput: float  # samples per second at the target's batch
@@ -100,7 +100,11 @@ class Measurements:
     node_trained: str | None = None  # Ray: where it was fine-tuned and where it was measured
     node_measured: str | None = None
     resumed_from: str | None = None  # Ray: "exported" when a retried trial went on from its checkpoint
-    drop: DropEstimate | None = None  # paired with the baseline on the same validation samples
+
+    @property
+    def accuracy(self) -> float:
+        """The metric on the validation data (higher is better)."""
+        return self.drop.accuracy
 
     @property
     def speedup(self) -> float:
@@ -115,15 +119,15 @@ class Measurements:
         """The fields, and the ratios derived from them for readers of the JSON."""
         return {
             **dataclasses.asdict(self),
+            "accuracy": self.accuracy,
             "speedup": self.speedup,
             "throughput_ratio": self.throughput_ratio,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurements:
-        values = {k: v for k, v in data.items() if k not in ("speedup", "throughput_ratio")}
-        if isinstance(values.get("drop"), dict):
-            values["drop"] = DropEstimate.from_dict(values["drop"])
+        values = {k: v for k, v in data.items() if k not in ("accuracy", "speedup", "throughput_ratio")}
+        values["drop"] = DropEstimate.from_dict(values["drop"])
         return cls(**values)
 
     def with_paths(self, ir_path: str, onnx_path: str) -> Measurements:
@@ -496,7 +500,7 @@ class Trial:
             self.setup.metric, self.baseline_logits, measured.logits, self.setup.val.targets
         )
         return Measurements(
-            accuracy=drop.accuracy,
+            drop=drop,
             latency_ms=latency.latency_ms,
             latency_ratio=latency.latency_ratio,
             throughput=1000.0 * batch / latency.latency_ms,
@@ -513,5 +517,4 @@ class Trial:
             seconds_export=exported.seconds_export,
             seconds_measure=seconds,
             node_measured=measured.node,
-            drop=drop,
         )
