@@ -20,7 +20,15 @@ from torch import fx, nn
 from torch.nn.utils import fusion, parametrize
 
 from autocompress.distillation import DistillationLoss, Ensemble, build_student, distill, init_from_teacher
-from autocompress.graph import COMPRESSIBLE, ModelError, compressible_layers, inputs_of, trace
+from autocompress.graph import (
+    COMPRESSIBLE,
+    ModelError,
+    OutputSelector,
+    capture,
+    compressible_layers,
+    inputs_of,
+    trace,
+)
 from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 from autocompress.pruning import prune, pruning_groups, resolve_group_ratios
 from autocompress.quantization import FakeQuantizer
@@ -87,6 +95,7 @@ def apply_policy(
     calibration_batches: int = 8,
     calibration_loader: Iterable | None = None,
     on_finetune_step: Callable[[str, int, int, nn.Module], None] | None = None,
+    output: OutputSelector = None,
 ) -> CompressedModel:
     """Compress a copy of ``model`` as ``policy`` says and fine-tune it on ``train_loader``.
 
@@ -104,6 +113,11 @@ def apply_policy(
     ``on_finetune_step(stage, step, total_steps, module)`` runs before each step of the
     pruning recovery (stage "recovery") and of the final fine-tuning ("finetune"), e.g.
     to watch accuracy and stop a hopeless candidate early by raising.
+
+    ``output``: which part of what the model returns is the logits, when it returns more
+    than a tensor (a key or attribute such as "logits", an index, or a function of the
+    outputs); by default a tensor output as it is, else its ``logits``, else its first tensor.
+    The compressed model returns that tensor.
     """
     if not isinstance(policy, Policy):
         raise TypeError(
@@ -112,6 +126,7 @@ def apply_policy(
         )
     calibration_loader = calibration_loader if calibration_loader is not None else train_loader
     input_shape = _first_input_shape(train_loader if train_loader is not None else calibration_loader)
+    model = capture(model, torch.zeros(1, *input_shape), output)
     history: dict[str, Any] = {}
 
     was_training = model.training

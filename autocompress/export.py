@@ -7,15 +7,19 @@ cheapest path per candidate (0.1-0.3 s here, against ~1 s for openvino.convert_m
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from autocompress.core import CompressedModel, ModelError
 from autocompress.evaluators.artifact import ExportedModel
-from autocompress.evaluators.child import ConvertToIR, run_jobs, unwrap
+from autocompress.evaluators.child import ConvertToIR, Infer, run_jobs, unwrap
+from autocompress.graph import trace
 
 OPSET = 17
 
@@ -48,11 +52,11 @@ def export(
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
-    """ONNX with static shapes; fake quantizers become QuantizeLinear/DequantizeLinear pairs."""
+    """ONNX (batch dimension symbolic); fake quantizers become QuantizeLinear/DequantizeLinear pairs."""
     was_training = module.training
     module.eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _no_fused_fast_paths():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             torch.onnx.export(
                 module,
@@ -62,6 +66,10 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path) -> 
                 opset_version=OPSET,
                 input_names=["input"],
                 output_names=["output"],
+                # The batch stays symbolic in ONNX: computations on it (a class token expanded to
+                # the batch) stay computations, so the IR, static at ``input_shape``, can be
+                # reshaped to the accuracy pass's batch; OpenVINO folds them when it compiles.
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
                 do_constant_folding=True,
             )
     except Exception as error:
@@ -75,6 +83,19 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path) -> 
     return path
 
 
+@contextlib.contextmanager
+def _no_fused_fast_paths():
+    """Under no_grad in eval mode, nn.TransformerEncoderLayer and nn.MultiheadAttention run
+    torch's fused kernels (aten::_transformer_encoder_layer_fwd, ...), which ONNX cannot
+    express; switched off, the same module exports as plain MatMul/Softmax ops."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 def _module_and_shape(model: nn.Module | CompressedModel, input_shape: tuple[int, ...] | None):
     if isinstance(model, CompressedModel):
         return model.module, tuple(input_shape or model.input_shape)
@@ -83,3 +104,50 @@ def _module_and_shape(model: nn.Module | CompressedModel, input_shape: tuple[int
     if input_shape is None:
         raise ValueError("input_shape is required for a plain nn.Module, e.g. input_shape=(1, 28, 28)")
     return model, tuple(input_shape)
+
+
+def check_model(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """Fail before any work when the compression core cannot take ``model``: it must trace
+    (torch.fx), export to ONNX, and run in OpenVINO at another batch size than it was
+    exported at, agreeing with torch. Returns the model; raises ModelError naming the step."""
+    trace(model)
+    sample = example_input[:1]
+    batch = torch.cat([sample, torch.randn_like(sample)])
+    with tempfile.TemporaryDirectory(prefix="autocompress-check-") as tmp:
+        onnx_path, xml_path = Path(tmp) / "model.onnx", Path(tmp) / "model.xml"
+        export_onnx(model, tuple(sample.shape), onnx_path)
+        inputs, outputs = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
+        np.save(inputs, batch.numpy())
+        converted, inferred = run_jobs(
+            [
+                ConvertToIR(str(onnx_path), str(xml_path), list(sample.shape)),
+                Infer(str(xml_path), str(inputs), str(outputs), {"precision_hint": "f32"}, batch_size=2),
+            ]
+        )
+        for step, result in (
+            ("convert the ONNX model to OpenVINO", converted),
+            ("run it in OpenVINO", inferred),
+        ):
+            if "error" in result:
+                raise ModelError(
+                    f"cannot {step} ({str(result['error']).splitlines()[0][:300]}); the model's ONNX export "
+                    "holds an operation or a shape OpenVINO does not take"
+                )
+        openvino_out = np.load(outputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            torch_out = model(batch).numpy()
+    finally:
+        model.train(was_training)
+    if openvino_out.shape != torch_out.shape or not np.allclose(
+        openvino_out, torch_out, rtol=1e-2, atol=1e-3
+    ):
+        raise ModelError(
+            f"OpenVINO and torch disagree on {type(model).__name__} at batch 2 (shapes {list(openvino_out.shape)} "
+            f"and {list(torch_out.shape)}, largest difference "
+            f"{np.max(np.abs(openvino_out - torch_out)) if openvino_out.shape == torch_out.shape else 'n/a'}): "
+            "a value computed from the batch size may have been frozen at export; compute it from the input"
+        )
+    return model

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import operator
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -16,15 +19,193 @@ class ModelError(ValueError):
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolic trace of a copy of ``model``; a clear error when it cannot be traced."""
+    """Symbolic trace of a copy of ``model``; a clear error when it cannot be traced.
+
+    forward()'s first argument is the input; every later argument with a default keeps its
+    default (``attn_mask=None``, ``is_causal=False``): traced as graph inputs, a flag that
+    must be a Python bool would become a tensor."""
     try:
-        return fx.symbolic_trace(copy.deepcopy(model))
+        graph_module = fx.symbolic_trace(copy.deepcopy(model), concrete_args=_optional_arguments(model))
     except Exception as error:  # fx raises many types (TraceError, TypeError, ...)
+        first = str(error).splitlines()[0] if str(error) else ""
         raise ModelError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}). "
-            "Remove Python control flow that depends on tensor values from forward(), "
-            "or wrap that part in a leaf module."
+            f"cannot trace {type(model).__name__} with torch.fx ({type(error).__name__}: {first}). "
+            "torch.fx needs forward() free of Python control flow on tensor values and of iteration "
+            "over tensors. For your own model, move such code into a submodule and register it as a "
+            "leaf; for a library's model, compress the part fx can trace (e.g. its backbone) or an "
+            "equivalent implementation without that construct."
         ) from error
+    _drop_pinned_arguments(graph_module)
+    return graph_module
+
+
+def _drop_pinned_arguments(graph_module: fx.GraphModule) -> None:
+    """fx keeps a pinned argument as a placeholder guarded by an assertion of its value
+    (an ``eq`` TorchScript cannot export); the core calls the model with its input only."""
+    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    for placeholder in placeholders[1:]:
+        guards, frontier = [], list(placeholder.users)
+        while frontier:
+            node = frontier.pop()
+            if node.op != "call_function" or node.target not in _GUARDS:
+                break
+            guards.append(node)
+            frontier.extend(node.users)
+        else:
+            for node in reversed(sorted(set(guards), key=_position(graph_module))):
+                graph_module.graph.erase_node(node)
+            if not placeholder.users:
+                graph_module.graph.erase_node(placeholder)
+    graph_module.recompile()
+
+
+def _position(graph_module: fx.GraphModule) -> Callable[[fx.Node], int]:
+    order = {node: i for i, node in enumerate(graph_module.graph.nodes)}
+    return order.__getitem__
+
+
+def _optional_arguments(model: nn.Module) -> dict[str, Any] | None:
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a builtin forward: nothing to pin
+        return None
+    pinned = {
+        p.name: p.default
+        for p in parameters[1:]
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    return pinned or None
+
+
+_GUARDS = (fx._symbolic_trace._assert_is_none, torch._assert, operator.eq)
+
+OutputSelector = str | int | Callable[[Any], torch.Tensor] | None
+
+
+def select_output(outputs: Any, output: OutputSelector = None, *, what: str = "the model") -> Any:
+    """The tensor the metric, the loss and the exported model use, from what forward()
+    returned: ``output`` names it (a key or attribute such as "logits", an index, or a
+    function of the outputs); None takes the outputs when they are a tensor, else their
+    ``logits``, else the first tensor among them."""
+    if output is None:
+        if isinstance(outputs, torch.Tensor):
+            return outputs
+        for key in ("logits",):
+            found = _get(outputs, key)
+            if found is not None:
+                return found
+        found = _first_tensor(outputs)
+        if found is None:
+            raise ModelError(
+                f"{what} returned {type(outputs).__name__} with no tensor in it; "
+                "pass output= (a key, an index or a function of the outputs) naming the logits"
+            )
+        return found
+    if callable(output):
+        return output(outputs)
+    found = _get(outputs, output)
+    if found is None:
+        raise ModelError(
+            f"output={output!r} does not name a part of what {what} returned ({_describe(outputs)}); "
+            "pass a key or attribute name, an index, or a function of the outputs"
+        )
+    return found
+
+
+def _structure(returned: Any) -> Any:
+    """A traced graph's return value as the structure of nodes it builds: fx records a
+    namedtuple or dataclass output as a call of its class."""
+    if isinstance(returned, fx.Node) and returned.op == "call_function" and isinstance(returned.target, type):
+        cls = returned.target
+        fields = getattr(cls, "_fields", None) or list(getattr(cls, "__dataclass_fields__", {}))
+        if fields:
+            values = dict(zip(fields, returned.args))
+            values.update(returned.kwargs)
+            return values
+    return returned
+
+
+def _get(outputs: Any, key: str | int) -> Any:
+    if isinstance(key, int) and not isinstance(key, bool) and isinstance(outputs, (tuple, list)):
+        return outputs[key] if -len(outputs) <= key < len(outputs) else None
+    if isinstance(key, str):
+        if isinstance(outputs, Mapping) and key in outputs:
+            return outputs[key]
+        if not isinstance(outputs, (torch.Tensor, fx.Node)) and hasattr(
+            type(outputs), "__dataclass_fields__"
+        ):
+            return getattr(outputs, key, None)
+        if isinstance(outputs, tuple) and hasattr(outputs, "_fields"):  # a namedtuple
+            return getattr(outputs, key, None)
+    return None
+
+
+def _first_tensor(outputs: Any, kinds: tuple[type, ...] = (torch.Tensor,)) -> Any:
+    if isinstance(outputs, kinds):
+        return outputs
+    values = outputs.values() if isinstance(outputs, Mapping) else outputs
+    if isinstance(values, (tuple, list)) or isinstance(outputs, Mapping):
+        for value in values:
+            found = _first_tensor(value, kinds)
+            if found is not None:
+                return found
+    return None
+
+
+def _describe(outputs: Any) -> str:
+    if isinstance(outputs, Mapping):
+        return f"{type(outputs).__name__} with keys {list(outputs)}"
+    if isinstance(outputs, (tuple, list)):
+        return f"{type(outputs).__name__} of {len(outputs)}"
+    return type(outputs).__name__
+
+
+def capture(model: nn.Module, example_input: torch.Tensor, output: OutputSelector = None) -> nn.Module:
+    """The model as the compression core takes it: one tensor in, the logits out.
+
+    A model that returns a tensor (and no ``output``) is returned as it is. Otherwise it is
+    traced (torch.fx) and its graph ends at the selected tensor (see ``select_output``), so
+    fine-tuning, export and measurement all use the same output; the layers keep their names.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(example_input)
+    except Exception as error:
+        raise ModelError(
+            f"{type(model).__name__} failed on an input of shape {list(example_input.shape)} "
+            f"({type(error).__name__}: {error}); forward() must take one batch of the loader's inputs"
+        ) from error
+    finally:
+        model.train(was_training)
+    if output is None and isinstance(outputs, torch.Tensor):
+        return model
+    selected = select_output(outputs, output, what=type(model).__name__)
+    if not isinstance(selected, torch.Tensor):
+        raise ModelError(f"output={output!r} selected a {type(selected).__name__}, not a tensor")
+    graph_module = trace(model)
+    node = next(n for n in graph_module.graph.nodes if n.op == "output")
+    returned = _structure(node.args[0])
+    if callable(output):
+        with graph_module.graph.inserting_before(node):
+            chosen = graph_module.graph.call_function(output, (returned,))
+    elif output is not None:
+        chosen = select_output(returned, output, what=type(model).__name__)
+    else:
+        chosen = _get(returned, "logits")
+        chosen = chosen if chosen is not None else _first_tensor(returned, (fx.Node,))
+    if not isinstance(chosen, fx.Node):
+        raise ModelError(
+            f"the traced graph of {type(model).__name__} returns {_describe(returned)}: cannot find the "
+            "selected output in it; pass output= as a function of the outputs"
+        )
+    node.args = (chosen,)
+    graph_module.graph.eliminate_dead_code()
+    graph_module.recompile()
+    graph_module.train(was_training)
+    return graph_module
 
 
 def compressible_layers(model: nn.Module) -> list[str]:

@@ -26,7 +26,8 @@ from autocompress.evaluators.metrics import Metric, score
 from autocompress.evaluators.runtime import Dataset
 from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.evaluators.torch_side import module_logits
-from autocompress.graph import inputs_of
+from autocompress.export import check_model
+from autocompress.graph import OutputSelector, capture, inputs_of
 from autocompress.search import optuna_backend, proposals
 from autocompress.search.backend import Backend, SearchJob
 from autocompress.search.confirm import apply_confirmation, confirm_candidates, ranked
@@ -49,6 +50,7 @@ def search(
     confirm_loader: Iterable | None = None,
     metric: Metric | None = None,
     loss_fn: Callable | None = None,
+    output: OutputSelector = None,
     objective: Any = "latency",
     max_accuracy_drop: float = 0.01,
     relative_drop: bool = False,
@@ -113,6 +115,9 @@ def search(
     backend: "optuna" (trials one after another in this process) or "ray" /
         autocompress.search.Ray(address=..., storage_path=..., target_resource=...): trials
         as a Ray Tune experiment on a cluster, resumable with ``resume(path)``.
+    output: which part of what the model returns is the logits, for a model that returns
+        more than a tensor (a key or attribute such as "logits", an index, or a function of
+        the outputs); by default a tensor as it is, else ``logits``, else the first tensor.
     The best policy is re-checked on ``test_loader`` (exported IR on OpenVINO) with a
     full latency measurement; results, the best IR and a manifest go to ``workdir``.
     """
@@ -147,7 +152,7 @@ def search(
         storage=_storage_object(storage),
     )
     data = Loaders(train_loader, val_loader, test_loader, confirm_loader)
-    return run_search(settings, model, data, metric, loss_fn, backend_impl, progress)
+    return run_search(settings, model, data, metric, loss_fn, backend_impl, progress, output=output)
 
 
 def resume(
@@ -161,6 +166,7 @@ def resume(
     confirm_loader: Iterable | None = None,
     metric: Metric | None = None,
     loss_fn: Callable | None = None,
+    output: OutputSelector = None,
     objective: Any = None,
     n_trials: int | None = None,
     timeout: float | None = None,
@@ -180,7 +186,7 @@ def resume(
         fine-tuning, seed) are read back from the study; trials a killed run left RUNNING
         are retried; ``n_trials`` (default: the original budget) is the total to reach.
         Pass ``objective`` again only if it was a callable (code is not stored), and the
-        ``confirm_loader`` the search had, if it had one.
+        ``confirm_loader`` and ``output`` the search had, if it had them.
     """
     if isinstance(model, (str, os.PathLike)):
         from autocompress.search.ray_backend import load_experiment
@@ -213,7 +219,7 @@ def resume(
         storage=_storage_object(storage),
     )
     data = Loaders(train_loader, val_loader, test_loader, confirm_loader)
-    return run_search(settings, model, data, metric, loss_fn, backend, progress, resuming=True)
+    return run_search(settings, model, data, metric, loss_fn, backend, progress, resuming=True, output=output)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,9 +241,11 @@ def run_search(
     backend: Backend,
     progress: bool,
     resuming: bool = False,
+    output: OutputSelector = None,
 ) -> SearchResult:
     """Check the inputs, build the space and the trial setup, and run ``settings`` on ``backend``."""
     example = _first_inputs(data.train, "train_loader")[:1]
+    model = check_model(capture(model, example, output), example)
     val, confirm = split_validation(_dataset(data.val, "val_loader"), data.confirm, settings)
     hardware = None
     if isinstance(settings.space, str):
