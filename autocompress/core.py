@@ -30,7 +30,7 @@ from autocompress.graph import (
     trace,
 )
 from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
-from autocompress.pruning import prune, pruning_groups, resolve_group_ratios
+from autocompress.pruning import plan_pruning, prune, pruning_groups
 from autocompress.quantization import FakeQuantizer
 from autocompress.sparsity import SparsityController
 from autocompress.training import train
@@ -83,6 +83,18 @@ class CompressedModel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
+
+    def describe(self) -> str:
+        """What the policy did to each layer, and the pruning the model could not take (why)."""
+        pruned = self.history.get("pruning", {})
+        lines = []
+        for name, layer_policy in self.layers.items():
+            kept = pruned.get(name)  # a pruned group is named after its first layer
+            width = f" ({kept['kept']}/{kept['channels']} channels)" if kept else ""
+            lines.append(f"{name}: {layer_policy.short()}{width}")
+        for skipped in self.history.get("pruning_skipped", {}).values():
+            lines.append(f"not pruned: {', '.join(skipped['layers'])}: {skipped['reason']}")
+        return "\n".join(lines)
 
 
 def apply_policy(
@@ -161,6 +173,11 @@ def apply_policy(
                 recovery_losses={"loss_fn": task_loss, "extra_loss": kd.extra_loss if kd else None},
                 on_step=on_finetune_step,
             )
+        # Layers the default asked to prune but whose channels cannot go keep their width.
+        for group in history.get("pruning_skipped", {}).values():
+            for name in group["layers"]:
+                if name in layers:
+                    layers[name] = dataclasses.replace(layers[name], pruning=None)
         graph_module = trace(working)
     finally:
         model.train(was_training)
@@ -322,7 +339,9 @@ def _prune_stepwise(
     """
     example = torch.zeros(1, *input_shape)
     groups = pruning_groups(model, example, policy.pinned)
-    targets = resolve_group_ratios(groups, layers, policy.pinned)
+    targets, skipped = plan_pruning(groups, layers, policy.pinned, explicit=policy.names)
+    if skipped:
+        history["pruning_skipped"] = skipped
     original = {group.name: group.channels for group in groups}
     steps = finetune.prune_steps if finetune is not None else 1
     pruned, current = model, dict(original)

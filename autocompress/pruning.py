@@ -53,6 +53,7 @@ __all__ = [
     "channel_importance",
     "prune",
     "masked_twin",
+    "plan_pruning",
     "resolve_group_ratios",
 ]
 
@@ -584,8 +585,22 @@ def resolve_group_ratios(
     output layer, a pinned layer) must not ask. Groups that no layer asks to prune (or
     only at ratio 0) are absent.
     """
+    return plan_pruning(groups, layer_policies, pinned)[0]
+
+
+def plan_pruning(
+    groups: Iterable[PruneGroup],
+    layer_policies: Mapping[str, LayerPolicy],
+    pinned: Iterable[str] = (),
+    explicit: Callable[[str], bool] | None = None,
+) -> tuple[dict[str, tuple[float, str]], dict[str, dict[str, Any]]]:
+    """``resolve_group_ratios``, except that a group which cannot be pruned is skipped, not
+    an error, when none of its layers asks by name: ``explicit(layer)`` says whether a
+    layer's policy names it (an override) rather than coming from the policy's default.
+    Returns (ratios per group, {skipped group: {"layers": [...], "reason": ...}})."""
     pinned = (pinned,) if isinstance(pinned, str) else tuple(pinned)
     resolved: dict[str, tuple[float, str]] = {}
+    skipped: dict[str, dict[str, Any]] = {}
     for group in groups:
         asking = {
             layer: lp.pruning
@@ -597,7 +612,13 @@ def resolve_group_ratios(
         pinned_layers = [layer for layer in group.layers if _is_pinned(layer, pinned)]
         if (not group.prunable or pinned_layers) and any(p.ratio > 0 for p in asking.values()):
             reason = group.reason if not group.prunable else f"layer {pinned_layers[0]!r} is pinned"
-            layer = next(layer for layer, p in asking.items() if p.ratio > 0)
+            by_name = [
+                layer for layer, p in asking.items() if p.ratio > 0 and (explicit is None or explicit(layer))
+            ]
+            if not by_name:  # the default asked: prune what can be pruned, say what could not
+                skipped[group.name] = {"layers": list(group.layers), "reason": reason}
+                continue
+            layer = by_name[0]
             coupled = (
                 f" (coupled with {', '.join(other for other in group.layers if other != layer)})"
                 if len(group.layers) > 1
@@ -620,4 +641,4 @@ def resolve_group_ratios(
             continue
         _check_keeps_channels(group, ratio)
         resolved[group.name] = (float(ratio), criterion)
-    return resolved
+    return resolved, skipped

@@ -259,6 +259,10 @@ class Policy:
                 chosen = layer_policy
         return chosen
 
+    def names(self, layer: str) -> bool:
+        """Whether an override (a name or a pattern) covers ``layer``, rather than the default."""
+        return layer in self.overrides or any(fnmatch.fnmatchcase(layer, p) for p in self.overrides)
+
     def resolve(self, layer_names: Iterable[str]) -> dict[str, LayerPolicy]:
         """Per-layer policies for these layers; every override must match one of them."""
         names = list(layer_names)

@@ -156,3 +156,17 @@ def test_a_search_on_an_untraceable_model_stops_before_the_baseline(digits_loade
     with pytest.raises(ModelError, match="cannot trace ValueBranch"):
         autocompress.search(ValueBranch(), train, val, n_trials=2, workdir=tmp_path, progress=False)
     assert not (tmp_path / "search.db").exists()  # no study, no baseline: nothing was started
+
+
+def test_default_pruning_of_a_transformer_thins_its_mlps_and_says_what_it_left(digits_loaders, images):
+    from autocompress.policies import LayerPolicy, Pruning
+
+    model = TinyViT().eval()
+    policy = Policy(default=LayerPolicy(pruning=Pruning(ratio=0.5)))
+    compressed = apply_policy(model, policy, digits_loaders[0], finetune=None)
+    for i in range(2):  # the MLP's hidden width: 64 -> 32
+        assert compressed.module.get_submodule(f"encoder.layers.{i}.linear1").out_features == 32
+    skipped = compressed.history["pruning_skipped"]
+    assert "LayerNorm" in skipped["patch"]["reason"]  # the residual stream
+    assert "output layer 'head'" in skipped["head"]["reason"]
+    assert compressed(images).shape == (len(images), 10)

@@ -75,16 +75,33 @@ def test_pinned_layers_keep_their_channels(cnn, digits_loaders):
     assert compressed.module.conv1.out_channels == cnn.conv1.out_channels // 2
 
 
-def test_pruning_the_output_layer_or_a_pinned_one_is_refused(cnn, digits_loaders):
+def test_the_default_prunes_what_can_be_pruned_and_an_override_naming_the_rest_is_refused(
+    cnn, digits_loaders
+):
     train = digits_loaders[0]
-    with pytest.raises(PolicyError, match="fc"):
-        apply_policy(cnn, Policy(default=LayerPolicy(pruning=Pruning(ratio=0.5))), train, finetune=None)
-    with pytest.raises(PolicyError, match="conv2"):
-        apply_policy(
-            cnn,
-            Policy(default=prune_all(0.5).default, overrides={"fc": LayerPolicy()}, pinned=("conv2",)),
-            train,
-        )
+    half = Pruning(ratio=0.5)
+    compressed = apply_policy(
+        cnn, Policy(default=LayerPolicy(pruning=half), pinned=("conv2",)), train, finetune=None
+    )
+    assert compressed.module.conv1.out_channels == cnn.conv1.out_channels // 2
+    assert compressed.module.conv2.out_channels == cnn.conv2.out_channels  # pinned
+    assert compressed.module.fc.out_features == cnn.fc.out_features  # the output layer
+    skipped = compressed.history["pruning_skipped"]
+    assert (
+        "output layer 'fc'" in skipped["fc"]["reason"] and "'conv2' is pinned" in skipped["conv2"]["reason"]
+    )
+    assert compressed.layers["fc"].pruning is None  # says what was done, not what was asked
+    described = compressed.describe()
+    assert "not pruned: fc: it holds the model's output layer" in described
+    assert (
+        f"conv1: float, prune 50% l1 ({cnn.conv1.out_channels // 2}/{cnn.conv1.out_channels} channels)"
+        in described
+    )
+
+    with pytest.raises(PolicyError, match="layer 'fc' asks for pruning .* output layer"):
+        apply_policy(cnn, Policy(overrides={"fc": LayerPolicy(pruning=half)}), train, finetune=None)
+    with pytest.raises(PolicyError, match="layer 'conv2' asks for pruning .* pinned"):
+        apply_policy(cnn, Policy(overrides={"conv*": LayerPolicy(pruning=half)}, pinned=("conv2",)), train)
 
 
 def test_coupled_layers_must_agree_on_one_ratio(resnet, digits_loaders):
