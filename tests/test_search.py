@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,6 +206,23 @@ def test_resume_finishes_the_budget_without_rerunning_trials(first, cnn, digits_
         cnn, train, val, storage=storage, study_name="first", n_trials=5, progress=False
     )
     assert len(again.trials) == 5
+
+    # The best trial's folder deleted: it is left out of the selection (its model cannot be
+    # re-checked or deployed), and result.json and best/ follow the next best.
+    best = again.best
+    shutil.rmtree(Path(best.measurements.ir_path).parent)
+    rebuilt = autocompress.resume(
+        cnn, train, val, storage=storage, study_name="first", n_trials=5, progress=False
+    )
+    assert rebuilt.best is None or rebuilt.best.number != best.number
+    assert any(
+        f"trial {best.number} left out of the selection" in w and "missing" in w for w in rebuilt.warnings
+    )
+    written = json.loads((workdir / "result.json").read_text())
+    assert (written["best"] or {}).get("trial") == (rebuilt.best.number if rebuilt.best else None)
+    if rebuilt.best is not None:
+        manifest = json.loads((workdir / "best" / "manifest.json").read_text())
+        assert manifest["trial"] == rebuilt.best.number
 
     # The same study with other settings is refused, pointing at resume().
     with pytest.raises(ValueError, match="resume"):

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -365,6 +366,7 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
             )
         trial = Trial(setup, baseline, logits)
         records = session.run(trial)
+        unavailable = _missing_models(records, job)
         result = summarize_trials(
             records,
             objectives=setup.objectives,
@@ -375,11 +377,12 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
             storage=session.location,
             workdir=job.workdir,
             strategy=job.settings.strategy,
+            unavailable=unavailable,
         )
         allowed = setup.constraint.allowed_drop(baseline.accuracy)
         estimates = [t.measurements.drop for t in records if t.measurements]
         result.warnings += resolution_warning(estimates, allowed, "validation data the search selects on")
-        candidates = ranked(result, setup.objectives[0].baseline)
+        candidates = [c for c in ranked(result, setup.objectives[0].baseline) if c.number not in unavailable]
         if result.feasible and not candidates:
             result.warnings.append(
                 f"no feasible trial beats the uncompressed model on {setup.objectives[0].name}: "
@@ -406,6 +409,19 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
         result.seconds = time.monotonic() - started
         finish_search(result, job, session.measure)
     return result
+
+
+def _missing_models(records: list, job: SearchJob) -> dict[int, str]:
+    """Trials whose exported model is gone (a deleted trial folder) when the delivered model
+    would be the trial's own: they cannot be re-checked or deployed. With a confirmation
+    that fine-tunes again, the model is rebuilt from the stored policy instead."""
+    if job.confirm is not None and job.settings.final_finetune is not None:
+        return {}
+    return {
+        r.number: f"its exported model {r.measurements.ir_path} is missing (deleted?)"
+        for r in records
+        if r.state == "COMPLETE" and r.measurements is not None and not Path(r.measurements.ir_path).exists()
+    }
 
 
 def _hardware_report(recalibration: proposals.Recalibration, records: list) -> dict[str, Any]:
@@ -459,6 +475,10 @@ def finish_search(result: SearchResult, job: SearchJob, measure: Measure) -> Non
     written = [workdir / "result.json"]
     if result.best is not None and result.best.measurements is not None:
         written.append(result.deploy(workdir / "best"))
+    elif (workdir / "best").is_dir():  # an earlier run's model is not this result's: never leave it stale
+        retired = workdir / f".best.retired.{os.getpid()}"
+        (workdir / "best").replace(retired)
+        shutil.rmtree(retired, ignore_errors=True)
     try:  # plots are a convenience: an error there must never lose the result
         from autocompress.search.report import write_report
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -288,9 +289,12 @@ def summarize_trials(
     storage: str,
     workdir: Path,
     strategy: str,
+    unavailable: Mapping[int, str] | None = None,
 ) -> SearchResult:
-    """A SearchResult from the trials of a search (any backend): best, Pareto front, message."""
-    finished = [r for r in records if r.state == "COMPLETE"]
+    """A SearchResult from the trials of a search (any backend): best, Pareto front, message.
+    ``unavailable``: trials (number: why) left out of the selection, e.g. their model is gone."""
+    unavailable = unavailable or {}
+    finished = [r for r in records if r.state == "COMPLETE" and r.number not in unavailable]
     feasible = [r for r in finished if r.feasible]
     pareto = pareto_front(feasible, objectives)
     if feasible:
@@ -323,6 +327,7 @@ def summarize_trials(
         strategy=strategy,
         floor=constraint.floor(baseline.accuracy),
         layers=tuple(layers),
+        warnings=[f"trial {number} left out of the selection: {why}" for number, why in unavailable.items()],
     )
 
 

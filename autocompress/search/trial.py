@@ -53,7 +53,7 @@ class Baseline:
 
     onnx_path: str
     ir_path: str
-    drop: DropEstimate  # accuracy on the validation data, paired with the baseline on the same samples
+    accuracy: float
     latency_ms: float
     size_bytes: int
     parameters: int
