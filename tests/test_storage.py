@@ -9,7 +9,7 @@ import textwrap
 import optuna
 import pytest
 
-from autocompress.search.storage import open_storage, storage_url
+from autocompress.search.storage import create_or_load_study, open_storage, storage_url
 
 WORKER = textwrap.dedent("""
     import pathlib, sys, time
@@ -73,3 +73,26 @@ def test_the_ray_experiment_filesystem_replaces_files_whole(tmp_path):
     assert state.read_bytes() == b'{"trial_data": [1]}'
     assert [p.name for p in state.parent.iterdir()] == ["experiment_state.json"]  # no staging file left
     assert pickle.loads(pickle.dumps(fs)) == fs  # Tune ships it to the workers
+
+
+@pytest.mark.parametrize("damage", ["garbled", "zeroed header", "truncated"])
+def test_a_damaged_sqlite_file_is_one_clear_error_without_a_server_hint(tmp_path, damage):
+    path = tmp_path / "search.db"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    study = optuna.create_study(storage=storage, study_name="damaged")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=20)
+    storage.engine.dispose()
+    data = bytearray(path.read_bytes())
+    if damage == "garbled":  # bytes changed all through the data pages
+        data[4096::997] = bytes(len(data[4096::997]))
+        data[len(data) * 3 // 4 :: 97] = b"\xff" * len(data[len(data) * 3 // 4 :: 97])
+    elif damage == "zeroed header":
+        data[:100] = bytes(100)
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError) as raised:
+        create_or_load_study(open_storage(f"sqlite:///{path}"), "damaged")
+    message = str(raised.value)
+    assert "The file is damaged" in message and str(path) in message
+    assert "psycopg2" not in message and "server" not in message and "\n" not in message

@@ -79,13 +79,19 @@ def open_storage(
             return _retrying(lambda: RDBStorage(url, engine_kwargs=_engine_kwargs(scheme), **heartbeat))
     except Exception as error:  # SQLAlchemy / driver errors come in many types
         hint = "Check the path and that the file is an Optuna SQLite database."
-        if scheme != "sqlite":
+        cause = str(error).splitlines()[0] if str(error) else ""
+        if scheme == "sqlite" and any(t in cause for t in ("malformed", "not a database", "corrupt")):
+            hint = (
+                "The file is damaged: restore it from a backup, or start a new search "
+                "(another workdir or storage); the trials' models in its workdir are kept."
+            )
+        elif scheme != "sqlite":
             hint = (
                 "Check the URL, that the database server is up and reachable, and that its driver is installed "
                 "(PostgreSQL: pip install psycopg2-binary)."
             )
         raise ValueError(
-            f"cannot open the search storage {_redact(url)!r}: {type(error).__name__}: {error}. {hint}"
+            f"cannot open the search storage {_redact(url)!r}: {type(error).__name__}: {cause}. {hint}"
         ) from None
 
 
