@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.policies import Sparsity
+from autocompress.policies import PolicyError, Sparsity
 
 __all__ = [
     "MagnitudeMask",
@@ -58,7 +58,7 @@ _OPEN_THRESHOLD = BETA * math.log(-GAMMA / ZETA)  # ~ -1.599
 _SCHEDULES = ("constant", "polynomial", "exponential")
 
 
-class SparsityError(ValueError):
+class SparsityError(PolicyError):
     """A sparsity request that cannot be applied to this model (names the layer)."""
 
 
@@ -388,6 +388,16 @@ class SparsityController:
                     "use block=None (unstructured) for this layer"
                 )
             _check_block(name, tuple(weight.shape), tuple(spec.block))
+        # As pruning refuses to leave no channel: a level keeping fewer weights than the layer
+        # has output channels leaves some channel without any (its output a constant).
+        weights, channels = weight.numel(), weight.shape[0]
+        kept = weights - _zeros_for(spec.level, weights)
+        if kept < channels:
+            raise SparsityError(
+                f"layer {name!r}: sparsity level {spec.level:g} keeps {kept} of its {weights} weights, fewer "
+                f"than its {channels} output channels, so some would have no weight left; use a level of at "
+                f"most {1 - channels / weights:.4f}"
+            )
         return layer
 
     # -- lifecycle ------------------------------------------------------------------

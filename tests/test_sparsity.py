@@ -236,6 +236,12 @@ def test_errors_name_the_layer_and_what_is_allowed(cnn):
         SparsityController(model, {"fc": Sparsity(0.5, block=(3, 8))})
     with pytest.raises(TypeError, match="autocompress.policies.Sparsity"):
         SparsityController(model, {"fc": 0.5})
+    fc_weights = model.fc.weight.numel()  # 10 output channels: at most 1 - 10/n of the weights may go
+    with pytest.raises(
+        SparsityError, match=rf"'fc': sparsity level 0.9999 keeps 0 of its {fc_weights} weights.*at most 0.98"
+    ):
+        SparsityController(model, {"fc": Sparsity(0.9999)})
+    SparsityController(model, {"fc": Sparsity(1 - 10 / fc_weights)})  # one weight per channel: allowed
     with pytest.raises(RuntimeError, match="attach"):
         SparsityController(model, {"fc": Sparsity(0.5)}).finalize()
     with pytest.raises(ValueError, match=r"layer 'w'.*shape \(10, 63\).*block 2x8"):
