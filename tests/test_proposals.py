@@ -401,3 +401,12 @@ def test_the_optuna_search_queues_recalibrated_proposals_between_sampled_trials(
     _propose_next(study, last, recalibration)  # after a proposal, the sampler's turn
     assert not any(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
     assert recalibration.prequential  # it still learnt from the trial
+
+
+def test_a_layer_fit_never_predicts_fewer_channels_slower():
+    from autocompress.search.proposals import LayerFit
+
+    # a noisy profile: the 0.5625 width measured slower than the full one
+    fit = LayerFit.through([(0.0625, 2.0), (0.25, 3.0), (0.5625, 7.0), (1.0, 6.0), (1.0, 6.4)])
+    assert list(fit.us) == sorted(fit.us) and fit(0.5625) == pytest.approx((7.0 + 6.0 + 6.4) / 3)
+    assert fit(0.25) == 3.0  # points that were in order stay as measured
