@@ -96,3 +96,32 @@ def test_a_damaged_sqlite_file_is_one_clear_error_without_a_server_hint(tmp_path
     message = str(raised.value)
     assert "The file is damaged" in message and str(path) in message
     assert "psycopg2" not in message and "server" not in message and "\n" not in message
+
+
+def test_a_trial_no_driver_claimed_is_recovered_once_stale(tmp_path):
+    """A driver killed between creating a trial and claiming it left it RUNNING with no owner
+    (and perhaps no heartbeat): stuck for good, until it is let go as stale."""
+    from autocompress.search.storage import recover_interrupted
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'search.db'}", study_name="s")
+    unclaimed = study.ask()  # created, never claimed, never sampled
+    other = study.ask()
+    other.set_user_attr("driver", "another-live-worker")
+    other.suggest_float("x", 0, 1)
+    mine = study.ask()
+    mine.set_user_attr("driver", "me")
+    mine.suggest_float("x", 0, 1)
+
+    assert recover_interrupted(study, "me", unowned_after=3600) == 1  # too fresh to be an orphan
+    states = {t.number: t.state for t in study.trials}
+    assert states[unclaimed.number] == states[other.number] == optuna.trial.TrialState.RUNNING
+    assert states[mine.number] == optuna.trial.TrialState.FAIL
+
+    assert recover_interrupted(study, "me", unowned_after=0) == 1
+    states = {t.number: t.state for t in study.trials}
+    assert states[unclaimed.number] == optuna.trial.TrialState.FAIL  # let go: nothing to retry
+    assert states[other.number] == optuna.trial.TrialState.RUNNING  # its owner's heartbeat decides
+    retried = [
+        t.user_attrs.get("retry_of") for t in study.trials if t.state == optuna.trial.TrialState.WAITING
+    ]
+    assert retried == [mine.number]

@@ -106,6 +106,9 @@ class OptunaSession:
         self.measure = LocalMeasure(job.setup.val.inputs_file(), job.setup.target)
         self.latency_cache = LatencyCache(job.workdir / "latency-cache")
         self.owner = DriverLock(job.workdir).owner
+        # A trial claimed by no driver for this long is an orphan: creating one and claiming it
+        # takes milliseconds; a heartbeat grace period (3 intervals) is far beyond that.
+        self._grace = 3 * (backend.heartbeat_interval or 10)
         condensa = self.settings.strategy == "condensa"
         # Condensa's second stage starts from the level it finds, not from the preset's points.
         created_with = dataclasses.replace(job.space, start_points=()) if condensa else job.space
@@ -150,7 +153,9 @@ class OptunaSession:
                 )
         # We hold the workdir's driver lock: trials an earlier driver of it left RUNNING are
         # orphans, retried now rather than after a heartbeat grace period.
-        recovered = recover_interrupted(study, None if not has_heartbeat(self.storage) else self.owner)
+        recovered = recover_interrupted(
+            study, None if not has_heartbeat(self.storage) else self.owner, unowned_after=self._grace
+        )
         if recovered:
             log.warning(
                 "study %s: %d trial(s) left running by an interrupted search are queued again",
@@ -176,6 +181,9 @@ class OptunaSession:
             space = self._condensa_level(trial, deadline)
             budget -= level_budget(self.settings.n_trials)
         self._optimize(self.study, space, trial, max(1, budget), deadline, "search")
+        # A trial a killed driver had only just created (no owner yet) is let go now that it
+        # is stale; until then a live worker might still have been claiming it.
+        recover_interrupted(self.study, self.owner, unowned_after=self._grace)
         return [record(t) for t in self.study.trials if t.state != TrialState.WAITING]
 
     def _optimize(
@@ -196,6 +204,7 @@ class OptunaSession:
         single = len(study.directions) == 1
 
         def objective(ot: optuna.Trial):
+            ot.set_user_attr("driver", self.owner)  # first: a resume knows whose trial it is
             try:
                 params = suggest(ot, space)
                 policy = space.policy(params)
@@ -203,7 +212,6 @@ class OptunaSession:
                 ot.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
                 raise TrialFailed(str(error)) from None
             ot.set_user_attr("policy", policy.to_dict())
-            ot.set_user_attr("driver", self.owner)
 
             def on_check(stage: str, accuracy: float) -> None:
                 ot.set_user_attr(f"accuracy_{stage}_check", accuracy)

@@ -12,6 +12,7 @@ same parameters by the next worker that starts a trial.
 
 from __future__ import annotations
 
+import datetime
 import random
 import time
 import warnings
@@ -138,16 +139,28 @@ def has_heartbeat(storage: BaseStorage) -> bool:
     return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
 
 
-def recover_interrupted(study: optuna.Study, driver: str | None = None) -> int:
+def recover_interrupted(
+    study: optuna.Study, driver: str | None = None, unowned_after: float | None = None
+) -> int:
     """RUNNING trials left by a dead driver are failed and their parameters queued again.
     ``driver``: only the trials that driver started (its lock is ours now, so it is
     gone); None: every RUNNING trial (storages without heartbeats, where a resume means
-    the previous driver is gone). Returns how many were recovered."""
+    the previous driver is gone). ``unowned_after``: also a trial no driver has claimed
+    (killed between its creation and its first step, it may have no heartbeat either, and
+    would stay RUNNING for good) once it started that many seconds ago. Returns how many
+    were recovered."""
     recovered = 0
+    now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if driver is not None and trial.user_attrs.get("driver") != driver:
+        owner = trial.user_attrs.get("driver")
+        started = trial.datetime_start or now
+        unowned = (
+            owner is None and unowned_after is not None and (now - started).total_seconds() > unowned_after
+        )
+        if driver is not None and owner != driver and not unowned:
             continue  # another worker's, perhaps alive: its heartbeat decides
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        if trial.params:  # a trial that never drew its parameters has nothing to retry
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         recovered += 1
     return recovered
