@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     train, _, test = make_loaders(splits, batch_size=64)
     shape = (1, *splits.input_shape)
     target = Target(threads=1, precision_hint="f32")
+    data = Dataset(test)  # kept: its inputs file lives as long as it does
     print(
         "# symbolic-batch ONNX -> static IR vs static ONNX -> static IR; latency ratio < 1: symbolic is faster"
     )
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                     irs.append(str(xml))
                 logits, latency = compare_irs(
                     irs,
-                    Dataset(test).inputs_file(),
+                    data.inputs_file(),
                     target,
                     LatencyConfig(rounds=args.rounds, min_iterations=200),
                 )
