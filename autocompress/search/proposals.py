@@ -1483,13 +1483,27 @@ class HardwarePlan:
         return self.drop_scale * self.sensitivities.predict(ratios, classes)
 
     def update_from_trials(self, trials: Iterable[Observation]) -> HardwarePlan:
-        """Refit both predictors on every measured trial so far (pass all of them: the fits
-        start from the profiles each time) and propose again, without the measured points.
+        """``refit`` on every measured trial so far and propose again, without the measured points."""
+        trials = list(trials)
+        plan = self.refit(trials)
+        proposals = propose(
+            plan.space,
+            plan.latency_model,
+            plan.sensitivities,
+            max_drop=plan.max_drop,
+            multiples=plan.multiples,
+            drop_scale=plan.drop_scale,
+            exclude=[t.params for t in trials],
+        )
+        return dataclasses.replace(plan, proposals=tuple(proposals))
+
+    def refit(self, trials: Iterable[Observation]) -> HardwarePlan:
+        """Both predictors refitted on every measured trial so far (pass all of them: the
+        fits start from the profiles each time); the proposals are left as they were.
 
         Drop: the scale s in realised = s * predicted, by least squares with one
         pseudo-trial at s = 1 (so one lucky trial cannot zero it). Latency:
         ``LatencyModel.calibrate``. Points with a student are left out of both fits."""
-        trials = list(trials)
         num = den = self.max_drop**2
         pairs = []
         for t in trials:
@@ -1504,18 +1518,7 @@ class HardwarePlan:
             pairs.append((t.params, t.latency_ratio))
         scale = float(np.clip(num / den, 0.05, 5.0))
         model = self.latency_model.calibrate(pairs)
-        proposals = propose(
-            self.space,
-            model,
-            self.sensitivities,
-            max_drop=self.max_drop,
-            multiples=self.multiples,
-            drop_scale=scale,
-            exclude=[t.params for t in trials],
-        )
-        return dataclasses.replace(
-            self, latency_model=model, drop_scale=scale, proposals=tuple(proposals), trials_seen=len(pairs)
-        )
+        return dataclasses.replace(self, latency_model=model, drop_scale=scale, trials_seen=len(pairs))
 
     def to_dict(self) -> dict[str, Any]:
         """For result.json: everything but the space itself (the search stores that)."""
@@ -1547,7 +1550,7 @@ class HardwarePlan:
 
 class Recalibration:
     """The plan during a search: after every measured trial both predictors are refitted on
-    all trials so far (``HardwarePlan.update_from_trials``) and the next point is the fastest
+    all trials so far (``HardwarePlan.refit``) and the next point is the fastest
     predicted under the allowed drop that no trial has tried.
 
     Before each refit, the trial just measured is predicted by the model fitted without it:
@@ -1575,7 +1578,9 @@ class Recalibration:
                 self.prequential.append(
                     (t.number, self.plan.latency_model.predict(t.params), t.measurements.latency_ratio)
                 )
-        self.plan = self.plan.update_from_trials(
+        # Refit only: next_point solves for the one point it needs (the plan's proposals are
+        # the ones that started the study).
+        self.plan = self.plan.refit(
             Observation(dict(t.params), t.measurements.drop.drop, t.measurements.latency_ratio)
             for t in trials
         )
