@@ -83,19 +83,25 @@ _GUARDS = (fx._symbolic_trace._assert_is_none, torch._assert, operator.eq)
 OutputSelector = str | int | Callable[[Any], torch.Tensor] | None
 
 
-def select_output(outputs: Any, output: OutputSelector = None, *, what: str = "the model") -> Any:
+def select_output(
+    outputs: Any,
+    output: OutputSelector = None,
+    *,
+    what: str = "the model",
+    kinds: tuple[type, ...] = (torch.Tensor,),
+) -> Any:
     """The tensor the metric, the loss and the exported model use, from what forward()
     returned: ``output`` names it (a key or attribute such as "logits", an index, or a
     function of the outputs); None takes the outputs when they are a tensor, else their
-    ``logits``, else the first tensor among them."""
+    ``logits``, else the first tensor among them. ``kinds``: what counts as a tensor
+    (fx.Node: select in a traced graph's return value)."""
     if output is None:
-        if isinstance(outputs, torch.Tensor):
+        if isinstance(outputs, kinds):
             return outputs
-        for key in ("logits",):
-            found = _get(outputs, key)
-            if found is not None:
-                return found
-        found = _first_tensor(outputs)
+        found = _get(outputs, "logits")
+        if found is not None:
+            return found
+        found = _first_tensor(outputs, kinds)
         if found is None:
             raise ModelError(
                 f"{what} returned {type(outputs).__name__} with no tensor in it; "
@@ -191,11 +197,8 @@ def capture(model: nn.Module, example_input: torch.Tensor, output: OutputSelecto
     if callable(output):
         with graph_module.graph.inserting_before(node):
             chosen = graph_module.graph.call_function(output, (returned,))
-    elif output is not None:
-        chosen = select_output(returned, output, what=type(model).__name__)
     else:
-        chosen = _get(returned, "logits")
-        chosen = chosen if chosen is not None else _first_tensor(returned, (fx.Node,))
+        chosen = select_output(returned, output, what=type(model).__name__, kinds=(fx.Node,))
     if not isinstance(chosen, fx.Node):
         raise ModelError(
             f"the traced graph of {type(model).__name__} returns {_describe(returned)}: cannot find the "
