@@ -19,6 +19,7 @@ from torch import nn
 from autocompress.core import CompressedModel, ModelError
 from autocompress.evaluators.artifact import ExportedModel
 from autocompress.evaluators.child import ConvertToIR, Infer, run_jobs, unwrap
+from autocompress.evaluators.torch_side import module_logits
 from autocompress.graph import trace
 
 OPSET = 17
@@ -51,8 +52,11 @@ def export(
     return ExportedModel(onnx_path=onnx_path, ir_path=ir_path, input_shape=full_shape, module=module)
 
 
-def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
-    """ONNX (batch dimension symbolic); fake quantizers become QuantizeLinear/DequantizeLinear pairs."""
+def export_onnx(
+    module: nn.Module, input_shape: tuple[int, ...], path: Path, *, symbolic_batch: bool = True
+) -> Path:
+    """ONNX (batch dimension symbolic unless ``symbolic_batch=False``, which
+    benchmarks/export.py compares with); fake quantizers become QuantizeLinear/DequantizeLinear pairs."""
     was_training = module.training
     module.eval()
     try:
@@ -69,7 +73,7 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path) -> 
                 # The batch stays symbolic in ONNX: computations on it (a class token expanded to
                 # the batch) stay computations, so the IR, static at ``input_shape``, can be
                 # reshaped to the accuracy pass's batch; OpenVINO folds them when it compiles.
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}} if symbolic_batch else None,
                 do_constant_folding=True,
             )
     except Exception as error:
@@ -112,35 +116,21 @@ def check_model(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     exported at, agreeing with torch. Returns the model; raises ModelError naming the step."""
     trace(model)
     sample = example_input[:1]
-    batch = torch.cat([sample, torch.randn_like(sample)])
+    batch = torch.cat([sample, torch.randn_like(sample)]).numpy()
     with tempfile.TemporaryDirectory(prefix="autocompress-check-") as tmp:
-        onnx_path, xml_path = Path(tmp) / "model.onnx", Path(tmp) / "model.xml"
-        export_onnx(model, tuple(sample.shape), onnx_path)
+        try:
+            exported = export(model, tmp, input_shape=tuple(sample.shape[1:]))
+        except RuntimeError as error:  # the conversion, in the OpenVINO worker
+            raise _openvino_error("convert the ONNX model to OpenVINO", error) from None
         inputs, outputs = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
-        np.save(inputs, batch.numpy())
-        converted, inferred = run_jobs(
-            [
-                ConvertToIR(str(onnx_path), str(xml_path), list(sample.shape)),
-                Infer(str(xml_path), str(inputs), str(outputs), {"precision_hint": "f32"}, batch_size=2),
-            ]
-        )
-        for step, result in (
-            ("convert the ONNX model to OpenVINO", converted),
-            ("run it in OpenVINO", inferred),
-        ):
-            if "error" in result:
-                raise ModelError(
-                    f"cannot {step} ({str(result['error']).splitlines()[0][:300]}); the model's ONNX export "
-                    "holds an operation or a shape OpenVINO does not take"
-                )
+        np.save(inputs, batch)
+        inferred = run_jobs(
+            [Infer(str(exported.ir_path), str(inputs), str(outputs), {"precision_hint": "f32"}, batch_size=2)]
+        )[0]
+        if "error" in inferred:
+            raise _openvino_error("run it in OpenVINO", inferred["error"])
         openvino_out = np.load(outputs)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            torch_out = model(batch).numpy()
-    finally:
-        model.train(was_training)
+    torch_out = module_logits(model, batch)
     if openvino_out.shape != torch_out.shape or not np.allclose(
         openvino_out, torch_out, rtol=1e-2, atol=1e-3
     ):
@@ -151,3 +141,10 @@ def check_model(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
             "a value computed from the batch size may have been frozen at export; compute it from the input"
         )
     return model
+
+
+def _openvino_error(step: str, error: object) -> ModelError:
+    return ModelError(
+        f"cannot {step} ({str(error).splitlines()[0][:300]}); the model's ONNX export "
+        "holds an operation or a shape OpenVINO does not take"
+    )

@@ -13,36 +13,17 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from autocompress import Finetune, LatencyConfig, Policy, Target, apply_policy
 from autocompress.data import load_dataset, make_loaders
 from autocompress.evaluators.child import ConvertToIR, run_jobs, unwrap
 from autocompress.evaluators.runtime import Dataset
-from autocompress.export import OPSET, export_onnx
+from autocompress.export import export_onnx
 from autocompress.search.trial import compare_irs
 from autocompress.zoo import pretrained
-
-
-def static_onnx(module: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
-    """The export as it was before the batch became symbolic (every dimension static)."""
-    module.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (torch.zeros(shape),),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["output"],
-            do_constant_folding=True,
-        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                         Path(tmp) / f"{name}-{label}-{kind}.onnx",
                         Path(tmp) / f"{name}-{label}-{kind}.xml",
                     )
-                    (export_onnx if kind == "symbolic" else static_onnx)(module, shape, onnx_path)
+                    export_onnx(module, shape, onnx_path, symbolic_batch=kind == "symbolic")
                     unwrap(run_jobs([ConvertToIR(str(onnx_path), str(xml), list(shape))])[0])
                     irs.append(str(xml))
                 logits, latency = compare_irs(
