@@ -211,3 +211,39 @@ def test_search_takes_every_setting_as_a_keyword():
     could reach was a bug here: hardware_proposals)."""
     fields = {f.name for f in dataclasses.fields(SearchSettings)}
     assert fields <= set(inspect.signature(autocompress.search).parameters)
+
+
+def test_after_a_failure_only_candidates_gentler_on_the_selection_data_are_confirmed():
+    """Candidates best first with selection drops 0.9, 0.8, 0.85, 0.3, 0.2 pt: after the
+    first fails, 0.8 is tried; when it fails too, 0.85 is skipped (at least as close to
+    the floor as a failure) and 0.3 is next. A failure to measure dominates nothing."""
+    from test_proposals import _measured_trial
+
+    from autocompress.search.confirm import confirm_in_order
+
+    drops = [0.009, 0.008, 0.0085, 0.003, 0.002]
+    candidates = [_measured_trial(n, {"x": n}, d, 0.5) for n, d in enumerate(drops)]
+    tried: list[int] = []
+
+    def verdicts(passing: set[int], unmeasured: frozenset[int] = frozenset()):
+        def confirm(record):
+            tried.append(record.number)
+            if record.number in unmeasured:
+                return Confirmation(record.number, False, None, None, None, None, "RuntimeError: boom")
+            return _confirmation(record.number, 0.005 if record.number in passing else 0.02)
+
+        return confirm
+
+    done = confirm_in_order(candidates, verdicts({3}), tries=3)
+    assert tried == [0, 1, 3] and [c.passed for c in done] == [False, False, True]
+
+    tried.clear()
+    done = confirm_in_order(candidates, verdicts(set()), tries=3)
+    assert tried == [0, 1, 3] and not any(c.passed for c in done)
+
+    tried.clear()
+    confirm_in_order(candidates, verdicts(set(), unmeasured=frozenset({0})), tries=3)
+    assert tried == [0, 1, 3]  # 0 measured nothing: 1 is tried; after 1 fails, 2 (0.85) is skipped
+
+    tried.clear()
+    assert [c.trial for c in confirm_in_order(candidates, verdicts({0}), tries=3)] == [0]

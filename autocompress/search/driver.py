@@ -87,10 +87,12 @@ def search(
         the 90% bound sits about 0.6 pt above the measured drop, so the search delivers
         policies that measure about that much gentler.
     confirm_loader / confirm_fraction: data the search does not select on (default: 30% of
-        ``val_loader``, held back). The ``top_k`` best feasible trials, best first, are
+        ``val_loader``, held back). Up to ``top_k`` feasible trials, best first, are
         fine-tuned again with ``final_finetune`` (None: kept as they are) and scored
         there; the first that keeps the constraint is delivered (selection without the
-        winner's curse). confirm_fraction=0 and no confirm_loader: the search's best as is.
+        winner's curse). After a failure, only candidates that dropped less on the
+        selection data than every failed one are tried. confirm_fraction=0 and no
+        confirm_loader: the search's best as is.
     hardware_proposals: a new latency (or throughput) search over per-layer or per-group
         knobs first profiles the model on ``target``, leaves out knob values that measured
         no faster there, and starts from the fastest policies predicted under several drop
@@ -390,13 +392,14 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
             )
         if job.confirm is not None and candidates:
             confirmations = confirm_candidates(
-                candidates[: job.settings.top_k],
+                candidates,
                 trial,
                 job.confirm,
                 final_finetune=job.settings.final_finetune,
                 directory=job.workdir / "confirm",
                 measure=session.measure,
                 latency_cache=session.latency_cache,
+                tries=job.settings.top_k,
                 progress=job.progress,
             )
             apply_confirmation(result, confirmations, setup.constraint, len(job.confirm.targets))

@@ -95,7 +95,8 @@ class SearchSettings:
     confirm_fraction: the share of the validation data held back from the search (when no
         confirm_loader is given): the top_k candidates are checked on it before one is
         delivered. 0 delivers the search's best as measured in its trial.
-    top_k: how many of the best feasible trials the confirmation tries, best first;
+    top_k: how many feasible trials the confirmation tries at most, best first (after a
+        failure, only those that dropped less on the selection data than every failed one);
         final_finetune: how each is fine-tuned again for it (None: the trial's own model).
     hardware_proposals: before a latency (or throughput) search over per-layer or per-group
         knobs, profile the model on the target, fit the space to what measured faster, and
