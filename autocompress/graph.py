@@ -168,11 +168,15 @@ def _describe(outputs: Any) -> str:
 
 
 def capture(model: nn.Module, example_input: torch.Tensor, output: OutputSelector = None) -> nn.Module:
-    """The model as the compression core takes it: one tensor in, the logits out.
+    """The model as the compression core takes it: one tensor in, the logits out, as a
+    graph torch.fx can trace.
 
-    A model that returns a tensor (and no ``output``) is returned as it is. Otherwise it is
-    traced (torch.fx) and its graph ends at the selected tensor (see ``select_output``), so
-    fine-tuning, export and measurement all use the same output; the layers keep their names.
+    A model that returns a tensor (and no ``output``) and that fx traces is returned as it
+    is. Otherwise it is traced (torch.fx) and its graph ends at the selected tensor (see
+    ``select_output``), so fine-tuning, export and measurement all use the same output;
+    the layers keep their names. When fx cannot trace it (library code: shape unpacking,
+    ``**kwargs`` wrappers, attention dispatch), it is captured with torch.export instead
+    (see ``exported_graph``).
     """
     was_training = model.training
     model.eval()
@@ -186,12 +190,22 @@ def capture(model: nn.Module, example_input: torch.Tensor, output: OutputSelecto
         ) from error
     finally:
         model.train(was_training)
+    if output is not None or not isinstance(outputs, torch.Tensor):
+        selected = select_output(outputs, output, what=type(model).__name__)
+        if not isinstance(selected, torch.Tensor):
+            raise ModelError(f"output={output!r} selected a {type(selected).__name__}, not a tensor")
+    try:
+        graph_module = trace(model)
+    except ModelError as fx_error:
+        try:
+            return exported_graph(model, example_input, output)
+        except Exception as export_error:
+            first = str(export_error).strip().splitlines()[0][:300] if str(export_error).strip() else ""
+            raise ModelError(
+                f"{fx_error} torch.export could not capture it either ({type(export_error).__name__}: {first})."
+            ) from export_error
     if output is None and isinstance(outputs, torch.Tensor):
         return model
-    selected = select_output(outputs, output, what=type(model).__name__)
-    if not isinstance(selected, torch.Tensor):
-        raise ModelError(f"output={output!r} selected a {type(selected).__name__}, not a tensor")
-    graph_module = trace(model)
     node = next(n for n in graph_module.graph.nodes if n.op == "output")
     returned = _structure(node.args[0])
     if callable(output):
@@ -209,6 +223,114 @@ def capture(model: nn.Module, example_input: torch.Tensor, output: OutputSelecto
     graph_module.recompile()
     graph_module.train(was_training)
     return graph_module
+
+
+class _Selected(nn.Module):
+    """The model with its output selected: what torch.export captures."""
+
+    def __init__(self, model: nn.Module, output: OutputSelector) -> None:
+        super().__init__()
+        self.model = model
+        self.output = output
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return select_output(self.model(inputs), self.output, what=type(self.model).__name__)
+
+
+# The ATen calls a Conv or Linear module's forward makes: mapped back to the module.
+_MODULE_CALLS = {
+    torch.ops.aten.linear.default: nn.Linear,
+    torch.ops.aten.conv1d.default: nn.Conv1d,
+    torch.ops.aten.conv2d.default: nn.Conv2d,
+    torch.ops.aten.conv3d.default: nn.Conv3d,
+}
+
+
+def exported_graph(
+    model: nn.Module, example_input: torch.Tensor, output: OutputSelector = None
+) -> fx.GraphModule:
+    """``model`` captured with torch.export (batch dimension dynamic), as an fx graph of
+    ATen operations in which every Conv and Linear call is the model's own module again,
+    under its own name, so policies address the layers as in the model.
+
+    torch.export records the forward as it ran in eval mode: dropout is off and BatchNorm
+    uses its running statistics, also during fine-tuning."""
+    prefix = "model."
+    model = copy.deepcopy(model).eval()
+    sample = example_input[:1]
+    # Two samples: torch.export specialises a dimension of size 1 to a constant.
+    batch = torch.cat([sample, sample])
+    program = torch.export.export(
+        _Selected(model, output), (batch,), dynamic_shapes=({0: torch.export.Dim("batch")},), strict=False
+    )
+    source = program.module()
+    graph = fx.Graph()
+    copied: dict[fx.Node, fx.Node] = {}
+    for node in source.graph.nodes:
+        if node.op == "call_module":  # torch.export's input guards: checked again by the core
+            continue
+        if node.op == "get_attr":
+            copied[node] = graph.get_attr(node.target.removeprefix(prefix))
+        elif node.op == "output":  # the flat outputs: the one selected tensor
+            (selected,) = node.args[0]
+            graph.output(copied[selected])
+        elif node.op == "call_function" and node.target == torch.ops.aten.sym_size.int:
+            # x.size(d): the ONNX exporter's tracer keeps it a graph value; the ATen
+            # call would freeze the batch size of the export into the model.
+            copied[node] = graph.call_method("size", (copied[node.args[0]], node.args[1]))
+        elif (layer := _layer_called(node, model, prefix)) is not None:
+            copied[node] = graph.call_module(layer, (copied[node.args[0]],))
+        else:
+            copied[node] = graph.node_copy(node, copied.__getitem__)
+    _sizes_through_python_calls(graph)
+    graph_module = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    graph_module.graph.eliminate_dead_code()
+    graph_module.recompile()
+    return graph_module
+
+
+def _sizes_through_python_calls(graph: fx.Graph) -> None:
+    """An ATen call that takes a size computed from the input (``expand(cls, [batch, -1,
+    -1])``) becomes the Tensor method or torch function of that name: the ONNX exporter's
+    tracer keeps sizes symbolic only through those (measured: the ATen call exports the
+    batch of the export as a constant, and OpenVINO then fails at any other batch)."""
+    sizes: set[fx.Node] = set()
+    for node in graph.nodes:
+        inputs = node.all_input_nodes
+        if node.op == "call_method" and node.target == "size":
+            sizes.add(node)
+        elif node.op == "call_function" and node.target.__module__ in ("_operator", "operator"):
+            if any(n in sizes for n in inputs):
+                sizes.add(node)  # arithmetic on sizes is a size
+        elif isinstance(node.target, torch._ops.OpOverload) and any(n in sizes for n in inputs):
+            name = node.target.overloadpacket.__name__
+            if isinstance(node.args[0], fx.Node) and hasattr(torch.Tensor, name):
+                node.op, node.target = "call_method", name
+            elif hasattr(torch, name):
+                node.target = getattr(torch, name)
+
+
+def _layer_called(node: fx.Node, model: nn.Module, prefix: str) -> str | None:
+    """The name of the Conv or Linear module whose own forward made this ATen call."""
+    kind = _MODULE_CALLS.get(node.target) if node.op == "call_function" else None
+    stack = node.meta.get("nn_module_stack") or {}
+    if kind is None or not stack:
+        return None
+    path = next(reversed(stack.values()))[0].removeprefix(prefix)
+    weight = node.args[1]
+    if not (
+        isinstance(weight, fx.Node) and weight.op == "get_attr" and weight.target == f"{prefix}{path}.weight"
+    ):
+        return None
+    module = model.get_submodule(path)
+    if type(module) is not kind or (node.args[2] is None) != (module.bias is None):
+        return None
+    if kind is not nn.Linear:  # the module's own convolution, not a padded or strided variant
+        settings = tuple(tuple(a) if isinstance(a, (list, tuple)) else a for a in node.args[3:])
+        expected = (module.stride, module.padding, module.dilation, module.groups)
+        if module.padding_mode != "zeros" or settings != expected[: len(settings)]:
+            return None
+    return path
 
 
 def compressible_layers(model: nn.Module) -> list[str]:
