@@ -35,9 +35,23 @@ from autocompress.quantization import FakeQuantizer
 from autocompress.sparsity import SparsityController
 from autocompress.training import train
 
-_ADDS = {operator.add, operator.iadd, torch.add}
+_ATEN = torch.ops.aten
+# Graphs captured with torch.export (autocompress.graph.exported_graph) call ATen ops.
+_ADDS = {operator.add, operator.iadd, torch.add, _ATEN.add.Tensor}
 _POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-_POOL_FUNCTIONS = {nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d, torch.mean}
+_POOL_FUNCTIONS = {
+    nn.functional.avg_pool2d,
+    nn.functional.adaptive_avg_pool2d,
+    torch.mean,
+    _ATEN.avg_pool2d.default,
+    _ATEN.adaptive_avg_pool2d.default,
+    _ATEN.mean.dim,
+}
+# Products of two activations (attention scores, attention x values): both inputs in INT8,
+# as NNCF places them for transformers, so OpenVINO runs the MatMuls on INT8 kernels; for
+# fused attention the query and key (NNCF's ports 0 and 1 of ScaledDotProductAttention).
+_MATMULS = {torch.matmul, operator.matmul, torch.bmm, _ATEN.matmul.default, _ATEN.bmm.default}
+_ATTENTION = {nn.functional.scaled_dot_product_attention, _ATEN.scaled_dot_product_attention.default}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,8 +415,9 @@ def insert_quantizers(gm: fx.GraphModule, quantized: dict[str, LayerQuant], aux:
     """Weight quantizers on every quantized layer; activation quantizers on their inputs.
 
     One activation quantizer per (tensor, spec), shared by all consumers, as OpenVINO
-    expects. With ``aux`` (the policy default), the inputs of residual adds and average
-    pools are quantized too, as NNCF does, so the whole residual path stays in INT8.
+    expects. With ``aux`` (the policy default), the inputs of residual adds, average
+    pools and products of two activations (attention) are quantized too, as NNCF does,
+    so the whole residual path and the attention MatMuls stay in INT8.
     """
     modules = dict(gm.named_modules())
     container = nn.ModuleDict()
@@ -439,6 +454,9 @@ def insert_quantizers(gm: fx.GraphModule, quantized: dict[str, LayerQuant], aux:
                 quantize_input(node, value, aux.activations)
         elif aux is not None and _is_avg_pool(node, modules):
             quantize_input(node, node.args[0], aux.activations)
+        elif aux is not None and _activation_product(node):
+            for value in node.args[:2]:
+                quantize_input(node, value, aux.activations)
     gm.graph.lint()
     gm.recompile()
 
@@ -504,6 +522,16 @@ def _is_add(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target in _ADDS:
         return all(isinstance(arg, fx.Node) for arg in node.args[:2])
     return node.op == "call_method" and node.target in ("add", "add_") and isinstance(node.args[1], fx.Node)
+
+
+def _activation_product(node: fx.Node) -> bool:
+    """A MatMul of two activations, or fused attention (its query and key)."""
+    if node.op == "call_function" and node.target in _ATTENTION:
+        return True
+    is_matmul = (node.op == "call_function" and node.target in _MATMULS) or (
+        node.op == "call_method" and node.target in ("matmul", "bmm")
+    )
+    return is_matmul and all(isinstance(a, fx.Node) and a.op != "get_attr" for a in node.args[:2])
 
 
 def _is_avg_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:

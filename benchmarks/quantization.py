@@ -65,22 +65,37 @@ def policies(layers: list[str]) -> dict[str, Policy]:
 _NNCF_SCRIPT = textwrap.dedent(
     """
     import sys, numpy as np, openvino as ov, nncf
-    fp32_xml, calibration_npy, out_xml, subset = sys.argv[1:5]
+    fp32_xml, calibration_npy, out_xml, subset, model_type = sys.argv[1:6]
     data = np.load(calibration_npy)
     model = ov.Core().read_model(fp32_xml)
-    quantized = nncf.quantize(model, nncf.Dataset(list(data[:, None])), subset_size=int(subset))
+    kind = nncf.ModelType.TRANSFORMER if model_type == "transformer" else None
+    quantized = nncf.quantize(
+        model, nncf.Dataset(list(data[:, None])), subset_size=int(subset), model_type=kind
+    )
     ov.save_model(quantized, out_xml, compress_to_fp16=False)
     """
 )
 
 
-def nncf_int8(fp32: ExportedModel, calibration: np.ndarray, directory: Path, subset: int) -> ExportedModel:
-    """NNCF post-training INT8 of the FP32 IR, in a child process (OpenVINO stays out of this one)."""
+def nncf_int8(
+    fp32: ExportedModel, calibration: np.ndarray, directory: Path, subset: int, model_type: str | None = None
+) -> ExportedModel:
+    """NNCF post-training INT8 of the FP32 IR, in a child process (OpenVINO stays out of this
+    one); model_type="transformer": NNCF's placement for attention models."""
     directory.mkdir(parents=True, exist_ok=True)
     npy, xml = directory / "calibration.npy", directory / "model.xml"
     np.save(npy, calibration.astype(np.float32))
     subprocess.run(
-        [sys.executable, "-c", _NNCF_SCRIPT, str(fp32.ir_path), str(npy), str(xml), str(subset)],
+        [
+            sys.executable,
+            "-c",
+            _NNCF_SCRIPT,
+            str(fp32.ir_path),
+            str(npy),
+            str(xml),
+            str(subset),
+            str(model_type),
+        ],
         check=True,
         capture_output=True,
     )
