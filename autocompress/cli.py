@@ -6,9 +6,13 @@ import argparse
 import dataclasses
 import errno
 import math
+import os
 import sys
 import time
 from pathlib import Path
+
+import optuna
+import torch
 
 import autocompress
 from autocompress.core import Finetune, ModelError, apply_policy, compressible_layers
@@ -16,13 +20,20 @@ from autocompress.data import DATASETS, load_dataset, make_loaders
 from autocompress.evaluate import evaluate
 from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
+from autocompress.search.objectives import parse_objectives
 from autocompress.search.settings import SAMPLERS, SEARCH_FINETUNE, STRATEGIES
+from autocompress.search.storage import RDB_SCHEMES, open_storage, storage_url
 from autocompress.search_spaces import PRESETS, SpaceError
-from autocompress.zoo import default_cache_dir, parse_model_spec, pretrained
+from autocompress.zoo import build_model, default_cache_dir, parse_model_spec, pretrained
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        super().error(_one_line(message))  # a value with a newline in it must not split the error line
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autocompress", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     search.add_argument(
         "--config",
-        type=Path,
+        type=_nonempty(Path, "a YAML file"),
         default=None,
         help="a YAML search config (model/data/metric as module:function entry points, backend, ray "
         "options; see autocompress.config): the file is the whole search, other options are ignored",
@@ -50,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_search_options(search)
     search.add_argument(
         "--storage",
+        type=STORAGE,
         default=None,
         help="Optuna storage: a .db file, a journal .log file or an RDB URL (default: search.db in --out)",
     )
-    search.add_argument("--study-name", default=None, help="study name (default: autocompress-SPACE)")
+    search.add_argument(
+        "--study-name", type=NAME, default=None, help="study name (default: autocompress-SPACE)"
+    )
     search.add_argument(
         "--strategy",
         choices=STRATEGIES,
@@ -71,18 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     res.add_argument(
         "path",
         nargs="?",
+        type=_nonempty(str, "a Ray experiment directory"),
         default=None,
         help="a Ray search's experiment directory (<storage_path>/<study_name>)",
     )
     res.add_argument(
         "--address",
+        type=_nonempty(str, "an address such as auto, host:port or local"),
         default=None,
         help="Ray cluster to run the rest on (default: the one the search ran on; 'local': a fresh local Ray)",
     )
     res.add_argument(
-        "--storage", default=None, help="the search's storage (e.g. autocompress-out/search.db or a URL)"
+        "--storage",
+        type=STORAGE,
+        default=None,
+        help="the search's storage (e.g. autocompress-out/search.db or a URL)",
     )
-    res.add_argument("--study-name", default=None)
+    res.add_argument("--study-name", type=NAME, default=None)
     _add_model_options(res)
     res.add_argument(
         "--trials",
@@ -100,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ev.add_argument("--data", default="mnist5k", choices=DATASETS)
     ev.add_argument(
-        "--policy", required=True, type=Path, help="policy JSON (see autocompress.policies.Policy)"
+        "--policy",
+        required=True,
+        type=_nonempty(Path, "a policy JSON file"),
+        help="policy JSON (see autocompress.policies.Policy)",
     )
     _add_common(ev)
 
@@ -112,11 +134,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except (PolicyError, ModelError, SpaceError, ValueError) as error:
-        print(f"autocompress: error: {error}", file=sys.stderr)
+        print(f"autocompress: error: {_one_line(str(error) or type(error).__name__)}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"autocompress: error: {_os_error(error)}", file=sys.stderr)
+        print(f"autocompress: error: {_one_line(_os_error(error))}", file=sys.stderr)
         return 2
+    except optuna.exceptions.StorageInternalError as error:  # a database that fails in the middle of a read
+        print(f"autocompress: error: {_one_line(_storage_error(args, error))}", file=sys.stderr)
+        return 2
+
+
+def _one_line(text: str) -> str:
+    """An error as one line (YAML and pydantic messages span several): indented lines continue
+    the one before, others are joined with '; '."""
+    joined = ""
+    for line in text.splitlines():
+        if line.strip():
+            separator = " " if line[:1].isspace() else "; "
+            joined = f"{joined}{separator}{line.strip()}" if joined else line.strip()
+    return joined
+
+
+def _storage_error(args, error: Exception) -> str:
+    """One line: which storage, what the database said, and what to do."""
+    cause = error.__cause__ or error.__context__ or error
+    said = (str(cause).splitlines() or [""])[0]
+    where = getattr(args, "storage", None)
+    if where is None and getattr(args, "config", None) is None and getattr(args, "out", None) is not None:
+        where = args.out / "search.db"
+    return (
+        f"the search storage {where or 'of the config'} cannot be read: {type(cause).__name__}: {said}. "
+        "If it is a file, it is damaged: restore it from a backup, or start a new search (another --out or --storage)"
+    )
 
 
 _OS_FIXES = {
@@ -148,21 +197,45 @@ def _number(kind: type, *, minimum: float, inclusive: bool = True, below: float 
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a{'n integer' if kind is int else ' number'}"
             ) from None
+        shown = f"{value:g}" if kind is float else str(value)  # not the text: " 0\n" is an int too
         if not math.isfinite(value) or value < minimum or (not inclusive and value == minimum):
-            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum:g}, got {shown}")
         if below is not None and value >= below:
-            raise argparse.ArgumentTypeError(f"must be < {below:g}, got {text}")
+            raise argparse.ArgumentTypeError(
+                f"must be < {below:g}, got {shown}" if kind is float else f"must be < {below}, got {shown}"
+            )
         return value
 
     return parse
 
 
-COUNT = _number(int, minimum=1)  # trials, threads, epochs of the baseline, rounds
-SEED = _number(int, minimum=0)
+COUNT = _number(int, minimum=1)  # trials, top-k, rounds
+THREADS = _number(int, minimum=1, below=2**31)  # OpenVINO takes a 32-bit int and fails on more
+SEED = _number(int, minimum=0, below=2**32)  # numpy's range, so Optuna's samplers': beyond, a trial fails
 SECONDS = _number(float, minimum=0, inclusive=False)
-EPOCHS = _number(float, minimum=0)
+# Far above any budget; a larger count never ends (or overflows the step count to inf).
+EPOCHS = _number(float, minimum=0, below=1e6)
+BASELINE_EPOCHS = _number(int, minimum=1, below=10**6)
 RATE = _number(float, minimum=0, inclusive=False)
 DROP = _number(float, minimum=0, below=1)
+# A model of more parameters than this would not fit in memory to train on a CPU; --model is
+# built on the meta device first (no memory), so a huge width is an error, not an allocation.
+MAX_PARAMETERS = 10**9
+
+
+def _nonempty(kind: type, what: str):
+    """An argparse type: a non-empty ``kind`` (an empty --out would be the current folder)."""
+
+    def parse(text: str):
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"is empty; give {what}")
+        return kind(text)
+
+    return parse
+
+
+NAME = _nonempty(str, "a name")
+STORAGE = _nonempty(str, "a .db or .log file or a URL")
 
 
 def CONFIDENCE(text: str) -> float | None:  # noqa: N802 (an argparse type, named like the others)
@@ -178,7 +251,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", default="mnist5k", choices=DATASETS)
     parser.add_argument(
-        "--baseline-epochs", type=COUNT, default=8, help="training epochs of the cached baseline"
+        "--baseline-epochs", type=BASELINE_EPOCHS, default=8, help="training epochs of the cached baseline"
     )
 
 
@@ -231,14 +304,14 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         help="float recovery epochs after pruning, per trial",
     )
     parser.add_argument(
-        "--threads", type=COUNT, default=None, help="OpenVINO inference threads (default: runtime)"
+        "--threads", type=THREADS, default=None, help="OpenVINO inference threads (default: runtime)"
     )
     parser.add_argument(
         "--precision", choices=["f32", "bf16"], default=None, help="precision hint for float layers"
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=_nonempty(Path, "a folder"),
         default=Path("autocompress-out"),
         help="work directory: trials, best model, report",
     )
@@ -248,17 +321,20 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=EPOCHS, default=1.0, help="fine-tuning epochs after compression")
     parser.add_argument("--lr", type=RATE, default=1e-4, help="fine-tuning learning rate")
     parser.add_argument(
-        "--baseline-epochs", type=COUNT, default=8, help="training epochs of the cached baseline"
+        "--baseline-epochs", type=BASELINE_EPOCHS, default=8, help="training epochs of the cached baseline"
     )
     parser.add_argument(
-        "--threads", type=COUNT, default=None, help="OpenVINO inference threads (default: runtime)"
+        "--threads", type=THREADS, default=None, help="OpenVINO inference threads (default: runtime)"
     )
     parser.add_argument(
         "--precision", choices=["f32", "bf16"], default=None, help="precision hint for float layers"
     )
     parser.add_argument("--rounds", type=COUNT, default=5, help="alternating latency rounds")
     parser.add_argument(
-        "--out", type=Path, default=None, help="directory for IR/ONNX files, policies and report.json"
+        "--out",
+        type=_nonempty(Path, "a folder"),
+        default=None,
+        help="directory for IR/ONNX files, policies and report.json",
     )
 
 
@@ -299,6 +375,9 @@ def _report(models: dict, test_loader, target: Target, args, targets: dict | Non
 
 def _evaluate(args) -> int:
     policy = Policy.load(args.policy)
+    if args.out is not None:
+        _check_folder(args.out, "--out")
+    _check_model(args.model, args.data)
     model, train_loader, test_loader, target = _setup(args)
     print(policy.describe(), flush=True)
     compressed = _compress(model, policy, train_loader, args, "policy")
@@ -362,7 +441,15 @@ def _search(args) -> int:
 
         result = SearchConfig.load(args.config).run(progress=True)
         return _print_result(result, args)
+    # Everything the options can get wrong is said now, not after minutes of training the baseline.
     objective = parse_objective(args.objective)
+    try:
+        parse_objectives(objective)
+    except ValueError as error:
+        raise ValueError(f"--objective {args.objective!r}: {error}") from None
+    _check_folder(args.out, "--out")
+    _check_storage(getattr(args, "storage", None), args.out)
+    _check_model(args.model, args.data)
     finetune = Finetune(
         **{
             **dataclasses.asdict(SEARCH_FINETUNE),
@@ -407,8 +494,15 @@ def _resume(args) -> int:
         raise ValueError(
             "resume needs a Ray experiment PATH, or --storage and --study-name of an Optuna search"
         )
+    from autocompress.search import optuna_backend
+
+    # A wrong storage, study or model is said before the baseline trains, and no empty
+    # database is created where the search's was expected.
+    _check_storage(args.storage, Path.cwd(), must_exist=True)
+    settings = optuna_backend.load_settings(args.storage, args.study_name)
+    _check_model(args.model, args.data)
     model, train_loader, val_loader, test_loader = _load(args)
-    _check_same_model(args, model)
+    _check_same_model(args, model, settings)
     result = autocompress.resume(
         model,
         train_loader,
@@ -423,15 +517,11 @@ def _resume(args) -> int:
     return _print_result(result, args)
 
 
-def _check_same_model(args, model) -> None:
+def _check_same_model(args, model, settings) -> None:
     """The study's search space names the layers it was built for; a different --model cannot continue it."""
     from autocompress.evaluators.size import parameter_stats
     from autocompress.search import optuna_backend
 
-    try:
-        settings = optuna_backend.load_settings(args.storage, args.study_name, study_name=args.study_name)
-    except ValueError:
-        return  # resume() says what is wrong with the study
     hint = "Pass the --model, --data and --baseline-epochs the search used."
     layers = settings.space.get("layers") if isinstance(settings.space, dict) else None
     if layers is not None and list(layers) != compressible_layers(model):
@@ -444,6 +534,70 @@ def _check_same_model(args, model) -> None:
         raise ValueError(
             f"study {args.study_name!r} searched a model with {parameters:,} parameters; {args.model} on {args.data} "
             f"has {parameter_stats(model)['parameters']:,}. {hint}"
+        )
+
+
+def _check_folder(path: Path, option: str) -> None:
+    """``path`` is a folder, or one can be made there: checked before anything is trained."""
+    where = Path(os.path.abspath(path))
+    existing = next(p for p in (where, *where.parents) if p.exists())
+    if not existing.is_dir():
+        if existing == where:
+            raise ValueError(f"{option} {path}: it is a file; give a folder")
+        raise ValueError(
+            f"{option} {path}: a folder on that path is a file ({existing}); choose another path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
+
+
+def _check_storage(storage: str | None, workdir: Path, *, must_exist: bool = False) -> None:
+    """The form and scheme of --storage, and a storage file there opens (a damaged one is an
+    error now). A database server is not contacted here."""
+    url = storage_url(storage, workdir)  # raises for a form it cannot tell
+    if url.startswith(("sqlite:///", "journal:")):
+        path = Path(url.removeprefix("sqlite:///").removeprefix("journal:"))
+        what = f"--storage {storage}" if storage is not None else f"the search's storage {path}"
+        if not path.exists():
+            if must_exist:
+                raise ValueError(f"{what}: {path} does not exist; check the path (the search printed it)")
+            _check_folder(path.parent, "--storage")
+            return
+        if not path.is_file():
+            raise ValueError(f"{what}: {path} is not a file; give the search's .db or .log file")
+        if url.startswith("sqlite:///"):
+            opened = open_storage(url, heartbeat_interval=None)
+            opened.engine.dispose()
+        return
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in RDB_SCHEMES:
+        raise ValueError(
+            f"--storage {storage!r}: unsupported scheme {scheme!r}; use a .db or .log file, or a "
+            f"{', '.join(RDB_SCHEMES)} URL"
+        )
+
+
+def _check_model(spec: str, data: str) -> None:
+    """--model built on the meta device (no memory, no training): a bad name, argument or size is
+    an error naming it before the baseline trains."""
+    try:
+        name, kwargs = parse_model_spec(spec)
+    except ValueError as error:
+        raise ValueError(f"--model: {error}") from None
+    for key, value in kwargs.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--model {spec!r}: {key}={value} is not a finite number")
+    splits = load_dataset(data)
+    try:
+        with torch.device("meta"):
+            model = build_model(name, splits.input_shape, splits.num_classes, **kwargs)
+    except (ValueError, TypeError, OverflowError, RuntimeError) as error:  # torch: sizes that overflow
+        raise ValueError(f"--model {spec!r}: {error}") from None
+    parameters = sum(p.numel() for p in model.parameters())
+    if parameters > MAX_PARAMETERS:
+        raise ValueError(
+            f"--model {spec!r}: {parameters:.3g} parameters, more than the {MAX_PARAMETERS:.0e} that fit in "
+            "memory to train; choose a smaller width"
         )
 
 

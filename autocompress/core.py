@@ -24,6 +24,7 @@ from autocompress.graph import (
     COMPRESSIBLE,
     ModelError,
     OutputSelector,
+    activation_product,
     capture,
     compressible_layers,
     inputs_of,
@@ -47,11 +48,6 @@ _POOL_FUNCTIONS = {
     _ATEN.adaptive_avg_pool2d.default,
     _ATEN.mean.dim,
 }
-# Products of two activations (attention scores, attention x values): both inputs in INT8,
-# as NNCF places them for transformers, so OpenVINO runs the MatMuls on INT8 kernels; for
-# fused attention the query and key (NNCF's ports 0 and 1 of ScaledDotProductAttention).
-_MATMULS = {torch.matmul, operator.matmul, torch.bmm, _ATEN.matmul.default, _ATEN.bmm.default}
-_ATTENTION = {nn.functional.scaled_dot_product_attention, _ATEN.scaled_dot_product_attention.default}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,7 +450,9 @@ def insert_quantizers(gm: fx.GraphModule, quantized: dict[str, LayerQuant], aux:
                 quantize_input(node, value, aux.activations)
         elif aux is not None and _is_avg_pool(node, modules):
             quantize_input(node, node.args[0], aux.activations)
-        elif aux is not None and _activation_product(node):
+        elif aux is not None and activation_product(node):
+            # Attention scores and attention x values: both inputs in INT8, as NNCF places
+            # them for transformers, so OpenVINO runs those MatMuls on INT8 kernels.
             for value in node.args[:2]:
                 quantize_input(node, value, aux.activations)
     gm.graph.lint()
@@ -522,16 +520,6 @@ def _is_add(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target in _ADDS:
         return all(isinstance(arg, fx.Node) for arg in node.args[:2])
     return node.op == "call_method" and node.target in ("add", "add_") and isinstance(node.args[1], fx.Node)
-
-
-def _activation_product(node: fx.Node) -> bool:
-    """A MatMul of two activations, or fused attention (its query and key)."""
-    if node.op == "call_function" and node.target in _ATTENTION:
-        return True
-    is_matmul = (node.op == "call_function" and node.target in _MATMULS) or (
-        node.op == "call_method" and node.target in ("matmul", "bmm")
-    )
-    return is_matmul and all(isinstance(a, fx.Node) and a.op != "get_attr" for a in node.args[:2])
 
 
 def _is_avg_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:

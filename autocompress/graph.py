@@ -333,6 +333,70 @@ def _layer_called(node: fx.Node, model: nn.Module, prefix: str) -> str | None:
     return path
 
 
+_ATEN = torch.ops.aten
+_MATMULS = {torch.matmul, operator.matmul, torch.bmm, _ATEN.matmul.default, _ATEN.bmm.default}
+_ATTENTION = {nn.functional.scaled_dot_product_attention, _ATEN.scaled_dot_product_attention.default}
+_MOVES = {"view", "reshape", "transpose", "permute", "contiguous", "_unsafe_view", "clone"}
+
+
+def activation_product(node: fx.Node) -> bool:
+    """A MatMul of two activations (attention scores, attention x values), or fused
+    attention, whose first two inputs (query and key) are such a product."""
+    if node.op == "call_function" and node.target in _ATTENTION:
+        return True
+    is_matmul = (node.op == "call_function" and node.target in _MATMULS) or (
+        node.op == "call_method" and node.target in ("matmul", "bmm")
+    )
+    return is_matmul and all(isinstance(a, fx.Node) and a.op != "get_attr" for a in node.args[:2])
+
+
+def head_widths(model: nn.Module) -> dict[str, int]:
+    """Linear layer -> the width of the attention heads its outputs are split into: the
+    last size of the view that splits them, when (through reshapes and transposes only)
+    they reach an attention MatMul. {} when the model has none or does not trace."""
+    try:
+        graph = model.graph if isinstance(model, fx.GraphModule) else trace(model).graph
+    except ModelError:
+        return {}
+    modules = dict(model.named_modules())
+    widths = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.Linear):
+            continue
+        frontier, width = [(user, None) for user in node.users], None
+        while frontier and width is None:
+            current, split = frontier.pop()
+            if activation_product(current):
+                width = split
+            elif _move_name(current) in _MOVES:
+                split = _split_width(current) or split
+                frontier.extend((user, split) for user in current.users)
+        if width:
+            widths[node.target] = width
+    return widths
+
+
+def _move_name(node: fx.Node) -> str | None:
+    if node.op == "call_method":
+        return node.target
+    if node.op == "call_function":
+        if isinstance(node.target, torch._ops.OpOverload):
+            return node.target.overloadpacket.__name__
+        return getattr(node.target, "__name__", None)
+    return None
+
+
+def _split_width(node: fx.Node) -> int | None:
+    """The last size of a view or reshape into (..., heads, width): at least 3 sizes, the
+    last a constant."""
+    if _move_name(node) not in ("view", "reshape", "_unsafe_view"):
+        return None
+    shape = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else node.args[1:]
+    if len(shape) >= 3 and isinstance(shape[-1], int) and shape[-1] > 0:
+        return shape[-1]
+    return None
+
+
 def compressible_layers(model: nn.Module) -> list[str]:
     """Names of the layers a policy can address (Conv and Linear modules), in order."""
     return [name for name, module in model.named_modules() if isinstance(module, COMPRESSIBLE)]

@@ -42,7 +42,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autocompress.graph import COMPRESSIBLE, ModelError, inputs_of
+from autocompress.graph import COMPRESSIBLE, ModelError, head_widths, inputs_of
 from autocompress.policies import LayerPolicy, PolicyError, Pruning
 from autocompress.policies.schema import Criterion
 
@@ -109,10 +109,16 @@ class PruneGroup:
         default=(), repr=False
     )
     consumers: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    unit: int = 1  # channels go in whole units: an attention head's width (Q, K, V split into heads)
 
     def removed(self, ratio: float) -> int:
-        """Channels removed at ``ratio``: round(ratio * channels)."""
-        return int(round(ratio * self.channels))
+        """Channels removed at ``ratio``: round(ratio * units) whole units."""
+        return removed_channels(self.channels, self.unit, ratio)
+
+
+def removed_channels(channels: int, unit: int, ratio: float) -> int:
+    """round(ratio * channels / unit) units of ``unit`` channels."""
+    return int(round(ratio * channels / unit)) * unit
 
 
 # -- analysis -------------------------------------------------------------------------
@@ -144,6 +150,7 @@ def _analyse(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str
         )
     pinned = _check_pinned(model, pinned)
     names = {module: name for name, module in model.named_modules()}
+    heads = head_widths(model)
     order, calls = _execution_order(model, example_input, names)
     if not order:
         raise ModelError(
@@ -239,11 +246,18 @@ def _analyse(model: nn.Module, example_input: torch.Tensor, pinned: Iterable[str
             )
         )
         reason = "; ".join(dict.fromkeys(problems)) or None
+        channels = graph.get_pruner_of_module(module).get_out_channels(module)
+        # Attention projections lose whole heads: a head's channels thinned in part would
+        # be regrouped into other heads by the model's reshape.
+        widths = {heads[n] for n in layers if n in heads}
+        width = widths.pop() if len(widths) == 1 else 1
+        unit = width if channels % width == 0 else 1
         groups.append(
             PruneGroup(
                 name=name,
                 layers=layers,
-                channels=graph.get_pruner_of_module(module).get_out_channels(module),
+                channels=channels,
+                unit=unit,
                 prunable=reason is None,
                 reason=reason,
                 members=tuple((n, tuple(r), tuple(i)) for n, _, r, i in members),
@@ -539,8 +553,13 @@ def _select(
         if count == 0:
             continue
         scores = _importance(work, groups[name], criterion, taylor)
-        order = torch.sort(scores, stable=True).indices
-        selection[name] = sorted(order[:count].tolist())
+        unit = groups[name].unit
+        if unit > 1:  # whole heads: the least important by their channels' summed scores
+            order = torch.sort(scores.reshape(-1, unit).sum(1), stable=True).indices[: count // unit]
+            selection[name] = sorted(int(h) * unit + i for h in order.tolist() for i in range(unit))
+        else:
+            order = torch.sort(scores, stable=True).indices
+            selection[name] = sorted(order[:count].tolist())
     return known, selection
 
 
@@ -562,11 +581,12 @@ def _unpack(name: str, spec: Any) -> tuple[float, str]:
 
 def _check_keeps_channels(group: PruneGroup, ratio: float) -> None:
     if group.removed(ratio) >= group.channels:
-        most = (group.channels - 1) / group.channels
+        units = group.channels // group.unit
+        what = "channels" if group.unit == 1 else f"heads of {group.unit} channels"
         raise PolicyError(
-            f"pruning group {group.name!r} ({group.channels} channels) at ratio {ratio:g} would remove "
-            f"round({ratio:g} * {group.channels}) = {group.removed(ratio)} channels, leaving none; "
-            f"use a ratio below {(group.channels - 0.5) / group.channels:.4g} (e.g. {most:.3g})"
+            f"pruning group {group.name!r} ({units} {what}) at ratio {ratio:g} would remove "
+            f"round({ratio:g} * {units}) = {group.removed(ratio) // group.unit} {what}, leaving none; "
+            f"use a ratio below {(units - 0.5) / units:.4g} (e.g. {(units - 1) / units:.3g})"
         )
 
 

@@ -114,3 +114,25 @@ def test_a_search_on_a_library_vit_measures_its_trials(digits_loaders, tmp_path)
     assert len(finished) == 2, [t.error for t in result.trials]
     assert all(t.measurements.latency_ms > 0 for t in finished)
     assert result.test is not None and result.test["samples"] == len(test.dataset)
+
+
+def test_attention_projections_lose_whole_heads(images, digits_loaders):
+    """Q, K and V lose the same whole heads: the pruned model computes exactly what the
+    original computes with those heads' outputs cut from the output projection (channels
+    thinned inside heads would be regrouped into other heads by the model's reshape)."""
+    model = vit()
+    attention = "vit.layers.0.attention"
+    overrides = {f"{attention}.{p}_proj": LayerPolicy(pruning=Pruning(ratio=0.5)) for p in "qkv"}
+    pruned = apply_policy(model, Policy(overrides=overrides), digits_loaders[0], finetune=None).module
+
+    original = model.get_submodule(f"{attention}.q_proj").weight.detach()
+    kept_q = pruned.get_submodule(f"{attention}.q_proj").weight.detach()
+    kept = [int((original - row).abs().sum(1).argmin()) for row in kept_q]
+    assert len(kept) == 16 and len({k // 8 for k in kept}) == 2  # two of the four heads, whole
+    assert sorted(kept) == sorted({h * 8 + i for h in {k // 8 for k in kept} for i in range(8)})
+
+    cut = vit()  # the same weights (seeded), the removed heads cut from o_proj's input
+    removed = [c for c in range(32) if c not in kept]
+    with torch.no_grad():
+        cut.get_submodule(f"{attention}.o_proj").weight[:, removed] = 0
+        assert torch.allclose(pruned(images), cut(images).logits, atol=1e-5)

@@ -53,8 +53,14 @@ def _weighted(weights: Mapping[str, float]) -> Objective:
     bad = [k for k in weights if k not in MEASURES]
     if bad or not weights:
         raise ValueError(f"weighted objective {dict(weights)!r}: keys must be among {', '.join(MEASURES)}")
-    if any(not isinstance(w, (int, float)) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise ValueError(f"weighted objective {dict(weights)!r}: weights must be >= 0 and not all 0")
+    if (
+        any(
+            isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf
+            for w in weights.values()
+        )
+        or sum(weights.values()) <= 0
+    ):  # a NaN or infinite weight would make every trial's objective NaN or inf, silently
+        raise ValueError(f"weighted objective {dict(weights)!r}: weights must be finite, >= 0 and not all 0")
     # Every term as a ratio where lower is better (throughput -> its inverse, i.e. latency).
     terms = {
         k: (lambda m: 1.0 / m.throughput_ratio) if k == "throughput" else operator.attrgetter(MEASURES[k][0])

@@ -67,7 +67,7 @@ from autocompress.evaluators.torch_side import module_logits
 from autocompress.export import export_onnx
 from autocompress.graph import COMPRESSIBLE, ModelError, trace
 from autocompress.policies import LayerPolicy, LayerQuant, Policy
-from autocompress.pruning import masked_twin, pruning_groups
+from autocompress.pruning import masked_twin, pruning_groups, removed_channels
 from autocompress.search_spaces import Dimension, SearchSpace
 from autocompress.search_spaces.knobs import start_point
 
@@ -135,6 +135,7 @@ class Structure:
 
     layers: tuple[LayerShape, ...]
     group_channels: dict[str, int]
+    group_units: dict[str, int] = dataclasses.field(default_factory=dict)  # PruneGroup.unit, when > 1
 
     @classmethod
     def from_model(
@@ -164,7 +165,11 @@ class Structure:
                     producers.get(name, ()),
                 )
             )
-        return cls(tuple(shapes), {g.name: g.channels for g in groups})
+        return cls(
+            tuple(shapes),
+            {g.name: g.channels for g in groups},
+            {g.name: g.unit for g in groups if g.unit > 1},
+        )
 
     def transitions(self, classes: Mapping[str, str]) -> int:
         """Producer -> layer edges where one side is float and the other quantized."""
@@ -175,7 +180,7 @@ class Structure:
 
     def removed(self, group: str, ratio: float) -> int:
         """Channels pruning removes from ``group`` at ``ratio`` (as PruneGroup.removed)."""
-        return int(round(ratio * self.group_channels[group]))
+        return removed_channels(self.group_channels[group], self.group_units.get(group, 1), ratio)
 
     def work(self, layer: LayerShape, ratios: Mapping[str, float]) -> float:
         """Kept in x out channels as a fraction of the original (kept channels for a depthwise conv)."""
@@ -188,7 +193,11 @@ class Structure:
         return (cin * cout) / (layer.cin * layer.cout)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": [dataclasses.asdict(s) for s in self.layers], "group_channels": self.group_channels}
+        return {
+            "layers": [dataclasses.asdict(s) for s in self.layers],
+            "group_channels": self.group_channels,
+            "group_units": self.group_units,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Structure:
@@ -198,7 +207,7 @@ class Structure:
             )
             for s in data["layers"]
         )
-        return cls(layers, dict(data["group_channels"]))
+        return cls(layers, dict(data["group_channels"]), dict(data.get("group_units", {})))
 
 
 def layout(
