@@ -13,7 +13,9 @@ objective = OpenVINO latency at true FP32 precision ("f32") on 1 thread, accurac
 - NNCF PTQ INT8 of the FP32 IR (the usual one-knob answer);
 - random, TPE: the joint space, without hardware-aware proposals;
 - FLOPs proxy: the joint space with FLOPs as the objective (TPE), then measured;
-- ours: the joint space with hardware-aware proposals (TPE).
+- ours: the joint space with hardware-aware proposals (TPE);
+- ours-condensa: the same after Condensa's first stage (the highest uniform INT8 pruning
+  level meeting the constraint, a third of the trials), every ratio capped at that level.
 The searches use the default selection: the constraint on the drop's one-sided upper
 bound at --confidence (default 0.9; "none": on the measured drop, as the rule decides),
 30% of the validation data held back, up to 3 candidates confirmed on it after a final
@@ -63,7 +65,7 @@ MODELS = {
     "mobilenet_cat": ("mobilenet_cat", {}),
     "mnist_cnn": ("mnist_cnn", {}),
 }
-METHODS = ("rule", "rule-bound", "nncf", "random", "tpe", "flops", "ours")
+METHODS = ("rule", "rule-bound", "nncf", "random", "tpe", "flops", "ours", "ours-condensa")
 RULE_GRID = tuple(i * 0.125 for i in range(7))  # 0 .. 0.75
 
 
@@ -152,6 +154,8 @@ def run_model(label: str, args, target: Target, root: Path) -> list[dict]:
             options.update(space="joint", objective=FlopsRatio(flops), hardware_proposals=False)
         elif method == "ours":
             options.update(space="joint", hardware_proposals=True)
+        elif method == "ours-condensa":  # first the rule's answer by a level-set search, then below it
+            options.update(space="joint", hardware_proposals=True, strategy="condensa")
         result = autocompress.search(model, train, val, **options)
         best = result.best if result.feasible else None
         if (

@@ -15,7 +15,7 @@ from autocompress.core import ModelError
 from autocompress.evaluators.child import Infer, run_jobs, unwrap
 from autocompress.export import check_model
 from autocompress.graph import capture, compressible_layers
-from autocompress.policies import LayerPolicy, Pruning
+from autocompress.policies import LayerPolicy, LayerQuant, Pruning
 
 transformers = pytest.importorskip("transformers")
 
@@ -36,6 +36,25 @@ def vit(kind: str = "vit") -> torch.nn.Module:
     if kind == "deit":
         return transformers.DeiTForImageClassification(transformers.DeiTConfig(**config)).eval()
     return transformers.ViTForImageClassification(transformers.ViTConfig(**config)).eval()
+
+
+class PixelBert(torch.nn.Module):
+    """A transformers BERT encoder over the 64 pixels of a digit as a sequence (each pixel
+    embedded by a Linear and passed as ``inputs_embeds``): how a user feeds non-text
+    sequences to a library encoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        config = transformers.BertConfig(
+            vocab_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, num_labels=10,
+        )  # fmt: skip
+        self.embed = torch.nn.Linear(1, 32)
+        self.bert = transformers.BertForSequenceClassification(config)
+
+    def forward(self, images: torch.Tensor):
+        return self.bert(inputs_embeds=self.embed(images.flatten(1).unsqueeze(-1)))
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +155,20 @@ def test_attention_projections_lose_whole_heads(images, digits_loaders):
     with torch.no_grad():
         cut.get_submodule(f"{attention}.o_proj").weight[:, removed] = 0
         assert torch.allclose(pruned(images), cut(images).logits, atol=1e-5)
+
+
+def test_a_library_bert_encoder_quantizes_and_loses_whole_heads(images, digits_loaders, tmp_path):
+    model = PixelBert().eval()
+    captured = capture(model, images[:1])
+    with torch.no_grad():
+        assert torch.allclose(captured(images), model(images).logits, atol=1e-5)
+    check_model(captured, images[:1])
+    policy = Policy(default=LayerPolicy(quantization=LayerQuant(), pruning=Pruning(ratio=0.5)))
+    compressed = apply_policy(model, policy, digits_loaders[0], finetune=None)
+    query = compressed.module.get_submodule("bert.bert.encoder.layer.0.attention.self.query")
+    assert query.out_features == 16  # 2 of 4 heads of 8
+    exported = export(compressed, tmp_path / "bert")
+    with torch.no_grad():
+        reference = compressed(images).numpy()
+    openvino = _openvino(exported.ir_path, images, tmp_path)
+    assert np.corrcoef(openvino.ravel(), reference.ravel())[0, 1] > 0.99
