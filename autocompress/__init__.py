@@ -14,6 +14,7 @@ from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.export import export
 from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 from autocompress.search import SearchResult, resume, search
+from autocompress.training import TrainStage
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "SearchResult",
     "Target",
     "TensorQuant",
+    "TrainStage",
     "apply_policy",
     "compressible_layers",
     "evaluate",

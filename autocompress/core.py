@@ -34,7 +34,7 @@ from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, 
 from autocompress.pruning import plan_pruning, prune, pruning_groups
 from autocompress.quantization import FakeQuantizer
 from autocompress.sparsity import SparsityController
-from autocompress.training import train
+from autocompress.training import TrainFn, train
 
 _ATEN = torch.ops.aten
 # Graphs captured with torch.export (autocompress.graph.exported_graph) call ATen ops.
@@ -118,6 +118,7 @@ def apply_policy(
     calibration_loader: Iterable | None = None,
     on_finetune_step: Callable[[str, int, int, nn.Module], None] | None = None,
     output: OutputSelector = None,
+    train_fn: TrainFn | None = None,
 ) -> CompressedModel:
     """Compress a copy of ``model`` as ``policy`` says and fine-tune it on ``train_loader``.
 
@@ -140,6 +141,11 @@ def apply_policy(
     than a tensor (a key or attribute such as "logits", an index, or a function of the
     outputs); by default a tensor output as it is, else its ``logits``, else its first tensor.
     The compressed model returns that tensor.
+
+    ``train_fn``: your training loop, called for every fine-tuning stage (distillation,
+    pruning recovery, the final quantization-aware fine-tune) with an
+    autocompress.training.TrainStage (the module, the loader, the stage's loss and
+    budget); the built-in loop (Adam, cosine schedule) when None.
     """
     if not isinstance(policy, Policy):
         raise TypeError(
@@ -156,7 +162,9 @@ def apply_policy(
     try:
         working = model
         if policy.student is not None:
-            working = _distilled_student(model, policy, input_shape, train_loader, finetune, loss_fn, history)
+            working = _distilled_student(
+                model, policy, input_shape, train_loader, finetune, loss_fn, history, train_fn
+            )
         # KD throughout: later fine-tuning (recovery, QAT) keeps learning from the teacher.
         kd_later = policy.distillation.always or (
             policy.student is not None and policy.distillation.throughout
@@ -182,6 +190,7 @@ def apply_policy(
                 history,
                 recovery_losses={"loss_fn": task_loss, "extra_loss": kd.extra_loss if kd else None},
                 on_step=on_finetune_step,
+                train_fn=train_fn,
             )
         # Layers the default asked to prune but whose channels cannot go keep their width.
         for group in history.get("pruning_skipped", {}).values():
@@ -223,6 +232,7 @@ def apply_policy(
             on_step=_step_hooks(
                 graph_module, "finetune", controller.on_step if controller else None, on_finetune_step
             ),
+            train_fn=train_fn,
         )
     if controller is not None:
         history["sparsity"] = controller.finalize()
@@ -260,6 +270,7 @@ def _distilled_student(
     finetune: Finetune | None,
     loss_fn: Callable | None,
     history: dict[str, Any],
+    train_fn: TrainFn | None = None,
 ) -> nn.Module:
     """Build the policy's student (or ensemble), warm-start it, and distill into it.
 
@@ -288,6 +299,7 @@ def _distilled_student(
             optimizer=finetune.optimizer,
             seed=finetune.seed,
             task_loss=loss_fn,
+            train_fn=train_fn,
         )
     return student.eval()
 
@@ -311,11 +323,18 @@ def _check_student_names(student: nn.Module, policy: Policy) -> None:
 
 
 def _finetune(
-    module: nn.Module, loader: Iterable, finetune: Finetune, loss_fn, lr: float | None = None, **hooks
+    module: nn.Module,
+    loader: Iterable,
+    finetune: Finetune,
+    loss_fn,
+    lr: float | None = None,
+    stage: str = "finetune",
+    **hooks,
 ) -> dict:
     return train(
         module,
         loader,
+        stage=stage,
         epochs=finetune.epochs,
         lr=lr if lr is not None else finetune.lr,
         optimizer=finetune.optimizer,
@@ -338,6 +357,7 @@ def _prune_stepwise(
     history: dict[str, Any],
     recovery_losses: dict[str, Callable | None],
     on_step: Callable | None = None,
+    train_fn: TrainFn | None = None,
 ) -> nn.Module:
     """Thin the model to the policy's ratios in ``finetune.prune_steps`` equal steps.
 
@@ -370,8 +390,10 @@ def _prune_stepwise(
                 recovery,
                 recovery_losses["loss_fn"],
                 lr=finetune.rewind_lr,
+                stage="recovery",
                 extra_loss=recovery_losses["extra_loss"],
                 on_step=_step_hooks(pruned, "recovery", None, on_step),
+                train_fn=train_fn,
             )
     history["pruning"] = {name: {"channels": original[name], "kept": current[name]} for name in targets}
     return pruned

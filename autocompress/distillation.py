@@ -37,7 +37,7 @@ from torch import nn
 
 from autocompress.models import RESNET_KERNEL_SIZES, BasicBlock, MnistCNN, ResNet20
 from autocompress.policies import Distillation, PolicyError, Student
-from autocompress.training import train
+from autocompress.training import TrainFn, train
 
 __all__ = [
     "kd_loss",
@@ -698,8 +698,10 @@ def distill(
     task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     max_steps: int | None = None,
     weight_decay: float = 0.0,
+    train_fn: TrainFn | None = None,
 ) -> dict[str, float | int]:
-    """Train ``student`` in place on ``loader`` with the distillation loss; train's stats.
+    """Train ``student`` in place on ``loader`` with the distillation loss; train's stats
+    (``train_fn``: the user's loop, as in autocompress.training.train).
 
     The hint projections (when ``distillation.hint_weight > 0``) are trained alongside
     and discarded afterwards; the teacher is never modified.
@@ -724,6 +726,8 @@ def distill(
             weight_decay=weight_decay,
             max_steps=max_steps,
             seed=seed,
+            train_fn=train_fn,
+            stage="distillation",
             **loss.train_kwargs(),
         )
     finally:

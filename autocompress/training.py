@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +16,17 @@ from torch.utils.data import DataLoader
 
 from autocompress.evaluators.metrics import Metric, top1_accuracy
 
-__all__ = ["Metric", "LossFn", "ExtraLoss", "top1_accuracy", "predict", "evaluate_torch", "train"]
+__all__ = [
+    "Metric",
+    "LossFn",
+    "ExtraLoss",
+    "TrainFn",
+    "TrainStage",
+    "top1_accuracy",
+    "predict",
+    "evaluate_torch",
+    "train",
+]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # extra_loss(inputs, outputs): sees the batch so distillation (teacher on the same
@@ -71,6 +83,8 @@ def train(
     seed: int | None = 0,
     extra_loss: ExtraLoss | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    train_fn: TrainFn | None = None,
+    stage: str = "finetune",
 ) -> dict[str, float | int]:
     """Fine-tune ``model`` in place and return {"steps", "final_loss", "seconds"}.
 
@@ -81,6 +95,9 @@ def train(
     ``on_step(step, total_steps)`` runs before each step (e.g. a sparsity schedule). ``seed``
     seeds torch before training (None leaves the global RNG alone). The model is
     left in eval mode.
+
+    ``train_fn``: the user's training loop, called once with this ``stage``'s TrainStage
+    instead of the loop below (see TrainStage).
     """
     if epochs <= 0:
         raise ValueError(f"epochs must be > 0, got {epochs}")
@@ -100,6 +117,10 @@ def train(
     if seed is not None:
         torch.manual_seed(seed)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
+    if train_fn is not None:
+        return _run_user_loop(
+            train_fn, stage, model, loader, epochs, lr, total_steps, loss_fn, extra_loss, on_step
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train: model has no trainable parameters")
@@ -143,3 +164,68 @@ def train(
         "final_loss": float(np.mean(recent)),
         "seconds": time.perf_counter() - start,
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStage:
+    """One fine-tuning stage of the compression core, handed to a user's ``train_fn`` so
+    that the user's recipe (optimizer, schedule, augmentation, mixed precision, device,
+    a Lightning or transformers Trainer) is what trains.
+
+    name: "distillation" (a student learns from the model), "recovery" (after a pruning
+        step) or "finetune" (quantization-aware training, the sparsity ramp).
+    model: train its parameters in place (for distillation they include the hint
+        projections); leave it in eval mode. Its forward returns the logits.
+    loss(inputs, outputs, targets): what this stage minimises: the task loss (or the
+        distillation loss) plus the stage's own terms (the sparsity penalty). Use it as
+        the training loss; replacing it changes what the policy means.
+    before_step(step): call before each optimizer step (0-based): the sparsity ramp and
+        the search's early stopping of hopeless candidates run there.
+    epochs, total_steps, lr: the budget the core would spend, and the built-in loop's
+        learning rate for this stage: a suggestion a recipe may scale.
+    """
+
+    name: str
+    model: nn.Module
+    loader: Iterable
+    epochs: float
+    total_steps: int
+    lr: float
+    loss: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
+    before_step: Callable[[int], None]
+
+
+TrainFn = Callable[[TrainStage], Any]
+
+
+def _run_user_loop(
+    train_fn: TrainFn,
+    stage: str,
+    model: nn.Module,
+    loader: Iterable,
+    epochs: float,
+    lr: float,
+    total_steps: int,
+    loss_fn: LossFn,
+    extra_loss: ExtraLoss | None,
+    on_step: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    steps = 0
+
+    def loss(inputs: torch.Tensor, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        value = loss_fn(outputs, targets)
+        return value + extra_loss(inputs, outputs) if extra_loss is not None else value
+
+    def before_step(step: int) -> None:
+        nonlocal steps
+        steps = max(steps, step + 1)
+        if on_step is not None:
+            on_step(step, total_steps)
+
+    start = time.perf_counter()
+    model.train()
+    try:
+        train_fn(TrainStage(stage, model, loader, epochs, total_steps, lr, loss, before_step))
+    finally:
+        model.eval()
+    return {"steps": steps, "seconds": time.perf_counter() - start, "train_fn": stage}

@@ -38,6 +38,7 @@ from autocompress.search.result import SearchResult, summarize_trials
 from autocompress.search.settings import FINAL_FINETUNE, SEARCH_FINETUNE, SearchSettings
 from autocompress.search.trial import Measure, Trial, TrialSetup
 from autocompress.search_spaces import SearchSpace, SpaceError, build_space
+from autocompress.training import TrainFn
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def search(
     confirm_loader: Iterable | None = None,
     metric: Metric | None = None,
     loss_fn: Callable | None = None,
+    train_fn: TrainFn | None = None,
     output: OutputSelector = None,
     objective: Any = "latency",
     max_accuracy_drop: float = 0.01,
@@ -118,6 +120,9 @@ def search(
     backend: "optuna" (trials one after another in this process) or "ray" /
         autocompress.search.Ray(address=..., storage_path=..., target_resource=...): trials
         as a Ray Tune experiment on a cluster, resumable with ``resume(path)``.
+    train_fn: your training loop for every fine-tune of every trial and confirmation
+        (see autocompress.apply_policy and autocompress.training.TrainStage); on Ray it is
+        shipped to the workers, so it must pickle.
     output: which part of what the model returns is the logits, for a model that returns
         more than a tensor (a key or attribute such as "logits", an index, or a function of
         the outputs); by default a tensor as it is, else ``logits``, else the first tensor.
@@ -155,7 +160,9 @@ def search(
         storage=_storage_object(storage),
     )
     data = Loaders(train_loader, val_loader, test_loader, confirm_loader)
-    return run_search(settings, model, data, metric, loss_fn, backend_impl, progress, output=output)
+    return run_search(
+        settings, model, data, metric, loss_fn, backend_impl, progress, output=output, train_fn=train_fn
+    )
 
 
 def resume(
@@ -169,6 +176,7 @@ def resume(
     confirm_loader: Iterable | None = None,
     metric: Metric | None = None,
     loss_fn: Callable | None = None,
+    train_fn: TrainFn | None = None,
     output: OutputSelector = None,
     objective: Any = None,
     n_trials: int | None = None,
@@ -222,7 +230,18 @@ def resume(
         storage=_storage_object(storage),
     )
     data = Loaders(train_loader, val_loader, test_loader, confirm_loader)
-    return run_search(settings, model, data, metric, loss_fn, backend, progress, resuming=True, output=output)
+    return run_search(
+        settings,
+        model,
+        data,
+        metric,
+        loss_fn,
+        backend,
+        progress,
+        resuming=True,
+        output=output,
+        train_fn=train_fn,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +264,7 @@ def run_search(
     progress: bool,
     resuming: bool = False,
     output: OutputSelector = None,
+    train_fn: TrainFn | None = None,
 ) -> SearchResult:
     """Check the inputs, build the space and the trial setup, and run ``settings`` on ``backend``."""
     example = _first_inputs(data.train, "train_loader")[:1]
@@ -273,6 +293,7 @@ def run_search(
         target=settings.target,
         metric=metric,
         loss_fn=loss_fn,
+        train_fn=train_fn,
         early_stop_margin=settings.early_stop_margin,
     )
     recalibration = proposals.Recalibration(hardware) if hardware is not None else None

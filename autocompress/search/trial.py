@@ -38,6 +38,7 @@ from autocompress.evaluators.torch_side import module_logits
 from autocompress.export import export_onnx
 from autocompress.policies import Policy
 from autocompress.search.objectives import AccuracyConstraint, DropEstimate, Objective
+from autocompress.training import TrainFn
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +343,7 @@ class TrialSetup:
     target: Target
     metric: Metric | None = None
     loss_fn: Callable | None = None
+    train_fn: TrainFn | None = None
     early_stop_margin: float | None = 0.05
 
     @property
@@ -475,6 +477,7 @@ class Trial:
             finetune=self.setup.finetune,
             loss_fn=self.setup.loss_fn,
             on_finetune_step=on_step,
+            train_fn=self.setup.train_fn,
         ).module
         seconds = time.perf_counter() - started
         check("compressed", self.setup.torch_accuracy(module))
