@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autocompress.search.settings import FINAL_FINETUNE, SEARCH_FINETUNE, Ray, SearchSettings
+from autocompress.search.settings import FINAL_FINETUNE, SAMPLERS, SEARCH_FINETUNE, Ray, SearchSettings
 
 ENTRY_POINTS = ("model", "data", "metric", "loss")
 
@@ -73,6 +73,10 @@ class SearchConfig:
             if data.get("backend", "ray") != "ray":
                 raise ValueError("ray: options given, but backend is not 'ray'")
             data["backend"] = Ray.from_dict(ray_options or {})
+        # SearchSettings.from_dict reads back a sampler instance stored by its class name as
+        # "auto"; a config file names a sampler, and any other name is a mistake.
+        if "sampler" in data and (not isinstance(data["sampler"], str) or data["sampler"] not in SAMPLERS):
+            raise ValueError(f"unknown sampler {data['sampler']!r}; use one of {', '.join(SAMPLERS)}")
         if isinstance(data.get("finetune"), dict):
             data["finetune"] = {**dataclasses.asdict(SEARCH_FINETUNE), **data["finetune"]}
         if isinstance(data.get("final_finetune"), dict):

@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 PRECISION_HINTS = (None, "f32", "bf16", "f16")
+# OpenVINO's devices (names are case-sensitive): a hardware one, with an index where there
+# are several ("GPU.1"), or a virtual one over a list of them ("AUTO:GPU,CPU", "BATCH:GPU(4)").
+HARDWARE_DEVICES = ("CPU", "GPU", "NPU")
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+_HARDWARE = re.compile(rf"(?:{'|'.join(HARDWARE_DEVICES)})(?:\.\d+)?")
+# In a virtual device's list: "-CPU" (all but it, AUTO), "GPU(4)" (a batch size, BATCH).
+_LISTED = re.compile(rf"-?{_HARDWARE.pattern}(?:\(\d+\))?")
+INT32_MAX = 2**31 - 1  # OpenVINO's integer properties (INFERENCE_NUM_THREADS, NUM_STREAMS) are int32
 
 
-def _check_int(cls_name: str, name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
+def _check_int(
+    cls_name: str, name: str, value: Any, minimum: int, allow_none: bool = False, maximum: int | None = None
+) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         allowed = f"an int >= {minimum}" + (" or None" if allow_none else "")
         raise ValueError(f"{cls_name}.{name} must be {allowed}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{cls_name}.{name} must be an int from {minimum} to {maximum}, got {value!r}")
+
+
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is an OpenVINO device name: CPU, GPU, NPU (GPU.1), or AUTO, MULTI,
+    HETERO or BATCH, alone or over a list of those (AUTO:GPU,CPU; BATCH:GPU(4))."""
+    head, colon, rest = name.partition(":")
+    if not colon:
+        return bool(_HARDWARE.fullmatch(name)) or name in VIRTUAL_DEVICES
+    return head in VIRTUAL_DEVICES and all(_LISTED.fullmatch(part) for part in rest.split(","))
 
 
 def _from_dict(cls, d: dict):
@@ -39,13 +62,14 @@ class Target:
     num_streams: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.device, str) or not self.device.strip():
+        if not isinstance(self.device, str) or not is_device_name(self.device):
             raise ValueError(
-                f"Target.device must be a non-empty OpenVINO device name such as 'CPU', got {self.device!r}"
+                f"Target.device must be an OpenVINO device name: {', '.join(HARDWARE_DEVICES)} (GPU.1 for a second "
+                f"GPU), or {', '.join(VIRTUAL_DEVICES)} over them (AUTO:GPU,CPU); got {self.device!r}"
             )
-        _check_int("Target", "threads", self.threads, 1, allow_none=True)
+        _check_int("Target", "threads", self.threads, 1, allow_none=True, maximum=INT32_MAX)
         _check_int("Target", "batch", self.batch, 1)
-        _check_int("Target", "num_streams", self.num_streams, 1)
+        _check_int("Target", "num_streams", self.num_streams, 1, maximum=INT32_MAX)
         if self.precision_hint not in PRECISION_HINTS:
             raise ValueError(
                 f"Target.precision_hint must be one of {list(PRECISION_HINTS)}, got {self.precision_hint!r}"
@@ -85,9 +109,11 @@ class LatencyConfig:
         if (
             isinstance(self.min_seconds, bool)
             or not isinstance(self.min_seconds, (int, float))
-            or self.min_seconds < 0
+            or not 0 <= self.min_seconds < math.inf  # NaN compares False: refused too
         ):
-            raise ValueError(f"LatencyConfig.min_seconds must be a number >= 0, got {self.min_seconds!r}")
+            raise ValueError(
+                f"LatencyConfig.min_seconds must be a finite number >= 0, got {self.min_seconds!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -291,10 +291,15 @@ class Policy:
             raise PolicyError(
                 f"not an autocompress policy: format={data.get('format')!r}, expected {POLICY_FORMAT!r}"
             )
-        if data.get("version", POLICY_VERSION) != POLICY_VERSION:
+        version = data.get("version", POLICY_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int):  # 1.0 or true is not version 1
             raise PolicyError(
-                f"policy version {data.get('version')!r} is not supported; "
-                f"this autocompress reads version {POLICY_VERSION}"
+                f"version must be an integer (this autocompress reads version {POLICY_VERSION}), "
+                f"got {version!r}"
+            )
+        if version != POLICY_VERSION:
+            raise PolicyError(
+                f"policy version {version!r} is not supported; this autocompress reads version {POLICY_VERSION}"
             )
         try:
             text = json.dumps(dict(data), allow_nan=False)

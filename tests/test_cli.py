@@ -203,6 +203,80 @@ def test_bad_config_files_exit_2_with_the_reason(tmp_path, capsys, entry_points,
     assert message.replace("ENTRY", entry_points) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("timeout: .nan", "timeout must be a finite number"),
+        ("timeout: .inf", "timeout must be a finite number"),
+        ("early_stop_margin: .nan", "early_stop_margin must be a finite number"),
+        ("finetune: {epochs: .nan}", "Finetune epochs=nan: must be a finite number"),
+        ("finetune: {lr: .nan}", "Finetune lr=nan: must be a finite number"),
+        ("finetune: {epochs: .inf}", "Finetune epochs=inf: must be a finite number"),
+        ("final_finetune: {weight_decay: .nan}", "Finetune weight_decay=nan"),
+        ("seed: 4294967296", "seed must be an int from 0 to 4294967295"),
+        ("target: {threads: 4294967296}", "Target.threads must be an int from 1 to 2147483647"),
+        ("target: {device: TPU}", "Target.device must be an OpenVINO device name: CPU, GPU, NPU"),
+        ("target: {device: cpu}", "Target.device must be an OpenVINO device name"),
+        ("sampler: nope", "unknown sampler 'nope'; use one of auto, tpe"),
+        ("sampler: TPESampler", "unknown sampler 'TPESampler'"),  # a stored instance's name, not a setting
+        ("relative_drop: 'yes'", "relative_drop must be True"),
+        ("relative_drop: 1", "relative_drop must be True"),
+        ("relative_drop: 2", "relative_drop must be True"),
+        ("workdir: 5", "workdir must be a folder path"),
+        ("workdir: ''", "workdir must be a folder path"),
+        ("workdir: []", "workdir must be a folder path"),
+        ("study_name: 5", "study_name must be a non-empty string"),
+        ("study_name: ''", "study_name must be a non-empty string"),
+        ("study_name: []", "study_name must be a non-empty string"),
+        ("storage: 5", "storage must be None"),
+        ("storage: ''", "storage must be None"),
+        ("storage: []", "storage must be None"),
+        ("storage: x.txt", "cannot tell what storage 'x.txt' is"),
+        ("space: nope", "unknown search space preset 'nope'; presets: quantization"),
+        ("backend: ray\nray: {resources_per_trial: {cpu: .nan}}", "resources_per_trial must be"),
+    ],
+)
+def test_bad_settings_are_refused_when_the_config_loads(tmp_path, setting, message):
+    """SearchConfig.load (what `search --config` checks before it runs anything): one line
+    naming the file and what is wrong; NaN passes `x <= 0`, so it is checked for itself."""
+    from autocompress.config import SearchConfig
+
+    config = write_config(tmp_path, f"model: entry:model\ndata: entry:loaders\n{setting}\n")
+    with pytest.raises(ValueError) as raised:
+        SearchConfig.load(config)
+    said = str(raised.value)
+    assert said.startswith(f"search config {config}: ") and message in said and "\n" not in said
+
+
+def test_good_settings_still_load(tmp_path):
+    from autocompress.config import SearchConfig
+
+    config = write_config(
+        tmp_path,
+        "model: entry:model\ndata: entry:loaders\nsampler: tpe\nrelative_drop: true\nseed: 4294967295\n"
+        "storage: search.log\nstudy_name: s\ntarget: {device: 'AUTO:GPU,CPU', threads: 8}\n"
+        "finetune: {epochs: 0.5, rewind_lr: null}\n",
+    )
+    settings = SearchConfig.load(config).settings
+    assert settings.sampler == "tpe" and settings.relative_drop is True and settings.seed == 2**32 - 1
+    assert settings.target.device == "AUTO:GPU,CPU" and settings.storage == "search.log"
+
+
+@pytest.mark.parametrize("setting", ["space: nope", "storage: x.txt"])
+def test_a_bad_space_or_storage_is_said_before_the_model_entry_point_runs(
+    tmp_path, monkeypatch, capsys, setting
+):
+    (tmp_path / "tripwire_entry.py").write_text(
+        "def model():\n    raise AssertionError('the model entry point ran')\n\n\n"
+        "def loaders():\n    raise AssertionError('the data entry point ran')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = write_config(tmp_path, f"model: tripwire_entry:model\ndata: tripwire_entry:loaders\n{setting}\n")
+    assert main(["search", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "entry point ran" not in err and str(config) in err
+
+
 def test_resume_needs_a_path_or_a_storage_and_study(capsys):
     assert main(["resume"]) == 2
     assert "resume needs a Ray experiment PATH, or --storage and --study-name" in capsys.readouterr().err

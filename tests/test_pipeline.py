@@ -1,5 +1,7 @@
 """apply_policy end to end with pruning, sparsity and quantization together (prune -> QAT)."""
 
+import math
+
 import onnx
 import pytest
 from torch import nn
@@ -137,6 +139,11 @@ def test_finetune_settings_are_validated():
         Finetune(lr=0)
     with pytest.raises(ValueError, match="epochs must be >= 0"):
         Finetune(epochs=-1)
+    # NaN passes every bound (it compares False); infinite epochs never end.
+    for field in ("epochs", "lr", "distill_epochs", "recovery_epochs", "rewind_lr", "weight_decay"):
+        for value in (math.nan, math.inf):
+            with pytest.raises(ValueError, match=f"Finetune {field}={value}: must be a finite number"):
+                Finetune(**{field: value})
 
 
 def test_student_policy_distills_then_prunes_then_quantizes(resnet, digits_loaders, tmp_path):

@@ -43,6 +43,9 @@ def test_the_valid_policy_loads_and_round_trips():
         (("default", "quantization", "weights", "symmetric"), 1),
         (("default", "pruning", "ratio"), "0.5"),
         (("overrides", "fc", "sparsity", "level"), "0.5"),
+        (("version",), 1.0),
+        (("version",), True),
+        (("version",), "1"),
     ],
 )
 def test_no_value_is_coerced(field, value):

@@ -6,6 +6,7 @@ through autocompress.evaluators.child.run_jobs.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -140,13 +141,26 @@ def test_target_roundtrip_and_ov_config():
         ({"threads": 0}, "threads"),
         ({"batch": True}, "batch"),
         ({"device": ""}, "device"),
+        ({"device": "TPU"}, "device must be an OpenVINO device name: CPU, GPU, NPU"),
+        ({"device": "cpu"}, "device"),  # OpenVINO's names are case-sensitive
+        ({"device": "AUTO:TPU"}, "device"),
+        ({"threads": 2**31}, "threads must be an int from 1 to 2147483647"),  # OpenVINO's int32
+        ({"num_streams": 2**31}, "num_streams"),
     ],
 )
 def test_target_validation(bad, field):
     with pytest.raises(ValueError, match=field):
         Target.from_dict(bad)
-    with pytest.raises(ValueError, match="min_seconds"):
-        LatencyConfig.from_dict({"min_seconds": -1})
+    for seconds in (-1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="min_seconds must be a finite number"):
+            LatencyConfig.from_dict({"min_seconds": seconds})
+
+
+@pytest.mark.parametrize(
+    "device", ["CPU", "GPU", "GPU.1", "NPU", "AUTO", "AUTO:GPU,CPU", "AUTO:-CPU", "BATCH:GPU(4)"]
+)
+def test_target_takes_openvino_device_names(device):
+    assert Target(device=device, threads=2**31 - 1).device == device
 
 
 # ------------------------------------------------------------------------------------------- worker

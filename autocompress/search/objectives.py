@@ -162,8 +162,17 @@ class AccuracyConstraint:
     confidence: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_drop, (int, float)) or not 0 <= self.max_drop < 1:
+        if (
+            isinstance(self.max_drop, bool)
+            or not isinstance(self.max_drop, (int, float))
+            or not 0 <= self.max_drop < 1
+        ):
             raise ValueError(f"max_accuracy_drop must be in [0, 1) (0.01 = 1 point), got {self.max_drop!r}")
+        if not isinstance(self.relative, bool):  # 1 or "yes" would be taken as True, 2 too
+            raise ValueError(
+                "relative_drop must be True (max_accuracy_drop is a fraction of the baseline's accuracy) "
+                f"or False (points of the metric), got {self.relative!r}"
+            )
         if self.confidence is not None and (
             isinstance(self.confidence, bool)
             or not isinstance(self.confidence, (int, float))

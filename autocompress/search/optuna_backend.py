@@ -32,6 +32,7 @@ from autocompress.search.storage import (
     create_or_load_study,
     has_heartbeat,
     open_storage,
+    reading,
     recover_interrupted,
     storage_url,
 )
@@ -52,30 +53,35 @@ class TrialFailed(Exception):
 
 
 def load_settings(where: Any, study_name: str, /, **replace: Any) -> SearchSettings:
-    """The settings a search stored with its study in storage ``where`` (resume reads them back)."""
+    """The settings a search stored with its study in storage ``where`` (resume reads them back).
+    The study's trials are read through here too: resume calls this before the model is built
+    and the baseline trains, so a damaged storage file is said before anything runs."""
     url = storage_url(where, Path.cwd())
     opened = open_storage(url, heartbeat_interval=None)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=opened)
-    except KeyError:
+    with reading(url):
         names = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
-        raise ValueError(
-            f"no study {study_name!r} in {url}; studies there: {', '.join(names) or '(none)'}"
-        ) from None
-    stored = study.user_attrs.get(SETTINGS_KEY)
+    if study_name not in names:
+        raise ValueError(f"no study {study_name!r} in {url}; studies there: {', '.join(names) or '(none)'}")
+    with reading(url):
+        study = optuna.load_study(study_name=study_name, storage=opened)
+        stored = study.user_attrs.get(SETTINGS_KEY)
+        study.get_trials(deepcopy=False)
     if stored is None:
         raise ValueError(
-            f"study {study_name!r} was not created by autocompress.search (it has no {SETTINGS_KEY!r})"
+            f"study {study_name!r} in {url} was not created by autocompress.search (it has no {SETTINGS_KEY!r})"
         )
-    return SearchSettings.from_dict(stored, **replace)
+    try:
+        return SearchSettings.from_dict(stored, **replace)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"study {study_name!r} in {url}: {error}") from None
 
 
 def stored_baseline(where: Any, study_name: str) -> dict | None:
     """The baseline a study measured (as stored), or None."""
-    study = optuna.load_study(
-        study_name=study_name, storage=open_storage(storage_url(where, Path.cwd()), heartbeat_interval=None)
-    )
-    return study.user_attrs.get(BASELINE_KEY)
+    url = storage_url(where, Path.cwd())
+    opened = open_storage(url, heartbeat_interval=None)
+    with reading(url):
+        return optuna.load_study(study_name=study_name, storage=opened).user_attrs.get(BASELINE_KEY)
 
 
 @dataclasses.dataclass
@@ -101,6 +107,7 @@ class OptunaSession:
         self.job, self.backend = job, backend
         self.settings = job.settings
         url = backend.storage or storage_url(job.settings.storage, job.workdir)
+        self.url = url
         self.location = url if isinstance(url, str) else type(url).__name__
         self.storage = open_storage(url, heartbeat_interval=backend.heartbeat_interval)
         self.measure = LocalMeasure(job.setup.val.inputs_file(), job.setup.target)
@@ -126,19 +133,22 @@ class OptunaSession:
         sampler = self.backend.sampler or make_sampler(
             settings.sampler, len(directions), settings.seed, settings.n_trials
         )
-        existing = {
-            s.study_name for s in optuna.get_all_study_summaries(self.storage, include_best_trial=False)
-        }
+        with reading(self.url):  # a damaged storage file: one error now, not a traceback mid-search
+            existing = {
+                s.study_name for s in optuna.get_all_study_summaries(self.storage, include_best_trial=False)
+            }
         if resuming and name not in existing:
             raise ValueError(f"no study {name!r} to resume in {self.location}")
-        study = create_or_load_study(
-            self.storage,
-            name,
-            directions=directions,
-            sampler=sampler,
-            pruner=self.backend.pruner or optuna.pruners.NopPruner(),
-        )
-        stored = study.user_attrs.get(SETTINGS_KEY)
+        with reading(self.url):
+            study = create_or_load_study(
+                self.storage,
+                name,
+                directions=directions,
+                sampler=sampler,
+                pruner=self.backend.pruner or optuna.pruners.NopPruner(),
+            )
+            stored = study.user_attrs.get(SETTINGS_KEY)
+            study.get_trials(deepcopy=False)  # every trial decoded once, before the first one runs
         if stored is None:
             study.set_user_attr(SETTINGS_KEY, settings.to_dict())
             for point in space.start_points:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -17,6 +19,8 @@ import optuna
 from autocompress.core import Finetune
 from autocompress.evaluators.target import Target
 from autocompress.search.objectives import AccuracyConstraint, describe_objectives, parse_objectives
+from autocompress.search.storage import storage_url
+from autocompress.search_spaces import PRESETS, SpaceError
 
 # Pruned candidates need a float recovery before QAT (see the pruning benchmark): 1 epoch
 # at the training lr, then a short QAT at a small lr. A student is distilled for 1 epoch
@@ -29,6 +33,7 @@ SAMPLERS = ("auto", "tpe", "nsga2", "gp", "random")
 STRATEGIES = ("direct", "condensa")
 BACKENDS = ("optuna", "ray")
 SCHEDULERS = (None, "asha")
+SEED_LIMIT = 2**32  # numpy's RandomState (Optuna's samplers) takes seeds in [0, 2**32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +72,16 @@ class Ray:
         _check_int("Ray.max_failures", self.max_failures, 0)
         if self.max_concurrent is not None:
             _check_int("Ray.max_concurrent", self.max_concurrent, 1)
-        if not isinstance(self.resources_per_trial, dict) or not self.resources_per_trial:
+        if (
+            not isinstance(self.resources_per_trial, dict)
+            or not self.resources_per_trial
+            or not all(
+                isinstance(k, str) and _number(v) and v >= 0 for k, v in self.resources_per_trial.items()
+            )
+        ):
             raise ValueError(
-                f"resources_per_trial must be a non-empty dict such as {{'cpu': 1}}, got {self.resources_per_trial!r}"
+                "resources_per_trial must be a non-empty dict of resource names to finite amounts >= 0 such as "
+                f"{{'cpu': 1}}, got {self.resources_per_trial!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,15 +153,20 @@ class SearchSettings:
                 f"final_finetune must be an autocompress.Finetune or None, got {type(self.final_finetune).__name__}"
             )
         _check_int("n_trials", self.n_trials, 1)
-        _check_int("seed", self.seed, 0)
+        _check_int("seed", self.seed, 0, SEED_LIMIT - 1)
         if self.timeout is not None and (not _number(self.timeout) or self.timeout <= 0):
-            raise ValueError(f"timeout must be a number of seconds > 0 or None, got {self.timeout!r}")
+            raise ValueError(f"timeout must be a finite number of seconds > 0 or None, got {self.timeout!r}")
         if self.early_stop_margin is not None and (
             not _number(self.early_stop_margin) or self.early_stop_margin < 0
         ):
-            raise ValueError(f"early_stop_margin must be >= 0 or None, got {self.early_stop_margin!r}")
+            raise ValueError(
+                f"early_stop_margin must be a finite number >= 0 or None, got {self.early_stop_margin!r}"
+            )
         if not isinstance(self.space, (str, dict)):
             raise TypeError(f"space must be a preset name or a search space, got {type(self.space).__name__}")
+        if isinstance(self.space, str) and self.space not in PRESETS:
+            raise SpaceError(f"unknown search space preset {self.space!r}; presets: {', '.join(PRESETS)}")
+        _check_places(self.workdir, self.study_name, self.storage)
         if not isinstance(self.target, Target):
             raise TypeError(f"target must be an autocompress.Target, got {type(self.target).__name__}")
         if not isinstance(self.finetune, Finetune):
@@ -251,12 +268,33 @@ def _known(cls, data: Mapping[str, Any], what: str) -> dict[str, Any]:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool): NaN compares False to every bound, so it is refused here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an int from {minimum} to {maximum}, got {value!r}")
+
+
+def _check_places(workdir: Any, study_name: Any, storage: Any) -> None:
+    """workdir, study_name and storage are non-empty strings (or None where allowed), and the
+    storage a form ``storage_url`` can tell, so a wrong one is said before anything runs."""
+    if not isinstance(workdir, str) or not workdir.strip():
+        raise ValueError(f"workdir must be a folder path (a non-empty string), got {workdir!r}")
+    if study_name is not None and (not isinstance(study_name, str) or not study_name.strip()):
+        raise ValueError(
+            f"study_name must be a non-empty string or None (named after the space), got {study_name!r}"
+        )
+    if storage is not None:
+        if not isinstance(storage, str) or not storage.strip():
+            raise ValueError(
+                "storage must be None (search.db in the workdir), a file 'search.db' or 'search.log', or a URL "
+                f"such as 'sqlite:///abs/path.db'; got {storage!r}"
+            )
+        storage_url(storage, Path(workdir))  # raises, naming the forms it takes, for one it cannot tell
 
 
 def _is_sampler(value: Any) -> bool:

@@ -12,10 +12,12 @@ same parameters by the next worker that starts a trial.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import random
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -24,6 +26,12 @@ from optuna.storages.journal import JournalFileBackend
 
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 MAX_RETRY = 2
+# What SQLite says of a file whose pages or records are damaged.
+DAMAGE_SIGNS = ("malformed", "not a database", "corrupt", "could not decode")
+DAMAGED = (
+    "The file is damaged: restore it from a backup, or start a new search "
+    "(another workdir or storage); the trials' models in its workdir are kept."
+)
 
 
 def storage_url(storage: str | Path | None, workdir: Path) -> str | BaseStorage:
@@ -55,9 +63,11 @@ def open_storage(
         path = Path(url.removeprefix("journal:"))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(JournalFileBackend(str(path)))  # reads and replays the whole log
         except OSError as error:
             raise ValueError(f"cannot open the journal storage {path}: {error}") from None
+        except Exception as error:  # JSONDecodeError, UnicodeDecodeError, KeyError...: a log it cannot replay
+            raise ValueError(f"cannot open the journal storage {path}: {_cause(error)}. {DAMAGED}") from None
     scheme = url.split("://", 1)[0].split("+", 1)[0]
     if scheme not in RDB_SCHEMES:
         raise ValueError(
@@ -81,11 +91,8 @@ def open_storage(
     except Exception as error:  # SQLAlchemy / driver errors come in many types
         hint = "Check the path and that the file is an Optuna SQLite database."
         cause = str(error).splitlines()[0] if str(error) else ""
-        if scheme == "sqlite" and any(t in cause for t in ("malformed", "not a database", "corrupt")):
-            hint = (
-                "The file is damaged: restore it from a backup, or start a new search "
-                "(another workdir or storage); the trials' models in its workdir are kept."
-            )
+        if scheme == "sqlite" and any(t in cause for t in DAMAGE_SIGNS):
+            hint = DAMAGED
         elif scheme != "sqlite":
             hint = (
                 "Check the URL, that the database server is up and reachable, and that its driver is installed "
@@ -94,6 +101,47 @@ def open_storage(
         raise ValueError(
             f"cannot open the search storage {_redact(url)!r}: {type(error).__name__}: {cause}. {hint}"
         ) from None
+
+
+def storage_file(url: str | BaseStorage) -> Path | None:
+    """The file of a SQLite or journal storage URL (see storage_url); None for a database
+    server or a storage object."""
+    if isinstance(url, str) and url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    if isinstance(url, str) and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+@contextlib.contextmanager
+def reading(url: str | BaseStorage) -> Iterator[None]:
+    """Around the reads that load a study and its trials (a search's start, a resume): a
+    storage file that opened but is damaged further in fails part way through a read, with
+    Optuna's StorageInternalError or the LookupError, KeyError, ValueError or TypeError of a
+    record it cannot decode; that is one ValueError naming the file and what to do. Only
+    Optuna's calls go inside (a ValueError of our own would be taken for damage); errors of
+    a database server pass as they are."""
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, LookupError, ValueError, TypeError) as error:
+        path = storage_file(url)
+        if path is None:
+            raise
+        hint = DAMAGED
+        if isinstance(error, optuna.exceptions.StorageInternalError) and not any(
+            t in _cause(error) for t in DAMAGE_SIGNS
+        ):  # not damage: the disk, a lock held too long
+            hint = "Check that the file is readable and that no other program holds it, then run again."
+        raise ValueError(f"the search storage {path} cannot be read: {_cause(error)}. {hint}") from None
+
+
+def _cause(error: BaseException) -> str:
+    """``Type: first line`` of what went wrong; for Optuna's StorageInternalError, of the
+    database error under it (its own text guesses at an oversized write)."""
+    if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 def create_or_load_study(storage: BaseStorage, name: str, **kwargs) -> optuna.Study:
