@@ -3,6 +3,7 @@ Optuna studies in SQLite / journal files under tmp_path, tiny fine-tuning budget
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -400,6 +401,27 @@ def test_journal_storage_resume_retries_an_interrupted_trial(cnn, digits_loaders
     assert counted(study) == 3
     for number, record in before.items():
         assert snapshot(study)[number] == record
+
+
+def test_a_recalibrated_proposal_is_brought_inside_a_capped_space(cnn):
+    """Condensa caps every ratio at the level it found; the hardware plan's recalibrated
+    proposals come from the uncapped space (seen: every one of them failed as out of range
+    when the level was 0), so they are clipped into the searched space."""
+    from autocompress.search.optuna_backend import _inside
+
+    space = build_space(cnn, "joint", example_input=torch.zeros(1, 1, 8, 8))
+    ratios = [d for d in space.dimensions if d.knob == "pruning_ratio" and d.choices is None]
+    capped = dataclasses.replace(
+        space,
+        dimensions=tuple(dataclasses.replace(d, high=0.125) if d in ratios else d for d in space.dimensions),
+        start_points=(),
+    )
+    point = {d.name: (d.high if d.choices is None else d.choices[0]) for d in space.dimensions}
+    inside = _inside(capped, point)
+    assert all(inside[d.name] == 0.125 for d in ratios) and ratios
+    assert all(inside[d.name] == point[d.name] for d in space.dimensions if d not in ratios)
+    categorical = next(d for d in space.dimensions if d.choices is not None)
+    assert _inside(capped, {**point, categorical.name: "not a choice"}) is None
 
 
 def test_condensa_strategy_searches_below_the_level_it_found(cnn, digits_loaders, tmp_path):
