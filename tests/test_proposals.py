@@ -388,17 +388,17 @@ def test_the_optuna_search_queues_recalibrated_proposals_between_sampled_trials(
 
     recalibration = Recalibration(hardware_plan)
     last = add(0, hardware_plan.proposals[0].params)
-    _propose_next(study, last, recalibration)
+    _propose_next(study, last, recalibration, space)
     waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
     assert len(waiting) == 1 and waiting[0].user_attrs["proposal"] == RECALIBRATED
     assert waiting[0].system_attrs["fixed_params"] == recalibration.proposed[0]
-    _propose_next(study, last, recalibration)  # a queued point is still waiting: nothing more
+    _propose_next(study, last, recalibration, space)  # a queued point is still waiting: nothing more
     assert sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials) == 1
 
     study = optuna.create_study(direction="minimize")
     recalibration = Recalibration(hardware_plan)
     last = add(0, hardware_plan.proposals[0].params, {"proposal": RECALIBRATED})
-    _propose_next(study, last, recalibration)  # after a proposal, the sampler's turn
+    _propose_next(study, last, recalibration, space)  # after a proposal, the sampler's turn
     assert not any(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
     assert recalibration.prequential  # it still learnt from the trial
 
