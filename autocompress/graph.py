@@ -338,7 +338,7 @@ def _sizes_through_python_calls(graph: fx.Graph) -> None:
             if any(n in sizes for n in inputs):
                 sizes.add(node)  # arithmetic on sizes is a size
         elif isinstance(node.target, torch._ops.OpOverload) and any(n in sizes for n in inputs):
-            name = node.target.overloadpacket.__name__
+            name = _op_name(node)
             if isinstance(node.args[0], fx.Node) and hasattr(torch.Tensor, name):
                 node.op, node.target = "call_method", name
             elif hasattr(torch, name):
@@ -403,7 +403,7 @@ def head_widths(model: nn.Module) -> dict[str, int]:
             current, split = frontier.pop()
             if activation_product(current):
                 width = split
-            elif _move_name(current) in _MOVES:
+            elif _op_name(current) in _MOVES:
                 split = _split_width(current) or split
                 frontier.extend((user, split) for user in current.users)
         if width:
@@ -411,7 +411,8 @@ def head_widths(model: nn.Module) -> dict[str, int]:
     return widths
 
 
-def _move_name(node: fx.Node) -> str | None:
+def _op_name(node: fx.Node) -> str | None:
+    """A method's or function's name; an ATen op's without its overload (view, not view.default)."""
     if node.op == "call_method":
         return node.target
     if node.op == "call_function":
@@ -424,7 +425,7 @@ def _move_name(node: fx.Node) -> str | None:
 def _split_width(node: fx.Node) -> int | None:
     """The last size of a view or reshape into (..., heads, width): at least 3 sizes, the
     last a constant."""
-    if _move_name(node) not in ("view", "reshape", "_unsafe_view"):
+    if _op_name(node) not in ("view", "reshape", "_unsafe_view"):
         return None
     shape = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else node.args[1:]
     if len(shape) >= 3 and isinstance(shape[-1], int) and shape[-1] > 0:

@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the CLI fuzz's generators and checks
 import test_cli_fuzz as fuzz  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from test_policy_loading import VALID as VALID_POLICY  # noqa: E402  (the fuzz's valid policy)
 
 from autocompress import zoo  # noqa: E402
 from autocompress.config import SearchConfig  # noqa: E402
@@ -97,17 +98,6 @@ def run_with_deadline(function, seconds: float):
 
 # -- policy files ----------------------------------------------------------------------------------
 
-VALID_POLICY = {
-    "default": {
-        "quantization": {
-            "weights": {"bits": 8, "symmetric": True, "per_channel": True},
-            "activations": {"bits": 8},
-        },
-        "pruning": {"ratio": 0.5, "criterion": "l2"},
-    },
-    "overrides": {"fc": {"quantization": None, "sparsity": {"level": 0.5}}},
-    "pinned": ["conv1"],
-}
 POLICY_KEYS = [
     *["default", "overrides", "pinned", "student", "distillation", "quantization", "weights", "activations"],
     *["bits", "symmetric", "per_channel", "range_init", "pruning", "ratio", "criterion", "sparsity"],
