@@ -17,6 +17,7 @@ import torch
 import autocompress
 from autocompress.core import Finetune, ModelError, apply_policy, compressible_layers
 from autocompress.data import DATASETS, load_dataset, make_loaders
+from autocompress.devices import AUTOCAST, Accelerator
 from autocompress.evaluate import evaluate
 from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     res.add_argument("--study-name", type=NAME, default=None)
     _add_model_options(res)
+    _add_device_options(res)
     res.add_argument(
         "--trials",
         type=COUNT,
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         help="policy JSON (see autocompress.policies.Policy)",
     )
     _add_common(ev)
+    _add_device_options(ev)
 
     try:
         args = parser.parse_args(argv)
@@ -245,6 +248,42 @@ def CONFIDENCE(text: str) -> float | None:  # noqa: N802 (an argparse type, name
     return _number(float, minimum=0.5, below=1)(text)
 
 
+def DEVICE(text: str) -> str:  # noqa: N802 (an argparse type, named like the others)
+    """auto, cpu, cuda or cuda:N, present on this machine."""
+    try:
+        accelerator = Accelerator(text.strip())
+        accelerator.torch_device  # noqa: B018 (a CUDA device this machine lacks is an error now)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return accelerator.device
+
+
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        type=DEVICE,
+        default="auto",
+        help="where fine-tuning, distillation and calibration run: auto (CUDA when there is one), cpu, "
+        "cuda or cuda:N; export and measurement stay on the CPU / the target",
+    )
+    parser.add_argument(
+        "--autocast",
+        choices=sorted(AUTOCAST),
+        default=None,
+        help="train under torch.autocast in this precision (fp16: CUDA only; default: float32)",
+    )
+
+
+def _accelerator(args) -> Accelerator:
+    """--device and --autocast together (fp16 on the CPU is refused), before anything trains."""
+    try:
+        accelerator = Accelerator(args.device, args.autocast)
+        accelerator.torch_device  # noqa: B018 (raises for a device this machine does not have)
+    except ValueError as error:
+        raise ValueError(f"--device {args.device} --autocast {args.autocast}: {error}") from None
+    return accelerator
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="zoo:resnet20", help="zoo:NAME[:key=value,...], e.g. zoo:resnet20:width=2"
@@ -257,6 +296,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
+    _add_device_options(parser)
     parser.add_argument(
         "--space",
         default="compact",
@@ -350,7 +390,14 @@ def _setup(args):
 
 def _compress(model, policy: Policy, train_loader, args, label: str):
     started = time.perf_counter()
-    compressed = apply_policy(model, policy, train_loader, finetune=Finetune(epochs=args.epochs, lr=args.lr))
+    compressed = apply_policy(
+        model,
+        policy,
+        train_loader,
+        finetune=Finetune(epochs=args.epochs, lr=args.lr),
+        device=args.device,
+        autocast=args.autocast,
+    )
     print(f"{label}: compressed and fine-tuned in {time.perf_counter() - started:.1f} s", flush=True)
     return compressed
 
@@ -378,6 +425,7 @@ def _evaluate(args) -> int:
     if args.out is not None:
         _check_folder(args.out, "--out")
     _check_model(args.model, args.data)
+    _accelerator(args)
     model, train_loader, test_loader, target = _setup(args)
     print(policy.describe(), flush=True)
     compressed = _compress(model, policy, train_loader, args, "policy")
@@ -450,6 +498,7 @@ def _search(args) -> int:
     _check_folder(args.out, "--out")
     _check_storage(getattr(args, "storage", None), args.out)
     _check_model(args.model, args.data)
+    accelerator = _accelerator(args)
     finetune = Finetune(
         **{
             **dataclasses.asdict(SEARCH_FINETUNE),
@@ -482,13 +531,23 @@ def _search(args) -> int:
         confirm_fraction=args.confirm_fraction,
         top_k=args.top_k,
         progress=True,
+        device=accelerator.device,
+        autocast=accelerator.autocast,
     )
     return _print_result(result, args)
 
 
 def _resume(args) -> int:
+    accelerator = _accelerator(args)
     if args.path is not None:
-        result = autocompress.resume(args.path, address=args.address, timeout=args.timeout, progress=True)
+        result = autocompress.resume(
+            args.path,
+            address=args.address,
+            timeout=args.timeout,
+            progress=True,
+            device=accelerator.device,
+            autocast=accelerator.autocast,
+        )
         return _print_result(result, args)
     if args.storage is None or args.study_name is None:
         raise ValueError(
@@ -513,6 +572,8 @@ def _resume(args) -> int:
         n_trials=args.trials,
         timeout=args.timeout,
         progress=True,
+        device=accelerator.device,
+        autocast=accelerator.autocast,
     )
     return _print_result(result, args)
 

@@ -20,6 +20,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import fusion, parametrize
 
+from autocompress.devices import Accelerator, placed, to_device
 from autocompress.distillation import DistillationLoss, Ensemble, build_student, distill, init_from_teacher
 from autocompress.graph import (
     COMPRESSIBLE,
@@ -129,6 +130,8 @@ def apply_policy(
     on_finetune_step: Callable[[str, int, int, nn.Module], None] | None = None,
     output: OutputSelector = None,
     train_fn: TrainFn | None = None,
+    device: str | torch.device = "auto",
+    autocast: str | None = None,
 ) -> CompressedModel:
     """Compress a copy of ``model`` as ``policy`` says and fine-tune it on ``train_loader``.
 
@@ -155,13 +158,23 @@ def apply_policy(
     ``train_fn``: your training loop, called for every fine-tuning stage (distillation,
     pruning recovery, the final quantization-aware fine-tune) with an
     autocompress.training.TrainStage (the module, the loader, the stage's loss and
-    budget); the built-in loop (Adam, cosine schedule) when None.
+    budget, the device); the built-in loop (Adam, cosine schedule) when None.
+
+    ``device``: where distillation, recovery, calibration and the final fine-tune run:
+    "auto" (CUDA when ``torch.cuda.is_available()``, else the CPU), "cpu", "cuda" or
+    "cuda:N". ``autocast``: None (float32), "bf16" or "fp16" (CUDA only): the forward pass
+    and the loss of every fine-tune run under torch.autocast (calibration stays float32);
+    weights stay float32. Each pass moves the model (and a distillation teacher) to the
+    device and back, so the compressed model is returned on the CPU and exports as it is.
+    See autocompress.devices.
     """
     if not isinstance(policy, Policy):
         raise TypeError(
             f"policy must be an autocompress.policies.Policy, got {type(policy).__name__}; "
             "load JSON with Policy.load(path)"
         )
+    accelerator = Accelerator(device, autocast)
+    on = {"device": accelerator.torch_device, "autocast": autocast}  # resolved once: an error before any work
     calibration_loader = calibration_loader if calibration_loader is not None else train_loader
     input_shape = _first_input_shape(train_loader if train_loader is not None else calibration_loader)
     model = capture(model, torch.zeros(1, *input_shape), output)
@@ -173,7 +186,7 @@ def apply_policy(
         working = model
         if policy.student is not None:
             working = _distilled_student(
-                model, policy, input_shape, train_loader, finetune, loss_fn, history, train_fn
+                model, policy, input_shape, train_loader, finetune, loss_fn, history, train_fn, on
             )
         # KD throughout: later fine-tuning (recovery, QAT) keeps learning from the teacher.
         kd_later = policy.distillation.always or (
@@ -201,6 +214,7 @@ def apply_policy(
                 recovery_losses={"loss_fn": task_loss, "extra_loss": kd.extra_loss if kd else None},
                 on_step=on_finetune_step,
                 train_fn=train_fn,
+                on={**on, "companions": [kd.teacher] if kd else []},
             )
         # Layers the default asked to prune but whose channels cannot go keep their width.
         for group in history.get("pruning_skipped", {}).values():
@@ -226,7 +240,7 @@ def apply_policy(
     if quantized:
         started = time.perf_counter()
         insert_quantizers(graph_module, quantized, aux=policy.default.quantization)
-        calibrate(graph_module, calibration_loader, calibration_batches)
+        calibrate(graph_module, calibration_loader, calibration_batches, device=on["device"])
         history["calibration_seconds"] = time.perf_counter() - started
 
     if finetune is not None and train_loader is not None and finetune.epochs > 0:
@@ -243,6 +257,8 @@ def apply_policy(
                 graph_module, "finetune", controller.on_step if controller else None, on_finetune_step
             ),
             train_fn=train_fn,
+            companions=[kd.teacher] if kd else [],
+            **on,
         )
     if controller is not None:
         history["sparsity"] = controller.finalize()
@@ -281,8 +297,10 @@ def _distilled_student(
     loss_fn: Callable | None,
     history: dict[str, Any],
     train_fn: TrainFn | None = None,
+    on: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Build the policy's student (or ensemble), warm-start it, and distill into it.
+    """Build the policy's student (or ensemble), warm-start it, and distill into it
+    (``on``: the device and autocast of the passes).
 
     Ensemble members get different seeds; only the first is initialised from the
     teacher, so the members do not start (and stay) identical.
@@ -294,7 +312,9 @@ def _distilled_student(
         torch.manual_seed(index)
         member = build_student(teacher, spec, example_input=example)
         if spec.init_from_teacher and index == 0:
-            history["init_from_teacher"] = init_from_teacher(member, teacher, example, data=data)
+            history["init_from_teacher"] = init_from_teacher(
+                member, teacher, example, data=data, device=(on or {}).get("device", "auto")
+            )
         members.append(member)
     student = members[0] if len(members) == 1 else Ensemble(members)
     _check_student_names(student, policy)  # before distilling: a mismatch should not cost the training
@@ -310,6 +330,7 @@ def _distilled_student(
             seed=finetune.seed,
             task_loss=loss_fn,
             train_fn=train_fn,
+            **(on or {}),
         )
     return student.eval()
 
@@ -368,6 +389,7 @@ def _prune_stepwise(
     recovery_losses: dict[str, Callable | None],
     on_step: Callable | None = None,
     train_fn: TrainFn | None = None,
+    on: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Thin the model to the policy's ratios in ``finetune.prune_steps`` equal steps.
 
@@ -375,7 +397,7 @@ def _prune_stepwise(
     ``rewind_lr`` when set: learning-rate rewinding, else at the fine-tuning lr) with
     ``recovery_losses`` (the KD loss when distilling throughout), so quantizers are
     later calibrated on a recovered network. ``loss_fn`` scores Taylor importance.
-    Returns a copy.
+    ``on``: train's device, autocast and companions for the recovery. Returns a copy.
     """
     example = torch.zeros(1, *input_shape)
     groups = pruning_groups(model, example, policy.pinned)
@@ -404,6 +426,7 @@ def _prune_stepwise(
                 extra_loss=recovery_losses["extra_loss"],
                 on_step=_step_hooks(pruned, "recovery", None, on_step),
                 train_fn=train_fn,
+                **(on or {}),
             )
     history["pruning"] = {name: {"channels": original[name], "kept": current[name]} for name in targets}
     return pruned
@@ -521,8 +544,12 @@ def _hoist_above_passthrough(
     return consumer, value
 
 
-def calibrate(gm: fx.GraphModule, loader: Iterable, batches: int) -> None:
-    """Run up to ``batches`` batches through the model to set activation ranges."""
+def calibrate(
+    gm: fx.GraphModule, loader: Iterable, batches: int, *, device: str | torch.device = "auto"
+) -> None:
+    """Run up to ``batches`` batches through the model to set activation ranges, on
+    ``device`` (see autocompress.devices; the module is moved there and back)."""
+    target = Accelerator(device).torch_device
     activation_quantizers = [
         m for m in gm.modules() if isinstance(m, FakeQuantizer) and m.role == "activation"
     ]
@@ -530,16 +557,16 @@ def calibrate(gm: fx.GraphModule, loader: Iterable, batches: int) -> None:
         quantizer.observe()
     seen = 0
     gm.eval()
-    with torch.no_grad():
+    with placed(target, gm), torch.no_grad():
         for batch in loader:
             if seen >= batches:
                 break
-            gm(inputs_of(batch))
+            gm(to_device(inputs_of(batch), target))
             seen += 1
-    if seen == 0:
-        raise ValueError("the calibration loader yielded no batch; pass a non-empty loader")
-    for quantizer in activation_quantizers:
-        quantizer.finish_calibration()
+        if seen == 0:
+            raise ValueError("the calibration loader yielded no batch; pass a non-empty loader")
+        for quantizer in activation_quantizers:  # the ranges are computed where the samples are
+            quantizer.finish_calibration()
 
 
 def _first_input_shape(loader: Iterable | None) -> tuple[int, ...]:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autocompress.devices import Accelerator, placed, to_device
 from autocompress.models import RESNET_KERNEL_SIZES, BasicBlock, MnistCNN, ResNet20
 from autocompress.policies import Distillation, PolicyError, Student
 from autocompress.training import TrainFn, train
@@ -75,7 +76,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     """Hinton KD: ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, mean over the batch.
 
     The T^2 factor keeps the soft-target gradients on the scale of the hard-label loss
-    as T changes. The teacher logits are used as given (detach them if needed).
+    as T changes. The teacher logits are used as given (detach them if needed). Computed in
+    float32 (logits from an autocast forward may be bfloat16 or float16).
     """
     t = _check_temperature(temperature)
     if student_logits.shape != teacher_logits.shape:
@@ -83,8 +85,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
             f"kd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ in shape"
         )
-    log_p_student = F.log_softmax(student_logits / t, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits / t, dim=1)
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=1)
     return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * (t * t)
 
 
@@ -494,6 +496,7 @@ def init_from_teacher(
     *,
     data: Iterable | None = None,
     bn_batches: int = 10,
+    device: str | torch.device = "auto",
 ) -> dict[str, Any]:
     """Copy the teacher's weights into ``student`` (in place) where shapes allow.
 
@@ -513,6 +516,7 @@ def init_from_teacher(
        channels shifts the inputs of every later BatchNorm, so the copied statistics are
        stale; on digits this takes a half-width ResNet student from chance (10%) to 24%
        before any training, and a student with half the last stage from 29% to 88%.
+       This runs on ``device`` (see autocompress.devices); the rest on the CPU.
 
     Returns a report: ``copied``/``total`` parameter elements, ``fraction``, per tensor
     ``tensors`` ("full", "partial", "kernel-cropped", "kernel-padded" or "random"), the
@@ -568,7 +572,7 @@ def init_from_teacher(
             block = student.get_submodule(block_name)
             block.bn2.weight.zero_()
             block.bn2.bias.zero_()
-    recalibrated = recalibrate_batchnorm(student, data, bn_batches) if data is not None else 0
+    recalibrated = recalibrate_batchnorm(student, data, bn_batches, device=device) if data is not None else 0
     return {
         "copied": copied,
         "total": total,
@@ -581,11 +585,14 @@ def init_from_teacher(
     }
 
 
-def recalibrate_batchnorm(model: nn.Module, data: Iterable, batches: int = 10) -> int:
+def recalibrate_batchnorm(
+    model: nn.Module, data: Iterable, batches: int = 10, *, device: str | torch.device = "auto"
+) -> int:
     """Re-estimate every BatchNorm's running mean/var on ``batches`` batches of ``data``.
 
     Forward passes only, under no_grad, with the rest of the model in eval mode; the
-    statistics are the plain average over the batches. Returns the batches used.
+    statistics are the plain average over the batches. They run on ``device`` (see
+    autocompress.devices; the model is moved there and back). Returns the batches used.
     """
     if batches < 1:
         raise ValueError(f"bn_batches must be >= 1, got {batches}")
@@ -594,6 +601,7 @@ def recalibrate_batchnorm(model: nn.Module, data: Iterable, batches: int = 10) -
     ]
     if not norms:
         return 0
+    target = Accelerator(device).torch_device
     was_training = model.training
     momenta = [m.momentum for m in norms]
     model.eval()
@@ -603,11 +611,11 @@ def recalibrate_batchnorm(model: nn.Module, data: Iterable, batches: int = 10) -
         m.train()
     used = 0
     try:
-        with torch.no_grad():
+        with placed(target, model), torch.no_grad():
             for batch in data:
                 if used >= batches:
                     break
-                model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+                model(to_device(batch[0] if isinstance(batch, (tuple, list)) else batch, target))
                 used += 1
     finally:
         for m, momentum in zip(norms, momenta):
@@ -699,12 +707,16 @@ def distill(
     max_steps: int | None = None,
     weight_decay: float = 0.0,
     train_fn: TrainFn | None = None,
+    device: str | torch.device = "auto",
+    autocast: str | None = None,
 ) -> dict[str, float | int]:
     """Train ``student`` in place on ``loader`` with the distillation loss; train's stats
-    (``train_fn``: the user's loop, as in autocompress.training.train).
+    (``train_fn``: the user's loop, ``device`` and ``autocast``, as in
+    autocompress.training.train).
 
     The hint projections (when ``distillation.hint_weight > 0``) are trained alongside
-    and discarded afterwards; the teacher is never modified.
+    and discarded afterwards; the teacher is never modified (it runs on ``device`` during
+    the training and is moved back afterwards, as the student is).
     """
     config = _check_config(distillation)
     example = None
@@ -728,6 +740,9 @@ def distill(
             seed=seed,
             train_fn=train_fn,
             stage="distillation",
+            device=device,
+            autocast=autocast,
+            companions=[teacher],
             **loss.train_kwargs(),
         )
     finally:

@@ -90,14 +90,15 @@ class FakeQuantizer(nn.Module):
         self._high: torch.Tensor | None = None
         self._samples: list[torch.Tensor] = []
 
-    def _resize(self, channels: int) -> None:
+    def _resize(self, channels: int, device: torch.device) -> None:
         self.channels = channels
         self.scale = nn.Parameter(
-            torch.ones(channels if self.spec.binarize is None else 1), requires_grad=self.scale.requires_grad
+            torch.ones(channels if self.spec.binarize is None else 1, device=device),
+            requires_grad=self.scale.requires_grad,
         )
-        self.zero_point = torch.zeros(channels, dtype=torch.int32)
+        self.zero_point = torch.zeros(channels, dtype=torch.int32, device=device)
         if self.spec.binarize == "scale_threshold":
-            self.threshold = nn.Parameter(torch.full((channels,), 0.5))
+            self.threshold = nn.Parameter(torch.full((channels,), 0.5, device=device))
 
     # -- calibration ----------------------------------------------------------
     def observe(self) -> None:
@@ -114,6 +115,7 @@ class FakeQuantizer(nn.Module):
         self._set_range(self._low, self._high, samples)
         self.observing = False
         self._samples = []
+        self._low = self._high = None  # not buffers: they would stay on the calibration device
 
     def init_from_weight(self, weight: torch.Tensor) -> None:
         """Weights are known up front: set the range directly from them."""
@@ -128,7 +130,7 @@ class FakeQuantizer(nn.Module):
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
         if self.per_channel and self.role == "activation" and self._low is None:
-            self._resize(x.shape[1])
+            self._resize(x.shape[1], x.device)
         if self.channels > 1:
             per_channel = x.detach().transpose(0, 1).reshape(self.channels, -1)
         else:
@@ -140,7 +142,7 @@ class FakeQuantizer(nn.Module):
             kept = sum(sample.shape[1] for sample in self._samples)
             room = min(per_channel.shape[1], _RESERVOIR // 16, _RESERVOIR - kept)
             if room > 0:
-                columns = torch.randperm(per_channel.shape[1])[:room]
+                columns = torch.randperm(per_channel.shape[1], device=per_channel.device)[:room]
                 self._samples.append(per_channel[:, columns])
 
     @torch.no_grad()
@@ -157,7 +159,7 @@ class FakeQuantizer(nn.Module):
             self.calibrated = True
             return
         if spec.range_init == "percentile" and samples is not None:
-            q = torch.tensor([1 - spec.percentile / 100, spec.percentile / 100])
+            q = torch.tensor([1 - spec.percentile / 100, spec.percentile / 100], device=samples.device)
             bounds = torch.quantile(samples.float(), q, dim=1)  # [2, C]
             low, high = torch.maximum(low, bounds[0]), torch.minimum(high, bounds[1])
         unsigned = (not spec.symmetric) or bool((low >= 0).all())

@@ -260,11 +260,14 @@ class L0Gate(nn.Module):
         gates' gradients -- which weights the loss needs -- is kept. (Per-weight Adam
         moves every gate by ~lr whatever its gradient: all gates drift together,
         the whole layer becomes noisy and one epoch of digits lost ~10 pt.)
-        Returns False (doing nothing) when there is no gradient.
+        Returns False (doing nothing) when there is no gradient, or a non-finite one.
         """
         log_alpha = self.log_alpha
         grad = log_alpha.grad
         if grad is None:
+            return False
+        if not bool(torch.isfinite(grad).all()):
+            log_alpha.grad = None  # an fp16 GradScaler overflow: skipped, as the optimizer's step is
             return False
         self.gate_steps += 1
         b1, b2 = betas

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from autocompress.devices import Accelerator, placed, to_device
 from autocompress.evaluators.metrics import Metric, top1_accuracy
 
 __all__ = [
@@ -38,14 +39,17 @@ _FINAL_LOSS_WINDOW = 20
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``model`` over ``loader``; return concatenated (logits, targets) as numpy."""
+    """Run ``model`` over ``loader``; return concatenated (logits, targets) as numpy.
+
+    The batches go to the device the model is on."""
     was_training = model.training
     model.eval()
     logits: list[np.ndarray] = []
     targets: list[np.ndarray] = []
+    device = next(iter(model.parameters()), torch.empty(0)).device
     try:
         for inputs, target in loader:
-            logits.append(model(inputs).detach().cpu().numpy())
+            logits.append(model(to_device(inputs, device)).detach().cpu().numpy())
             targets.append(target.cpu().numpy())
     finally:
         model.train(was_training)
@@ -85,6 +89,9 @@ def train(
     on_step: Callable[[int, int], None] | None = None,
     train_fn: TrainFn | None = None,
     stage: str = "finetune",
+    device: str | torch.device = "auto",
+    autocast: str | None = None,
+    companions: Iterable[nn.Module | None] = (),
 ) -> dict[str, float | int]:
     """Fine-tune ``model`` in place and return {"steps", "final_loss", "seconds"}.
 
@@ -96,9 +103,18 @@ def train(
     seeds torch before training (None leaves the global RNG alone). The model is
     left in eval mode.
 
+    ``device``: where to train ("auto": CUDA when available, else the CPU; "cpu", "cuda",
+    "cuda:N"); ``autocast``: None, "bf16" or "fp16" (CUDA only), the precision of the forward
+    pass and the loss under torch.autocast (see autocompress.devices). The model is moved to
+    the device for the loop and back to where it was afterwards (also when the loop raises),
+    and every batch (tensors, or tuples/lists/dicts of them) is moved to the device.
+    ``companions``: modules ``extra_loss`` or ``on_step`` run that are not part of ``model``
+    (a distillation teacher): moved to the device and back with it.
+
     ``train_fn``: the user's training loop, called once with this ``stage``'s TrainStage
     instead of the loop below (see TrainStage).
     """
+    accelerator = Accelerator(device, autocast)
     if epochs <= 0:
         raise ValueError(f"epochs must be > 0, got {epochs}")
     if max_steps is not None and max_steps < 1:
@@ -117,15 +133,52 @@ def train(
     if seed is not None:
         torch.manual_seed(seed)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
-    if train_fn is not None:
-        return _run_user_loop(
-            train_fn, stage, model, loader, epochs, lr, total_steps, loss_fn, extra_loss, on_step
-        )
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    target = accelerator.torch_device
+    if not any(p.requires_grad for p in model.parameters()) and train_fn is None:
         raise ValueError("train: model has no trainable parameters")
-    opt = _make_optimizer(optimizer, params, lr, weight_decay)
+    with placed(target, model, *companions):
+        if train_fn is not None:
+            return _run_user_loop(
+                train_fn,
+                stage,
+                model,
+                loader,
+                epochs,
+                lr,
+                total_steps,
+                loss_fn,
+                extra_loss,
+                on_step,
+                target,
+                accelerator.autocast,
+            )
+        return _run_loop(
+            model,
+            loader,
+            total_steps,
+            _make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay),
+            loss_fn,
+            extra_loss,
+            on_step,
+            target,
+            accelerator,
+        )
+
+
+def _run_loop(
+    model: nn.Module,
+    loader: DataLoader,
+    total_steps: int,
+    opt: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    extra_loss: ExtraLoss | None,
+    on_step: Callable[[int, int], None] | None,
+    device: torch.device,
+    accelerator: Accelerator,
+) -> dict[str, float | int]:
+    """The built-in loop (see train): the model is already on ``device``."""
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    scaler = accelerator.grad_scaler(device)
 
     recent: deque[float] = deque(maxlen=_FINAL_LOSS_WINDOW)
     step = 0
@@ -134,13 +187,15 @@ def train(
     try:
         while step < total_steps:
             steps_before = step
-            for inputs, targets in loader:
+            for batch in loader:
+                inputs, targets = to_device(batch, device)
                 if on_step is not None:
                     on_step(step, total_steps)
-                outputs = model(inputs)
-                loss = loss_fn(outputs, targets)
-                if extra_loss is not None:
-                    loss = loss + extra_loss(inputs, outputs)
+                with accelerator.autocast_context(device):
+                    outputs = model(inputs)
+                    loss = loss_fn(outputs, targets)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(inputs, outputs)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise ValueError(
@@ -148,8 +203,13 @@ def train(
                         f"(lr={sched.get_last_lr()[0]:.3g}); try a lower learning rate"
                     )
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:  # fp16: scaled gradients, a step skipped (and the scale lowered) on overflow
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
                 sched.step()
                 recent.append(value)
                 step += 1
@@ -183,6 +243,13 @@ class TrainStage:
         the search's early stopping of hopeless candidates run there.
     epochs, total_steps, lr: the budget the core would spend, and the built-in loop's
         learning rate for this stage: a suggestion a recipe may scale.
+    device: where to train (the ``device=`` of apply_policy/search, resolved: "auto" is
+        CUDA when available). ``model`` and the modules ``loss`` runs (a distillation
+        teacher) are already there, and are moved back afterwards; ``loader`` yields CPU
+        batches: move inputs and targets to ``device`` (``autocompress.devices.to_device``).
+    autocast: None, "bf16" or "fp16": run the forward pass and ``loss`` under
+        ``stage.autocast_context()`` (torch.autocast on ``device``; a no-op for None); for
+        fp16 scale the loss with torch.amp.GradScaler, as the built-in loop does.
     """
 
     name: str
@@ -193,6 +260,12 @@ class TrainStage:
     lr: float
     loss: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
     before_step: Callable[[int], None]
+    device: torch.device = torch.device("cpu")
+    autocast: str | None = None
+
+    def autocast_context(self) -> Any:
+        """torch.autocast for ``autocast`` on ``device``, or a no-op context when it is None."""
+        return Accelerator(str(self.device), self.autocast).autocast_context(self.device)
 
 
 TrainFn = Callable[[TrainStage], Any]
@@ -209,6 +282,8 @@ def _run_user_loop(
     loss_fn: LossFn,
     extra_loss: ExtraLoss | None,
     on_step: Callable[[int, int], None] | None,
+    device: torch.device,
+    autocast: str | None,
 ) -> dict[str, Any]:
     steps = 0
 
@@ -225,7 +300,9 @@ def _run_user_loop(
     start = time.perf_counter()
     model.train()
     try:
-        train_fn(TrainStage(stage, model, loader, epochs, total_steps, lr, loss, before_step))
+        train_fn(
+            TrainStage(stage, model, loader, epochs, total_steps, lr, loss, before_step, device, autocast)
+        )
     finally:
         model.eval()
     return {"steps": steps, "seconds": time.perf_counter() - start, "train_fn": stage}

@@ -12,14 +12,18 @@ from autocompress.evaluators.runtime import Dataset
 
 
 def module_logits(module: nn.Module, inputs: np.ndarray, batch_size: int = 250) -> np.ndarray:
-    """Outputs of ``module`` in eval mode on ``inputs``, in batches; its train/eval mode is restored."""
+    """Outputs of ``module`` in eval mode on ``inputs``, in batches; its train/eval mode is restored.
+
+    The batches run on the device the module is on (a candidate fine-tuning on a GPU is
+    checked there); the outputs come back as numpy."""
     was_training = module.training
     module.eval()
+    device = next(iter(module.parameters()), torch.empty(0)).device
     try:
         with torch.no_grad():
             return np.concatenate(
                 [
-                    module(torch.from_numpy(inputs[i : i + batch_size])).numpy()
+                    module(torch.from_numpy(inputs[i : i + batch_size]).to(device)).cpu().numpy()
                     for i in range(0, len(inputs), batch_size)
                 ]
             )

@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from torch import nn
 
 from autocompress.core import Finetune
+from autocompress.devices import Accelerator
 from autocompress.evaluators.metrics import Metric, score
 from autocompress.evaluators.runtime import Dataset
 from autocompress.evaluators.target import LatencyConfig, Target
@@ -78,6 +80,8 @@ def search(
     heartbeat_interval: int | None = 30,
     progress: bool = True,
     backend: Any = "optuna",
+    device: str | torch.device = "auto",
+    autocast: str | None = None,
 ) -> SearchResult:
     """Search compression policies for ``model``: maximise ``objective`` subject to
     accuracy >= baseline - ``max_accuracy_drop`` on ``val_loader``.
@@ -126,9 +130,16 @@ def search(
     output: which part of what the model returns is the logits, for a model that returns
         more than a tensor (a key or attribute such as "logits", an index, or a function of
         the outputs); by default a tensor as it is, else ``logits``, else the first tensor.
+    device, autocast: where the trials' and the confirmation's fine-tunes, calibrations and
+        the hardware plan's sensitivity passes run, and in what autocast precision (see
+        autocompress.apply_policy); export and measurement stay on the CPU / the target.
+        Not part of the search's identity: a search started on one machine resumes on
+        another with its own device. On Ray, "auto" is the GPU Ray reserved for the trial
+        (``resources_per_trial={"gpu": 1}``), else the CPU.
     The best policy is re-checked on ``test_loader`` (exported IR on OpenVINO) with a
     full latency measurement; results, the best IR and a manifest go to ``workdir``.
     """
+    accelerator = _accelerator(device, autocast)  # before any work
     settings = SearchSettings(
         objective=objective,
         max_accuracy_drop=max_accuracy_drop,
@@ -161,7 +172,16 @@ def search(
     )
     data = Loaders(train_loader, val_loader, test_loader, confirm_loader)
     return run_search(
-        settings, model, data, metric, loss_fn, backend_impl, progress, output=output, train_fn=train_fn
+        settings,
+        model,
+        data,
+        metric,
+        loss_fn,
+        backend_impl,
+        progress,
+        output=output,
+        train_fn=train_fn,
+        accelerator=accelerator,
     )
 
 
@@ -186,6 +206,8 @@ def resume(
     heartbeat_interval: int | None = 30,
     progress: bool = True,
     address: str | None = None,
+    device: str | torch.device = "auto",
+    autocast: str | None = None,
 ) -> SearchResult:
     """Continue a search.
 
@@ -198,13 +220,17 @@ def resume(
         are retried; ``n_trials`` (default: the original budget) is the total to reach.
         Pass ``objective`` again only if it was a callable (code is not stored), and the
         ``confirm_loader`` and ``output`` the search had, if it had them.
+    ``device``, ``autocast``: as in ``search``, for the rest of the search on this machine
+        (they are not stored: a search started on a CPU machine may resume on a GPU one).
     """
+    accelerator = _accelerator(device, autocast)
     if isinstance(model, (str, os.PathLike)):
         from autocompress.search.ray_backend import load_experiment
 
         settings, setup, test_loader, confirm, backend = load_experiment(
             model, address=address, timeout=timeout
         )
+        setup = dataclasses.replace(setup, device=accelerator.device, autocast=accelerator.autocast)
         space = SearchSpace.from_dict(settings.space)
         job = SearchJob(settings, space, setup, True, progress, test_loader, confirm)
         return run_job(job, backend)
@@ -241,6 +267,7 @@ def resume(
         resuming=True,
         output=output,
         train_fn=train_fn,
+        accelerator=accelerator,
     )
 
 
@@ -265,15 +292,17 @@ def run_search(
     resuming: bool = False,
     output: OutputSelector = None,
     train_fn: TrainFn | None = None,
+    accelerator: Accelerator = Accelerator(),
 ) -> SearchResult:
-    """Check the inputs, build the space and the trial setup, and run ``settings`` on ``backend``."""
+    """Check the inputs, build the space and the trial setup, and run ``settings`` on ``backend``
+    (``accelerator``: where the torch passes run)."""
     example = _first_inputs(data.train, "train_loader")[:1]
     model = check_model(capture(model, example, output), example)
     val, confirm = split_validation(_dataset(data.val, "val_loader"), data.confirm, settings)
     hardware = None
     if isinstance(settings.space, str):
         space = build_space(model, settings.space, example_input=example)
-        hardware = _hardware_plan(settings, space, model, data.train, val, example, metric)
+        hardware = _hardware_plan(settings, space, model, data.train, val, example, metric, accelerator)
         if hardware is not None:  # the predicted fastest policies first, then the engineer's start points
             points = [*hardware.points, *space.start_points]
             unique = [p for i, p in enumerate(points) if p not in points[:i]]
@@ -295,6 +324,8 @@ def run_search(
         loss_fn=loss_fn,
         train_fn=train_fn,
         early_stop_margin=settings.early_stop_margin,
+        device=accelerator.device,
+        autocast=accelerator.autocast,
     )
     recalibration = proposals.Recalibration(hardware) if hardware is not None else None
     job = SearchJob(settings, space, setup, resuming, progress, data.test, confirm, recalibration)
@@ -309,6 +340,7 @@ def _hardware_plan(
     val: Dataset,
     example,
     metric: Metric | None,
+    accelerator: Accelerator = Accelerator(),
 ):
     """The hardware-aware plan for a new latency search over per-layer or per-group knobs
     (None otherwise). A plan that fails costs its proposals, never the search."""
@@ -331,6 +363,7 @@ def _hardware_plan(
             max_drop=allowed,
             objectives=settings.objective,
             workdir=settings.workdir,
+            device=accelerator.torch_device,
         )
     except Exception as error:
         log.warning(
@@ -543,6 +576,14 @@ def _recheck(
         "rounds": config.rounds,
         "node": latency.get("node"),  # where it ran, when not on this machine (Ray)
     }
+
+
+def _accelerator(device: Any, autocast: str | None) -> Accelerator:
+    """The device and autocast, checked on this machine before any work (the driver fine-tunes
+    the confirmation itself, whatever the backend)."""
+    accelerator = Accelerator(device, autocast)
+    accelerator.torch_device  # noqa: B018 (raises for a device this machine does not have)
+    return accelerator
 
 
 def make_backend(settings: SearchSettings, **optuna_options: Any) -> Backend:

@@ -59,6 +59,7 @@ import torch
 from torch import nn
 
 from autocompress.core import CompressedModel, Finetune, apply_policy
+from autocompress.devices import Accelerator, placed, to_device
 from autocompress.evaluators.child import MeasureLatency, ProfileLayers, run_jobs, unwrap
 from autocompress.evaluators.metrics import Metric, score, to_jsonable
 from autocompress.evaluators.runtime import Dataset
@@ -1030,12 +1031,16 @@ def measure_sensitivities(
     calibration_batches: int = 1,
     criterion: str = "l2",
     seed: int = 0,
+    device: str | torch.device = "auto",
 ) -> Sensitivities:
     """Per-group pruning and per-layer INT8 drops without fine-tuning (see Sensitivities).
 
     ``samples``: a fixed random subsample of ``val`` (None: all of it); 500 samples resolve
     about 0.2 points, enough to rank groups and layers, not to promise accuracy.
+    ``device``: where the evaluations, BatchNorm re-estimations and calibrations run (see
+    autocompress.devices); ``model`` is moved there and back.
     """
+    target = Accelerator(device).torch_device
     started = time.perf_counter()
     inputs, targets = val.inputs, val.targets
     if samples is not None and samples < len(targets):
@@ -1045,8 +1050,11 @@ def measure_sensitivities(
     if not batches:
         raise ValueError("measure_sensitivities: the training loader yielded no batch")
 
+    on_device = [to_device(batch, target) for batch in batches]
+
     def evaluate(module: nn.Module) -> float:
-        return score(metric, module_logits(module, inputs), targets, "a sensitivity candidate")
+        with placed(target, module):
+            return score(metric, module_logits(module, inputs), targets, "a sensitivity candidate")
 
     baseline = evaluate(model)
     groups = pruning_groups(model, example_input, base.pinned)
@@ -1062,8 +1070,8 @@ def measure_sensitivities(
                 data=batches,
                 pinned=base.pinned,
                 groups=groups,
-            )
-            _reestimate_batchnorm(twin, batches[:batchnorm_batches])
+            ).to(target)  # a throwaway copy: it stays there
+            _reestimate_batchnorm(twin, on_device[:batchnorm_batches])
             pruning.setdefault(group, {})[float(ratio)] = baseline - evaluate(twin)
     skip = Finetune(epochs=0.0, distill_epochs=0.0)
     int8 = apply_policy(
@@ -1072,6 +1080,7 @@ def measure_sensitivities(
         batches,
         finetune=skip,
         calibration_batches=calibration_batches,
+        device=target,
     )
     int8_drop = baseline - evaluate(int8.module)
     layers = [shape.name for shape in structure.layers]
@@ -1085,7 +1094,7 @@ def measure_sensitivities(
         for layer in layers:
             policy = dataclasses.replace(plain, overrides={layer: LayerPolicy(quantization=LayerQuant())})
             compressed = apply_policy(
-                model, policy, batches, finetune=skip, calibration_batches=calibration_batches
+                model, policy, batches, finetune=skip, calibration_batches=calibration_batches, device=target
             )
             quantization[layer] = baseline - evaluate(compressed.module)
     sens = Sensitivities(baseline, len(targets), pruning, quantization)
@@ -1103,8 +1112,8 @@ def measure_sensitivities(
             data=batches,
             pinned=base.pinned,
             groups=groups,
-        )
-        _reestimate_batchnorm(twin, batches[:batchnorm_batches])
+        ).to(target)
+        _reestimate_batchnorm(twin, on_device[:batchnorm_batches])
         checks["prune_0.5_everywhere"] = {
             "predicted": sum(sens.group_drop(g, r) for g, r in half.items()),
             "measured": baseline - evaluate(twin),
@@ -1655,6 +1664,7 @@ def plan(
     profile_iterations: int = 200,
     latency: LatencyConfig = VARIANT_LATENCY,
     torch_threads: int | None = 1,
+    device: str | torch.device = "auto",
 ) -> HardwarePlan:
     """Profile the model's variants on ``target``, fit the space and the latency model,
     measure the sensitivities, and propose the points that start the study.
@@ -1666,7 +1676,8 @@ def plan(
     layers, and it must be built as the variants are). ``torch_threads``: torch's intra-op
     threads while planning (restored after; None: leave as set). Its work is many small
     forward passes: on 2 shared cores here, 1 thread ran them 2.5-4x faster than 2 (the
-    second thread waits on a busy core).
+    second thread waits on a busy core). ``device``: where the sensitivity passes run (see
+    measure_sensitivities); the variants profiled for latency are built on the CPU.
     """
     with _torch_threads(torch_threads):
         return _plan(
@@ -1685,6 +1696,7 @@ def plan(
             sensitivity_samples=sensitivity_samples,
             profile_iterations=profile_iterations,
             latency=latency,
+            device=device,
         )
 
 
@@ -1716,6 +1728,7 @@ def _plan(
     sensitivity_samples: int | None,
     profile_iterations: int,
     latency: LatencyConfig,
+    device: str | torch.device,
 ) -> HardwarePlan:
     started = time.perf_counter()
     workdir = Path(workdir) / "hardware"
@@ -1751,6 +1764,7 @@ def _plan(
         metric=metric,
         base=space.base,
         samples=sensitivity_samples,
+        device=device,
     )
     timings["sensitivities"] = time.perf_counter() - started - sum(timings.values())
     proposals: list[Proposal] = []

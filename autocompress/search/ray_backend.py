@@ -420,7 +420,7 @@ def tune_trial(config: dict, work: TuneWork) -> None:
             exported = dataclasses.replace(
                 Exported.from_dict(restored["exported"]), onnx_path=str(candidate / "model.onnx")
             )
-        outcome = work.trial(
+        outcome = _on_reserved_device(work.trial)(
             policy,
             candidate,
             measure=work.measure,
@@ -451,6 +451,34 @@ def tune_trial(config: dict, work: TuneWork) -> None:
         report("done", checkpoint=checkpoint, **result)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)  # tune.report has copied the checkpoints to storage
+
+
+def _on_reserved_device(trial: Trial) -> Trial:
+    """The trial as this worker runs it: device "auto" is the GPU Ray reserved for the trial
+    (``resources_per_trial={"gpu": 1}``: Ray shows the worker that GPU only), else the CPU,
+    not a GPU of the node that Ray did not give it (another trial's)."""
+    if trial.setup.device != "auto" or ray.get_gpu_ids():
+        return trial
+    return dataclasses.replace(trial, setup=dataclasses.replace(trial.setup, device="cpu"))
+
+
+def check_gpu_resources(resources: dict[str, float], setup: TrialSetup, cluster: dict[str, float]) -> None:
+    """ValueError, before any trial starts, when the trials ask for GPUs the cluster does not
+    have (Tune would wait for them forever), or for a CUDA device (or fp16) without reserving
+    a GPU. ``resources`` as Tune takes them ("GPU"), ``cluster``: ray.cluster_resources()."""
+    wanted, present = float(resources.get("GPU", 0) or 0), float(cluster.get("GPU", 0) or 0)
+    if wanted > 0 and present < wanted:
+        raise ValueError(
+            f"resources_per_trial asks for {wanted:g} GPU per trial, but the Ray cluster has {present:g} GPU(s): "
+            "no trial could ever start. Add nodes with GPUs (ray start --num-gpus=N), or drop 'gpu' from "
+            "resources_per_trial to fine-tune on the CPU"
+        )
+    if wanted == 0 and (setup.device.startswith("cuda") or setup.autocast == "fp16"):
+        asked = f"device={setup.device!r}" if setup.device.startswith("cuda") else "autocast='fp16'"
+        raise ValueError(
+            f"{asked} on Ray needs a GPU reserved for each trial: pass resources_per_trial with 'gpu' "
+            "(e.g. {'cpu': 1, 'gpu': 1}); without one a trial fine-tunes on the CPU (device='auto')"
+        )
 
 
 def _restore(checkpoint, work: Path) -> dict | None:
@@ -532,6 +560,7 @@ class RaySession:
             ("CPU" if k.lower() == "cpu" else "GPU" if k.lower() == "gpu" else k): v
             for k, v in self.options.resources_per_trial.items()
         }
+        check_gpu_resources(resources, trial.setup, ray.cluster_resources())
         trainable = tune.with_resources(tune.with_parameters(tune_trial, work=work), resources)
         bar = _Progress(settings.n_trials, self.job.progress)
         if self.job.resuming:

@@ -345,6 +345,8 @@ class TrialSetup:
     loss_fn: Callable | None = None
     train_fn: TrainFn | None = None
     early_stop_margin: float | None = 0.05
+    device: str = "auto"  # where candidates fine-tune (apply_policy's device= and autocast=): not
+    autocast: str | None = None  # part of the search's identity, so not in its stored settings
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -478,6 +480,8 @@ class Trial:
             loss_fn=self.setup.loss_fn,
             on_finetune_step=on_step,
             train_fn=self.setup.train_fn,
+            device=self.setup.device,
+            autocast=self.setup.autocast,
         ).module
         seconds = time.perf_counter() - started
         check("compressed", self.setup.torch_accuracy(module))
