@@ -1,0 +1,1 @@
+"""Adapters that let other training frameworks drive the core's fine-tune stages (``train_fn=``)."""
