@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import selectors
 import subprocess
 import sys
 import tempfile
-from typing import Any, ClassVar
+import time
+from typing import IO, Any, ClassVar
 
 _EVALUATORS_DIR = os.path.dirname(os.path.abspath(__file__))
 WORKER_FILE = os.path.join(_EVALUATORS_DIR, "runtime_worker.py")
@@ -130,8 +132,8 @@ def _tail(text: str, lines: int = 20) -> str:
     return "\n".join((text or "").strip().splitlines()[-lines:])
 
 
-def worker_command(request: str, response: str) -> list[str]:
-    """The command line of one worker process."""
+def worker_command(*arguments: str) -> list[str]:
+    """The command line of one worker process: REQUEST.json RESPONSE.json, or --serve."""
     packages = {"autocompress": os.path.dirname(_EVALUATORS_DIR), "autocompress.evaluators": _EVALUATORS_DIR}
     return [
         sys.executable,
@@ -140,19 +142,25 @@ def worker_command(request: str, response: str) -> list[str]:
         json.dumps(packages),
         WORKER_FILE,
         str(os.getpid()),
-        request,
-        response,
+        *arguments,
     ]
 
 
 def run_jobs(
-    jobs: list[Job | dict], *, timeout: float = 600, workdir: str | os.PathLike | None = None
+    jobs: list[Job | dict],
+    *,
+    timeout: float = 600,
+    workdir: str | os.PathLike | None = None,
+    worker: RuntimeWorker | None = None,
 ) -> list[dict]:
-    """Run jobs in order in one fresh worker; returns one result dict per job.
+    """Run jobs in order in one fresh worker (or in ``worker``, a persistent one); returns one
+    result dict per job.
 
     Raises RuntimeError (exit code + last stderr lines) if the worker crashes, times out or writes no response.
     A job that failed inside the worker is an {"op", "error", "traceback"} entry: see unwrap().
     """
+    if worker is not None:
+        return worker.run(jobs, timeout=timeout)
     requests = [job.to_request() if isinstance(job, Job) else job for job in jobs]
     with tempfile.TemporaryDirectory(prefix="ov-worker-", dir=workdir) as tmp:
         req, resp = os.path.join(tmp, "request.json"), os.path.join(tmp, "response.json")
@@ -181,6 +189,130 @@ def run_jobs(
     if len(results) != len(requests):
         raise RuntimeError(f"OpenVINO worker returned {len(results)} results for {len(requests)} jobs")
     return results
+
+
+class RuntimeWorker:
+    """One worker process kept for many requests (a search's trials): the interpreter start,
+    the openvino import and the compilation of models measured again and again (the
+    baseline) are paid once, not per trial. It is the same torch-free, isolated process as
+    run_jobs' (it dies with this process); one that died or hung is replaced by a fresh one
+    at the next request. Close it (or use it as a context manager) when done.
+    """
+
+    def __init__(self, workdir: str | os.PathLike | None = None) -> None:
+        self.workdir = workdir
+        self._process: subprocess.Popen | None = None
+        self._stderr: IO[bytes] | None = None
+        self._pending = b""
+        self.started = 0  # processes started so far (1 for a healthy search)
+
+    def __enter__(self) -> RuntimeWorker:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def run(self, jobs: list[Job | dict], *, timeout: float = 600) -> list[dict]:
+        """Like run_jobs. A worker found dead before it answered (killed while idle) is
+        replaced and the request sent again once; a request a fresh worker dies on is an error."""
+        requests = [job.to_request() if isinstance(job, Job) else job for job in jobs]
+        line = (json.dumps({"jobs": requests}) + "\n").encode()
+        reused = self._process is not None and self._process.poll() is None
+        try:
+            response = self._exchange(line, timeout)
+        except _WorkerGone:
+            if not reused:
+                raise self._failure() from None
+            self._stop()
+            try:
+                response = self._exchange(line, timeout)
+            except _WorkerGone:
+                raise self._failure() from None
+        if "error" in response:
+            raise RuntimeError(f"OpenVINO worker refused the request: {response['error']}")
+        results = response["results"]
+        if len(results) != len(requests):
+            raise RuntimeError(f"OpenVINO worker returned {len(results)} results for {len(requests)} jobs")
+        return results
+
+    def close(self) -> None:
+        """End the worker process (it finishes the request it is on, if any, within 5 s)."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            try:
+                process.stdin.close()
+                process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                process.kill()
+                process.wait()
+        self._stop()
+
+    def _start(self) -> subprocess.Popen:
+        self._stop()
+        self._stderr = tempfile.TemporaryFile(dir=self.workdir)
+        self._process = subprocess.Popen(
+            worker_command("--serve"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr
+        )
+        self.started += 1
+        return self._process
+
+    def _exchange(self, line: bytes, timeout: float) -> dict:
+        process = (
+            self._process if self._process is not None and self._process.poll() is None else self._start()
+        )
+        self._stderr.seek(0)
+        self._stderr.truncate()  # the tail in an error is this request's
+        try:
+            process.stdin.write(line)
+            process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise _WorkerGone from None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            while b"\n" not in self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0 or not selector.select(left):
+                    tail = self._stderr_tail()
+                    self._stop()
+                    raise RuntimeError(f"OpenVINO worker timed out after {timeout} s; stderr tail:\n{tail}")
+                chunk = os.read(process.stdout.fileno(), 1 << 20)
+                if not chunk:
+                    raise _WorkerGone
+                self._pending += chunk
+        answer, self._pending = self._pending.split(b"\n", 1)
+        return json.loads(answer)
+
+    def _failure(self) -> RuntimeError:
+        process = self._process
+        code = process.wait() if process is not None else None
+        error = RuntimeError(f"OpenVINO worker exited with code {code}; stderr tail:\n{self._stderr_tail()}")
+        self._stop()
+        return error
+
+    def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return _tail(self._stderr.read().decode(errors="replace"))
+
+    def _stop(self) -> None:
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
+            for pipe in (self._process.stdin, self._process.stdout):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+        if self._stderr is not None:
+            self._stderr.close()
+        self._process, self._stderr, self._pending = None, None, b""
+
+
+class _WorkerGone(Exception):
+    """The worker process ended (or its pipe broke) before it answered."""
 
 
 def unwrap(result: dict) -> dict:

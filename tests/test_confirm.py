@@ -247,3 +247,80 @@ def test_after_a_failure_only_candidates_gentler_on_the_selection_data_are_confi
 
     tried.clear()
     assert [c.trial for c in confirm_in_order(candidates, verdicts({0}), tries=3)] == [0]
+
+
+# -- near ties in latency are re-timed side by side ----------------------------------------------
+def _candidate(
+    number: int, onnx_path, tmp_path, low: float, ratio: float, high: float, target
+) -> TrialRecord:
+    """A feasible trial whose IR is a real model, with the latency interval the search measured."""
+    from autocompress.evaluators.child import ConvertToIR, run_jobs, unwrap
+    from autocompress.search.objectives import parse_objectives
+    from autocompress.search.trial import Measurements, graph_fingerprint
+
+    xml = tmp_path / f"trial{number}" / "model.xml"
+    unwrap(run_jobs([ConvertToIR(str(onnx_path), str(xml), [1, 64])])[0])
+    drop = AccuracyConstraint(0.01).assess(None, np.eye(2), np.eye(2), np.arange(2))
+    m = Measurements(
+        drop=drop, latency_ms=ratio, latency_ratio=ratio, throughput=1000 / ratio, size_bytes=1,
+        size_ratio=1.0, parameters=1, flops=1, runtime_precision=None, latency_cached=False,
+        fingerprint=f"{graph_fingerprint(onnx_path, target)}-{number}", ir_path=str(xml),
+        onnx_path=str(onnx_path), latency_ratio_low=low, latency_ratio_high=high, latency_confidence=0.9375,
+    )  # fmt: skip
+    (objective,) = parse_objectives("latency")
+    return TrialRecord(number, "COMPLETE", {"x": number}, None, m, (objective(m),), -0.01, 1.0)
+
+
+def test_near_tied_candidates_are_re_timed_side_by_side_and_re_ranked(tmp_path):
+    """Trials are timed in their own short rounds; the best and those whose interval overlaps
+    its own are timed again together, re-ranked on that, and the cache learns the new figure."""
+    import torch
+
+    from autocompress.export import export_onnx
+    from autocompress.search.confirm import remeasure_ties
+    from autocompress.search.objectives import parse_objectives
+    from autocompress.search.trial import LatencyCache, LocalMeasure
+
+    target = Target(threads=1, precision_hint="f32")
+    big = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512))
+    small = torch.nn.Sequential(torch.nn.Linear(64, 8))
+    paths = {}
+    for name, module in (("big", big), ("small", small), ("base", big)):
+        paths[name] = tmp_path / f"{name}.onnx"
+        export_onnx(module.eval(), (1, 64), paths[name])
+    baseline = tmp_path / "base" / "model.xml"
+    from autocompress.evaluators.child import ConvertToIR, run_jobs, unwrap
+
+    unwrap(run_jobs([ConvertToIR(str(paths["base"]), str(baseline), [1, 64])])[0])
+    data = Dataset([(np.zeros((4, 64), np.float32), np.zeros(4, np.int64))])  # owns the inputs' file
+    inputs = data.inputs_file()
+    # The search measured the big model as a bit faster than the small one (noise), intervals
+    # overlapping; a third candidate's interval lies clear of the first's.
+    first = _candidate(0, paths["big"], tmp_path, 0.5, 0.6, 0.9, target)
+    tied = _candidate(1, paths["small"], tmp_path, 0.55, 0.65, 0.95, target)
+    apart = _candidate(2, paths["small"], tmp_path, 0.95, 0.97, 0.99, target)
+    cache = LatencyCache(tmp_path / "cache")
+    measure = LocalMeasure(inputs, target)
+    try:
+        order, report = remeasure_ties(
+            [first, tied, apart], parse_objectives("latency"), measure, str(baseline), inputs, cache
+        )
+        assert [r["trial"] for r in report] == [0, 1]  # the one clear of the interval is not re-timed
+        assert [r.number for r in order] == [1, 0, 2]  # side by side the small model is faster
+        retimed = {r.number: r for r in order}
+        assert retimed[1].measurements.speedup > 1.5 * retimed[0].measurements.speedup
+        for number in (0, 1):
+            m = retimed[number].measurements
+            assert retimed[number].values == (pytest.approx(m.latency_ratio),)
+            assert m.latency_ratio_low <= m.latency_ratio <= m.latency_ratio_high
+            assert cache.get(m.fingerprint).latency_ratio == pytest.approx(m.latency_ratio)
+        assert retimed[2] is apart
+        # Nothing overlapping: nothing re-timed, the order stands.
+        assert (
+            remeasure_ties(
+                [apart, first], parse_objectives("latency"), measure, str(baseline), inputs, cache
+            )[1]
+            is None
+        )
+    finally:
+        measure.close()

@@ -28,9 +28,11 @@ from autocompress.evaluators.child import (
     MeasureLatency,
     MeasureOrtLatency,
     RuntimeInfo,
+    RuntimeWorker,
     run_jobs,
     unwrap,
 )
+from autocompress.evaluators.runtime_worker import median_interval
 from autocompress.evaluators.target import LatencyConfig, Target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -412,3 +414,99 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# -- the persistent worker (one per search) ---------------------------------------------------------
+
+
+def test_persistent_worker_keeps_one_process_and_compiled_models(models):
+    """One process answers every request, and a model timed again (a search's baseline) is
+    not compiled again while its file is unchanged; rewriting the file recompiles it."""
+    with RuntimeWorker() as worker:
+        job = MeasureLatency([models["fp32_xml"], models["qdq_xml"]], F32, FAST)
+        first, info1 = worker.run([job, RuntimeInfo()])
+        second, info2 = worker.run([job, RuntimeInfo()])
+        assert unwrap(info1)["pid"] == unwrap(info2)["pid"] and worker.started == 1
+        assert not unwrap(info1)["torch_imported"]
+        compile_first = [m["compile_seconds"] for m in unwrap(first)["models"]]
+        compile_again = [m["compile_seconds"] for m in unwrap(second)["models"]]
+        assert all(again < 0.2 * once for again, once in zip(compile_again, compile_first)), (
+            compile_first,
+            compile_again,
+        )
+        os.utime(models["qdq_xml"], ns=(time.time_ns(), time.time_ns()))  # a new file in its place
+        third = unwrap(worker.run([job])[0])
+        assert third["models"][1]["compile_seconds"] > 0.2 * compile_first[1]
+        assert third["models"][0]["compile_seconds"] < 0.2 * compile_first[0]
+    assert worker._process is None  # closed
+
+
+def test_persistent_worker_replaces_a_killed_worker(models):
+    """A worker killed between requests (OOM killer, a user's kill) is replaced and the
+    request answered; nothing of the kill reaches the caller."""
+    with RuntimeWorker() as worker:
+        pid = unwrap(worker.run([RuntimeInfo()])[0])["pid"]
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        again = unwrap(worker.run([RuntimeInfo()])[0])["pid"]
+        assert again != pid and worker.started == 2
+
+
+def test_persistent_worker_times_out_and_recovers(models):
+    endless = {"warmup_iterations": 1, "rounds": 1000, "min_iterations": 1, "min_seconds": 1.0}
+    with RuntimeWorker() as worker:
+        with pytest.raises(RuntimeError, match="timed out after 2"):
+            worker.run([MeasureLatency([models["fp32_xml"]], F32, endless)], timeout=2)
+        assert worker._process is None  # the hung one is gone
+        assert unwrap(worker.run([RuntimeInfo()])[0])["openvino"]  # and a fresh one answers
+
+
+def test_persistent_worker_reports_a_crash_it_caused(tmp_path, monkeypatch):
+    """A request a fresh worker dies on is an error naming the exit code and stderr, not retried forever."""
+    _fake_worker(
+        tmp_path,
+        monkeypatch,
+        """
+        import os, sys
+        sys.stdin.readline()
+        print("boom: corrupted size vs. prev_size", file=sys.stderr, flush=True)
+        os._exit(134)
+    """,
+    )
+    with (
+        RuntimeWorker() as worker,
+        pytest.raises(RuntimeError, match=r"(?s)exited with code 134.*corrupted size"),
+    ):
+        worker.run([RuntimeInfo()])
+    assert worker.started == 1
+
+
+def test_a_malformed_request_is_refused_and_the_worker_goes_on():
+    with RuntimeWorker() as worker:
+        pid = unwrap(worker.run([RuntimeInfo()])[0])["pid"]
+        assert "expected" in worker._exchange(b"not json\n", 5)["error"]
+        assert unwrap(worker.run([RuntimeInfo()])[0])["pid"] == pid
+
+
+@pytest.mark.parametrize(
+    ("n", "coverage"), [(2, 0.5), (4, 0.875), (5, 0.9375), (7, 0.984375), (9, 0.9609375), (20, 0.95861053)]
+)
+def test_median_interval_coverage(n, coverage):
+    """The order-statistic interval for a median: its coverage is exact, the widest k >= 90%."""
+    values = [float(v) for v in np.random.default_rng(n).permutation(n)]
+    (low, high), got = median_interval(values)
+    assert got == pytest.approx(coverage, abs=1e-6)
+    assert low <= float(np.median(values)) <= high
+    assert median_interval([1.0]) == (None, None)
+
+
+def test_median_interval_covers_the_median_at_its_rate():
+    """Simulated: 5 rounds from a skewed distribution, the interval holds the true median
+    about 93.75% of the time."""
+    rng = np.random.default_rng(0)
+    true_median = float(np.log(2))  # exponential(1)
+    hits = sum(
+        low <= true_median <= high
+        for low, high in (median_interval(list(rng.exponential(size=5)))[0] for _ in range(4000))
+    )
+    assert abs(hits / 4000 - 0.9375) < 0.015

@@ -163,15 +163,28 @@ def test_search_result_trials_best_pareto_and_deployment(first, cnn, digits_load
 
     assert result.feasible and "INFEASIBLE" not in result.message
     assert result.best.feasible and result.best.number in {t.number for t in result.pareto}
-    assert result.best is result.pareto[0]
-    best_latency = min(t.values[0] for t in result.trials if t.feasible)
-    assert result.best.values[0] == best_latency
+    if result.remeasured is None:  # no candidate within the best one's latency interval
+        assert result.best is result.pareto[0]
+        best_latency = min(t.values[0] for t in result.trials if t.feasible)
+        assert result.best.values[0] == best_latency
+    else:  # the near-tied ones were timed side by side: the fastest there is delivered
+        side_by_side = {r["trial"]: r["speedup_side_by_side"] for r in result.remeasured}
+        assert result.best.number == max(side_by_side, key=side_by_side.get)
+        assert result.best.measurements.speedup == pytest.approx(side_by_side[result.best.number])
     assert_pareto(result)
 
     assert result.test is not None
     assert result.test["samples"] == len(digits_loaders[2].dataset)
     assert 0.5 < result.test["accuracy"] <= 1 and result.test["speedup"] > 0
     assert result.test["drop"] == pytest.approx(result.test["baseline_accuracy"] - result.test["accuracy"])
+    # Speedups carry an interval (5 alternating rounds: min..max of the per-round ratios, 93.75%),
+    # and the re-check says whether it lands in the search's own.
+    low, high = result.best.measurements.speedup_interval
+    assert low <= result.best.measurements.speedup <= high
+    assert result.test["selected_speedup_interval"] == pytest.approx([low, high])
+    assert result.test["speedup_low"] <= result.test["speedup"] <= result.test["speedup_high"]
+    assert result.test["speedup_agrees"] == (low <= result.test["speedup"] <= high)
+    assert "this re-check is" in result.summary()
 
     best = workdir / "best"
     for name in ("model.xml", "model.bin", "model.onnx", "policy.json", "manifest.json"):

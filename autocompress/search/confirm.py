@@ -25,9 +25,10 @@ from typing import Any
 
 from autocompress.core import Finetune
 from autocompress.evaluators.runtime import Dataset
+from autocompress.evaluators.target import LatencyConfig
 from autocompress.search.objectives import AccuracyConstraint, DropEstimate
 from autocompress.search.result import SearchResult, TrialRecord
-from autocompress.search.trial import TRIAL_LATENCY, LatencyCache, Measure, Measurements, Trial
+from autocompress.search.trial import TRIAL_LATENCY, Latency, LatencyCache, Measure, Measurements, Trial
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,72 @@ def ranked(result: SearchResult, baseline_value: float | None = None) -> list[Tr
             seen.add(key)
             out.append(record)
     return out
+
+
+TIE_WINDOW = 4  # the best candidate and up to 3 next ones are re-timed when their intervals overlap
+
+
+def remeasure_ties(
+    candidates: list[TrialRecord],
+    objectives: list,
+    measure: Measure,
+    baseline_ir: str,
+    inputs_file: Path,
+    latency_cache: LatencyCache,
+) -> tuple[list[TrialRecord], list[dict[str, Any]] | None]:
+    """Re-time side by side (full LatencyConfig, one run) the best candidate and those of the
+    next few whose latency interval overlaps its own: each trial was timed in its own short
+    rounds, and within noise the order says nothing. Their measurements and objective values
+    are replaced by the side-by-side ones (the latency cache too, so that a re-fine-tuned
+    confirmation of the same graph reports them) and the group is re-ranked. Returns the
+    candidates in the new order, and what was re-timed (None when nothing overlapped)."""
+    if not candidates or candidates[0].measurements is None:
+        return candidates, None
+    first = candidates[0].measurements
+    if first.latency_ratio_high is None:
+        return candidates, None
+    tied = [
+        c
+        for c in candidates[1:TIE_WINDOW]
+        if c.measurements is not None
+        and c.measurements.latency_ratio_low is not None
+        and c.measurements.latency_ratio_low <= first.latency_ratio_high
+        and c.measurements.latency_ratio_high >= first.latency_ratio_low
+    ]
+    if not tied:
+        return candidates, None
+    group = [candidates[0], *tied]
+    try:
+        _, latency = measure.compare(
+            [baseline_ir, *(c.measurements.ir_path for c in group)], inputs_file, LatencyConfig()
+        )
+    except Exception as error:  # the search's own order stands
+        log.warning("re-timing the near-tied candidates failed: %s: %s", type(error).__name__, error)
+        return candidates, None
+    retimed, report = [], []
+    for index, record in enumerate(group, start=1):
+        timed = Latency.from_rounds(latency, index)
+        m = record.measurements
+        updated = dataclasses.replace(
+            m,
+            latency_ms=timed.latency_ms,
+            latency_ratio=timed.latency_ratio,
+            throughput=m.throughput * m.latency_ms / timed.latency_ms,
+            latency_ratio_low=timed.ratio_low,
+            latency_ratio_high=timed.ratio_high,
+            latency_confidence=timed.ratio_confidence,
+        )
+        latency_cache.put(m.fingerprint, timed)
+        values = tuple(objective(updated) for objective in objectives)
+        retimed.append(dataclasses.replace(record, measurements=updated, values=values))
+        report.append(
+            {"trial": record.number, "speedup_in_search": m.speedup, "speedup_side_by_side": updated.speedup}
+        )
+    sign = 1 if objectives[0].direction == "minimize" else -1
+    retimed.sort(key=lambda r: sign * r.values[0])
+    chosen = {r.number for r in group}
+    rest = [c for c in candidates if c.number not in chosen]
+    return [*retimed, *rest], report
 
 
 def confirm_candidates(

@@ -33,10 +33,10 @@ from autocompress.export import check_model
 from autocompress.graph import OutputSelector, capture, inputs_of
 from autocompress.search import optuna_backend, proposals
 from autocompress.search.backend import Backend, SearchJob
-from autocompress.search.confirm import apply_confirmation, confirm_candidates, ranked
+from autocompress.search.confirm import apply_confirmation, confirm_candidates, ranked, remeasure_ties
 from autocompress.search.lock import DriverLock
 from autocompress.search.objectives import DropEstimate, parse_objectives
-from autocompress.search.result import SearchResult, summarize_trials
+from autocompress.search.result import SearchResult, best_message, summarize_trials
 from autocompress.search.settings import FINAL_FINETUNE, SEARCH_FINETUNE, SearchSettings
 from autocompress.search.trial import Measure, Trial, TrialSetup
 from autocompress.search_spaces import SearchSpace, SpaceError, build_space
@@ -74,7 +74,7 @@ def search(
     finetune: Finetune = SEARCH_FINETUNE,
     sampler: str | optuna.samplers.BaseSampler = "auto",
     strategy: str = "direct",
-    pruner: optuna.pruners.BasePruner | None = None,
+    pruner: optuna.pruners.BasePruner | str | None = None,
     early_stop_margin: float | None = 0.05,
     seed: int = 0,
     heartbeat_interval: int | None = 30,
@@ -120,7 +120,10 @@ def search(
     early_stop_margin: a trial whose validation accuracy (torch) at the end of pruning
         recovery or half-way through the final fine-tuning is more than this below the
         accuracy floor is stopped (PRUNED); ``pruner`` adds an Optuna pruner on those
-        checkpoints (single-objective searches).
+        checkpoints (single-objective searches): multi-fidelity, "halving" (successive
+        halving: past each check go on only the best third there), "hyperband", "median",
+        or an optuna.pruners object. The progress bar counts the fine-tuning steps run and
+        what the stopped trials saved.
     backend: "optuna" (trials one after another in this process) or "ray" /
         autocompress.search.Ray(address=..., storage_path=..., target_resource=...): trials
         as a Ray Tune experiment on a cluster, resumable with ``resume(path)``.
@@ -202,7 +205,7 @@ def resume(
     n_trials: int | None = None,
     timeout: float | None = None,
     sampler: optuna.samplers.BaseSampler | None = None,
-    pruner: optuna.pruners.BasePruner | None = None,
+    pruner: optuna.pruners.BasePruner | str | None = None,
     heartbeat_interval: int | None = 30,
     progress: bool = True,
     address: str | None = None,
@@ -439,6 +442,27 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
         estimates = [t.measurements.drop for t in records if t.measurements]
         result.warnings += resolution_warning(estimates, allowed, "validation data the search selects on")
         candidates = [c for c in ranked(result, setup.objectives[0].baseline) if c.number not in unavailable]
+        if len(setup.objectives) == 1:
+            candidates, result.remeasured = remeasure_ties(
+                candidates,
+                setup.objectives,
+                session.measure,
+                baseline.ir_path,
+                setup.val.inputs_file(),
+                session.latency_cache,
+            )
+            if result.remeasured:
+                retimed = ", ".join(
+                    f"trial {r['trial']} {r['speedup_side_by_side']:.2f}x" for r in result.remeasured
+                )
+                if job.confirm is None and result.feasible:  # no confirmation to pick from them
+                    result.best = candidates[0]
+                    result.message = (
+                        f"{best_message(result.best, setup.objectives)}; near-tied candidates re-timed "
+                        f"side by side: {retimed}"
+                    )
+                if job.progress:
+                    print(f"near-tied candidates re-timed side by side: {retimed}", flush=True)
         if result.feasible and not candidates:
             result.warnings.append(
                 f"no feasible trial beats the uncompressed model on {setup.objectives[0].name}: "
@@ -560,6 +584,8 @@ def _recheck(
     )
     drop = setup.constraint.assess(setup.metric, logits[0], logits[1], data.targets, "the test split")
     ratio = latency["ratios_to_first"][1]
+    low, high = latency["models"][1].get("ratio_interval") or (None, None)
+    selected = result.best.measurements
     return {
         "baseline_accuracy": drop.baseline,
         "accuracy": drop.accuracy,
@@ -573,9 +599,21 @@ def _recheck(
         "baseline_latency_ms": latency["models"][0]["median_ms"],
         "latency_ms": latency["models"][1]["median_ms"],
         "speedup": 1.0 / ratio,
+        "speedup_low": 1.0 / high if high else None,
+        "speedup_high": 1.0 / low if low else None,
+        "speedup_confidence": latency["models"][1].get("ratio_confidence"),
+        # What the search measured of this model, and whether this re-check lies in its interval.
+        "selected_speedup": selected.speedup,
+        "selected_speedup_interval": selected.speedup_interval,
+        "selected_speedup_confidence": selected.latency_confidence,
+        "speedup_agrees": _within(1.0 / ratio, selected.speedup_interval),
         "rounds": config.rounds,
         "node": latency.get("node"),  # where it ran, when not on this machine (Ray)
     }
+
+
+def _within(value: float, interval: tuple[float, float] | None) -> bool | None:
+    return None if interval is None else interval[0] <= value <= interval[1]
 
 
 def _accelerator(device: Any, autocast: str | None) -> Accelerator:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -87,19 +88,28 @@ def stored_baseline(where: Any, study_name: str) -> dict | None:
 @dataclasses.dataclass
 class OptunaBackend:
     """Trials in this process. sampler: an Optuna sampler instance (default: the settings'
-    sampler by name); pruner: an Optuna pruner on the accuracy checks (single objective);
+    sampler by name); pruner: an Optuna pruner on the accuracy checks (single objective),
+    or one by name (see make_pruner): multi-fidelity, a candidate stopped at a check costs
+    only the fine-tuning it ran;
     heartbeat_interval: RDB heartbeats, so trials of a killed worker are retried;
     storage: an optuna storage object to use instead of the settings' storage URL."""
 
     sampler: optuna.samplers.BaseSampler | None = None
-    pruner: optuna.pruners.BasePruner | None = None
+    pruner: optuna.pruners.BasePruner | str | None = None
     heartbeat_interval: int | None = 30
     storage: optuna.storages.BaseStorage | None = None
+
+    def __post_init__(self) -> None:
+        self.pruner = make_pruner(self.pruner)
 
     @contextlib.contextmanager
     def open(self, job: SearchJob) -> Iterator[OptunaSession]:
         with quiet_optuna():
-            yield OptunaSession(job, self)
+            session = OptunaSession(job, self)
+            try:
+                yield session
+            finally:
+                session.measure.close()
 
 
 class OptunaSession:
@@ -222,11 +232,12 @@ class OptunaSession:
                 ot.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
                 raise TrialFailed(str(error)) from None
             ot.set_user_attr("policy", policy.to_dict())
+            ot.set_user_attr(FLOOR_KEY, trial.setup.constraint.floor(trial.baseline.accuracy))
 
             def on_check(stage: str, accuracy: float) -> None:
                 ot.set_user_attr(f"accuracy_{stage}_check", accuracy)
                 if single:  # Optuna pruners see single-objective intermediate values only
-                    ot.report(accuracy, sum(k.startswith("accuracy_") for k in ot.user_attrs))
+                    ot.report(intermediate_value(accuracy, study.direction), CHECK_STEPS[stage])
 
             outcome = trial(
                 policy,
@@ -236,6 +247,8 @@ class OptunaSession:
                 on_check=on_check,
                 should_stop=ot.should_prune if single and self.backend.pruner else None,
             )
+            if outcome.steps is not None:
+                ot.set_user_attr("steps", outcome.steps)
             if outcome.measurements is not None:
                 ot.set_user_attr("measurements", outcome.measurements.to_dict())
             if outcome.state == "PRUNED":
@@ -426,6 +439,73 @@ def record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         violation=violation(t),
         seconds=seconds,
         error=t.user_attrs.get("error") or t.user_attrs.get("pruned_reason"),
+        steps=t.user_attrs.get("steps"),
+    )
+
+
+# The fidelity ladder a pruner sees: every trial's checks at the same stage share a step, so a
+# successive-halving rung compares like with like (end of pruning recovery, then half-way
+# through quantization-aware fine-tuning), whatever else a policy trains.
+CHECK_STEPS = {"recovery": 1, "finetune": 2}
+PRUNERS = ("feasibility", "halving", "hyperband", "median")
+FLOOR_KEY = "accuracy_floor"
+
+
+class FeasibilityPruner(optuna.pruners.BasePruner):
+    """Multi-fidelity for a constrained search: a trial goes on past a check only while it can
+    still end feasible. What fine-tuning adds after each check is learned from the trials that
+    ran to the end (their final validation accuracy minus their accuracy at that check); a
+    trial is stopped when its accuracy there plus the ``quantile`` of those gains is below the
+    floor. Until ``n_startup`` trials ran to the end nothing is stopped here (the fixed
+    early_stop_margin still applies). Unlike successive halving, which keeps the most accurate
+    third, it never stops a fast candidate that can still meet the constraint."""
+
+    def __init__(self, quantile: float = 0.9, n_startup: int = 3) -> None:
+        if not 0 < quantile <= 1 or n_startup < 1:
+            raise ValueError(f"quantile must be in (0, 1] and n_startup >= 1, got {quantile}, {n_startup}")
+        self.quantile, self.n_startup = quantile, n_startup
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        stage = next((s for s, step in CHECK_STEPS.items() if step == trial.last_step), None)
+        floor = trial.user_attrs.get(FLOOR_KEY)
+        accuracy = trial.user_attrs.get(f"accuracy_{stage}_check")
+        if stage is None or floor is None or accuracy is None:
+            return False
+        gains = [
+            t.user_attrs["measurements"]["accuracy"] - t.user_attrs[f"accuracy_{stage}_check"]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if f"accuracy_{stage}_check" in t.user_attrs and "measurements" in t.user_attrs
+        ]
+        if len(gains) < self.n_startup:
+            return False
+        return accuracy + float(np.quantile(gains, self.quantile)) < floor
+
+
+def intermediate_value(accuracy: float, direction: optuna.study.StudyDirection) -> float:
+    """What a pruner compares: the accuracy, negated in a minimising study (pruners read
+    intermediate values in the study's direction: a latency search minimises, and the raw
+    accuracy would have stopped the most accurate trials)."""
+    return -accuracy if direction == optuna.study.StudyDirection.MINIMIZE else accuracy
+
+
+def make_pruner(pruner: str | optuna.pruners.BasePruner | None) -> optuna.pruners.BasePruner | None:
+    """An Optuna pruner, or one by name: "feasibility" (stopped when it can no longer end
+    feasible, see FeasibilityPruner), "halving" (asynchronous successive halving: a trial goes
+    on past a check only in the most accurate third there), "hyperband" (several halving
+    brackets), "median" (below the median of earlier trials at the same check). The last three
+    rank by accuracy alone, which in a constrained search favours gentle, slow policies."""
+    if pruner is None or isinstance(pruner, optuna.pruners.BasePruner):
+        return pruner
+    if pruner == "feasibility":
+        return FeasibilityPruner()
+    if pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(CHECK_STEPS.values()))
+    raise ValueError(
+        f"pruner must be an optuna.pruners.BasePruner or one of {', '.join(PRUNERS)}; got {pruner!r}"
     )
 
 

@@ -98,7 +98,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 # Variants are timed against the baseline the way trials are (search.trial.TRIAL_LATENCY).
-VARIANT_LATENCY = LatencyConfig(rounds=5, min_iterations=50, min_seconds=0.1)
+VARIANT_LATENCY = LatencyConfig(warmup_iterations=5, rounds=5, min_iterations=5, min_seconds=0.1)
 # Drop budgets, in allowed drops. Without fine-tuning a drop is overstated many times over:
 # the zoo ResNet-20 (MNIST) with every group pruned at 0.5 lost 53 points (the per-group sum
 # said 19) and holds 1 point after one epoch. Until trials measure the scale, the budgets

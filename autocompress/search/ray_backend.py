@@ -294,18 +294,26 @@ def measure_on_node(
 
 
 def compare_on_node(
-    best_xml: bytes, best_bin: bytes, baseline_onnx: bytes, inputs: np.ndarray, target: dict, config: dict
+    candidates: list[tuple[bytes, bytes]],
+    baseline_onnx: bytes,
+    inputs: np.ndarray,
+    target: dict,
+    config: dict,
 ) -> tuple:
-    """Runs as a Ray task on the measuring node: the final test check (see trial.compare_irs)."""
+    """Runs as a Ray task on the measuring node: IRs ((xml, bin) bytes) side by side with the
+    baseline (see trial.compare_irs): the final test check, and near-tied candidates."""
     target_ = Target.from_dict(target)
     with tempfile.TemporaryDirectory(prefix="autocompress-test-") as tmp:
         tmp = Path(tmp)
-        (tmp / "model.xml").write_bytes(best_xml)
-        (tmp / "model.bin").write_bytes(best_bin)
+        paths = []
+        for index, (xml, weights) in enumerate(candidates):
+            (tmp / f"model{index}.xml").write_bytes(xml)
+            (tmp / f"model{index}.bin").write_bytes(weights)
+            paths.append(str(tmp / f"model{index}.xml"))
         np.save(tmp / "inputs.npy", inputs)
         baseline = _baseline_ir_on_this_node(baseline_onnx, [target_.batch, *inputs.shape[1:]])
         logits, latency = compare_irs(
-            [baseline, str(tmp / "model.xml")], tmp / "inputs.npy", target_, LatencyConfig(**config)
+            [baseline, *paths], tmp / "inputs.npy", target_, LatencyConfig(**config)
         )
     return logits, {**latency, "node": node_id()}
 
@@ -350,12 +358,11 @@ class RayMeasure:
     def compare(
         self, ir_paths: list[str], inputs_file: Path, config: LatencyConfig
     ) -> tuple[list[np.ndarray], dict]:
-        best = Path(ir_paths[1])
+        candidates = [(Path(p).read_bytes(), Path(p).with_suffix(".bin").read_bytes()) for p in ir_paths[1:]]
         task = ray.remote(compare_on_node).options(num_cpus=0, **_placement(self.resource))
         return ray.get(
             task.remote(
-                best.read_bytes(),
-                best.with_suffix(".bin").read_bytes(),
+                candidates,
                 self.baseline_onnx,
                 np.load(inputs_file),
                 self.target.to_dict(),

@@ -28,6 +28,7 @@ class TrialRecord:
     violation: float | None  # accuracy floor - accuracy; <= 0 is feasible
     seconds: float | None
     error: str | None = None
+    steps: int | None = None  # fine-tuning steps it ran (None: not recorded)
 
     @classmethod
     def from_outcome(
@@ -48,6 +49,7 @@ class TrialRecord:
             outcome.violation,
             seconds,
             outcome.error,
+            outcome.steps,
         )
 
     @property
@@ -67,6 +69,7 @@ class TrialRecord:
             "size_ratio": m.size_ratio if m else None,
             "values": list(self.values) if self.values else None,
             "seconds": self.seconds,
+            "steps": self.steps,
             "latency_cached": m.latency_cached if m else None,
             "error": self.error,
             "params": self.params,
@@ -91,6 +94,8 @@ class SearchResult:
         the promise held (``held``); None without a test_loader.
     warnings: what the user should know to trust the result (e.g. too few validation
         samples to resolve the constraint).
+    remeasured: the best candidates whose latency intervals overlapped, re-timed side by
+        side before the pick (trial: speedup in the search, speedup side by side).
     floor: the validation accuracy a trial needs to be feasible (baseline minus the
         allowed drop).
     layers: the compressible layers the best policy applies to: the model's, or its
@@ -116,6 +121,7 @@ class SearchResult:
     confirmation: list[Any] | None = None  # autocompress.search.confirm.Confirmation, in the order tried
     warnings: list[str] = dataclasses.field(default_factory=list)
     hardware: dict[str, Any] | None = None  # the plan, and its latency model's error on the trials
+    remeasured: list[dict[str, Any]] | None = None
 
     @property
     def best_policy(self) -> Policy | None:
@@ -153,6 +159,7 @@ class SearchResult:
             "test": self.test,
             "warnings": self.warnings,
             "hardware": self.hardware,
+            "remeasured": self.remeasured,
             "trials": self.trials_table(),
             "seconds": self.seconds,
         }
@@ -212,6 +219,13 @@ class SearchResult:
                 f"{100 * t['drop_high']:.2f}, {t['samples']} samples); speedup {t['speedup']:.2f}x "
                 f"({t['baseline_latency_ms']:.4f} -> {t['latency_ms']:.4f} ms, {t['rounds']} alternating rounds)"
             )
+            if t.get("selected_speedup_interval"):
+                low, high = t["selected_speedup_interval"]
+                agrees = "within" if t.get("speedup_agrees") else "OUTSIDE"
+                lines.append(
+                    f"the search measured {t['selected_speedup']:.2f}x ({t['selected_speedup_confidence'] or 0:.0%} "
+                    f"interval {low:.2f}..{high:.2f}x); this re-check is {agrees} it"
+                )
             lines.append(
                 f"the promise held on the test split: a drop of {100 * t['drop']:.2f} pt, at most "
                 f"{100 * t['allowed_drop']:.2f} pt allowed"
@@ -299,8 +313,7 @@ def summarize_trials(
     pareto = pareto_front(feasible, objectives)
     if feasible:
         best = pareto[0]
-        values = ", ".join(f"{o.name} {v:.4g}" for o, v in zip(objectives, best.values or ()))
-        message = f"best feasible trial {best.number}: {values}, validation accuracy {best.measurements.accuracy:.4f}"
+        message = best_message(best, objectives)
     elif finished:
         best = min(finished, key=lambda r: r.violation)
         message = (
@@ -328,6 +341,13 @@ def summarize_trials(
         floor=constraint.floor(baseline.accuracy),
         layers=tuple(layers),
         warnings=[f"trial {number} left out of the selection: {why}" for number, why in unavailable.items()],
+    )
+
+
+def best_message(best: TrialRecord, objectives: list) -> str:
+    values = ", ".join(f"{o.name} {v:.4g}" for o, v in zip(objectives, best.values or ()))
+    return (
+        f"best feasible trial {best.number}: {values}, validation accuracy {best.measurements.accuracy:.4f}"
     )
 
 

@@ -29,7 +29,7 @@ import onnx
 from torch import nn
 
 from autocompress.core import Finetune, apply_policy
-from autocompress.evaluators.child import ConvertToIR, Infer, MeasureLatency, run_jobs, unwrap
+from autocompress.evaluators.child import ConvertToIR, Infer, MeasureLatency, RuntimeWorker, run_jobs, unwrap
 from autocompress.evaluators.metrics import Metric, score
 from autocompress.evaluators.runtime import Dataset
 from autocompress.evaluators.size import count_flops, parameter_stats
@@ -43,8 +43,11 @@ from autocompress.training import TrainFn
 log = logging.getLogger(__name__)
 
 # Per-trial latency: short alternating rounds against the baseline (5, so that one burst of
-# neighbour load cannot pick the winner); the chosen policy is re-measured fully.
-TRIAL_LATENCY = LatencyConfig(rounds=5, min_iterations=50, min_seconds=0.1)
+# neighbour load cannot pick the winner); the chosen policy is re-measured fully. The time floor
+# decides for any model under 20 ms; an iteration floor would only make a large model slow to
+# time (a 224x224 ResNet-50 takes 45 ms at 1 thread, f32: 50 iterations were 2.2 s per round,
+# 22 s per trial over 5 rounds of two models; benchmarks/scale.py).
+TRIAL_LATENCY = LatencyConfig(warmup_iterations=5, rounds=5, min_iterations=5, min_seconds=0.1)
 State = Literal["COMPLETE", "PRUNED", "FAIL"]
 
 
@@ -97,7 +100,16 @@ class Measurements:
     onnx_path: str
     seconds_compress: float | None = None
     seconds_export: float | None = None
-    seconds_measure: float | None = None
+    seconds_measure: float | None = (
+        None  # all of the measurement: seconds_convert, _infer, _timed and the rest
+    )
+    seconds_convert: float | None = None  # ONNX -> IR
+    seconds_infer: float | None = None  # the IR on the validation data
+    seconds_timed: float | None = None  # the alternating latency rounds (warm-up included)
+    # latency_ratio's interval (the median of per-round ratios; distribution-free) and its confidence
+    latency_ratio_low: float | None = None
+    latency_ratio_high: float | None = None
+    latency_confidence: float | None = None
     node_trained: str | None = None  # Ray: where it was fine-tuned and where it was measured
     node_measured: str | None = None
     resumed_from: str | None = None  # Ray: "exported" when a retried trial went on from its checkpoint
@@ -113,6 +125,14 @@ class Measurements:
         return 1.0 / self.latency_ratio
 
     @property
+    def speedup_interval(self) -> tuple[float, float] | None:
+        """(low, high) of the speedup at latency_confidence, from the same rounds; None when
+        not measured against the baseline in several rounds."""
+        if self.latency_ratio_low is None or self.latency_ratio_high is None:
+            return None
+        return 1.0 / self.latency_ratio_high, 1.0 / self.latency_ratio_low
+
+    @property
     def throughput_ratio(self) -> float:
         return 1.0 / self.latency_ratio
 
@@ -122,12 +142,14 @@ class Measurements:
             **dataclasses.asdict(self),
             "accuracy": self.accuracy,
             "speedup": self.speedup,
+            "speedup_interval": self.speedup_interval,
             "throughput_ratio": self.throughput_ratio,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurements:
-        values = {k: v for k, v in data.items() if k not in ("accuracy", "speedup", "throughput_ratio")}
+        derived = ("accuracy", "speedup", "speedup_interval", "throughput_ratio")
+        values = {k: v for k, v in data.items() if k not in derived}
         values["drop"] = DropEstimate.from_dict(values["drop"])
         return cls(**values)
 
@@ -165,6 +187,7 @@ class TrialOutcome:
     violation: float | None = None  # accuracy floor - accuracy; <= 0 is feasible
     error: str | None = None
     checks: tuple[tuple[str, float], ...] = ()  # (stage, torch validation accuracy) on the way
+    steps: int | None = None  # fine-tuning steps it ran (pruning recovery and QAT): what it cost
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -188,9 +211,32 @@ class TrialStopped(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Latency:
+    """A candidate's latency from alternating rounds against the baseline; ratio_low/high: a
+    distribution-free interval for the median per-round ratio, at ratio_confidence."""
+
     latency_ms: float
     latency_ratio: float
     runtime_precision: dict[str, Any] | None
+    ratio_low: float | None = None
+    ratio_high: float | None = None
+    ratio_confidence: float | None = None
+
+    @classmethod
+    def from_rounds(cls, result: dict, index: int = -1, *, against: bool = True) -> Latency:
+        """Model ``index`` of a MeasureLatency result, whose first model is the baseline when
+        ``against`` (else the ratio is 1: nothing to compare with)."""
+        model = result["models"][index]
+        if not against:
+            return cls(model["median_ms"], 1.0, model.get("runtime_precision"))
+        low, high = model.get("ratio_interval") or (None, None)
+        return cls(
+            model["median_ms"],
+            result["ratios_to_first"][index],
+            model.get("runtime_precision"),
+            low,
+            high,
+            model.get("ratio_confidence"),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +247,7 @@ class MeasuredIR:
     logits: np.ndarray
     latency: Latency | None  # None when not asked for (a cached graph)
     node: str | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # convert, infer, timed
 
 
 class Measure(Protocol):
@@ -231,8 +278,10 @@ def measure_candidate(
     *,
     against: str | None,
     latency: bool,
+    worker: RuntimeWorker | None = None,
 ) -> MeasuredIR:
-    """IR conversion, validation logits and (optionally) latency, in ONE OpenVINO child process."""
+    """IR conversion, validation logits and (optionally) latency, in ONE OpenVINO child process
+    (``worker``, a persistent one, or a fresh one)."""
     shape = list(np.load(inputs_file, mmap_mode="r").shape[1:])
     logits_path = Path(ir_path).with_name("val_logits.npy")
     jobs = [
@@ -242,19 +291,22 @@ def measure_candidate(
     if latency:
         paths = [against, str(ir_path)] if against else [str(ir_path)]
         jobs.append(MeasureLatency(paths, target.to_dict(), config.to_dict()))
-    results = [unwrap(r) for r in run_jobs(jobs)]
+    results = [unwrap(r) for r in run_jobs(jobs, worker=worker)]
     logits = np.load(logits_path)
     logits_path.unlink()
-    timed = None
+    timed = Latency.from_rounds(results[2], against=against is not None) if latency else None
+    seconds = {"convert": results[0]["seconds"], "infer": results[1]["seconds"]}
     if latency:
-        models = results[2]["models"]
-        ratio = results[2]["ratios_to_first"][-1] if against else 1.0
-        timed = Latency(models[-1]["median_ms"], ratio, models[-1].get("runtime_precision"))
-    return MeasuredIR(int(results[0]["bin_bytes"]), logits, timed)
+        seconds["timed"] = results[2]["timed_seconds"]
+    return MeasuredIR(int(results[0]["bin_bytes"]), logits, timed, seconds=seconds)
 
 
 def compare_irs(
-    ir_paths: list[str], inputs_file: Path, target: Target, config: LatencyConfig
+    ir_paths: list[str],
+    inputs_file: Path,
+    target: Target,
+    config: LatencyConfig,
+    worker: RuntimeWorker | None = None,
 ) -> tuple[list[np.ndarray], dict]:
     """Outputs of each IR on the inputs, and their latencies in alternating rounds (the
     first IR is the reference), in one OpenVINO child process on this machine."""
@@ -263,28 +315,40 @@ def compare_irs(
             Infer(p, str(inputs_file), f"{tmp}/{i}.npy", target.to_dict()) for i, p in enumerate(ir_paths)
         ]
         jobs.append(MeasureLatency(list(ir_paths), target.to_dict(), config.to_dict()))
-        results = [unwrap(r) for r in run_jobs(jobs)]
+        results = [unwrap(r) for r in run_jobs(jobs, worker=worker)]
         logits = [np.load(f"{tmp}/{i}.npy") for i in range(len(ir_paths))]
     return logits, results[-1]
 
 
 @dataclasses.dataclass
 class LocalMeasure:
-    """Measure on this machine (see Measure)."""
+    """Measure on this machine (see Measure), in one persistent worker process while open
+    (the baseline compiled once for all trials); close() ends it."""
 
     inputs_file: Path
     target: Target
     config: LatencyConfig = TRIAL_LATENCY
+    worker: RuntimeWorker = dataclasses.field(default_factory=RuntimeWorker)
 
     def candidate(self, onnx_path: Path, ir_path: Path, *, against: str | None, latency: bool) -> MeasuredIR:
         return measure_candidate(
-            onnx_path, ir_path, self.inputs_file, self.target, self.config, against=against, latency=latency
+            onnx_path,
+            ir_path,
+            self.inputs_file,
+            self.target,
+            self.config,
+            against=against,
+            latency=latency,
+            worker=self.worker,
         )
 
     def compare(
         self, ir_paths: list[str], inputs_file: Path, config: LatencyConfig
     ) -> tuple[list[np.ndarray], dict]:
-        return compare_irs(ir_paths, inputs_file, self.target, config)
+        return compare_irs(ir_paths, inputs_file, self.target, config, worker=self.worker)
+
+    def close(self) -> None:
+        self.worker.close()
 
 
 class LatencyCache:
@@ -405,7 +469,7 @@ class Trial:
 
     measure: where the exported candidate is measured; latency_cache: shared timings by
     graph fingerprint. on_check(stage, accuracy) sees the torch validation accuracy at the
-    end of pruning recovery, half-way through the final fine-tuning and after it;
+    end of pruning recovery and half-way through the final fine-tuning;
     should_stop() lets a scheduler or pruner stop the trial there. ``exported`` resumes a
     trial that was exported before its worker died (skipping the fine-tune), and
     on_exported(exported) lets a backend checkpoint that point. ``baseline_logits`` are the
@@ -428,6 +492,7 @@ class Trial:
         on_exported: Callable[[Exported], None] | None = None,
     ) -> TrialOutcome:
         checks: list[tuple[str, float]] = []
+        steps: dict[str, int] = {}  # stage (a recovery round counts apart) -> steps started
 
         def check(stage: str, accuracy: float) -> None:
             checks.append((stage, accuracy))
@@ -436,23 +501,30 @@ class Trial:
 
         try:
             if exported is None:
-                exported = self._compress_and_export(policy, Path(directory), check, should_stop)
+                exported = self._compress_and_export(policy, Path(directory), check, should_stop, steps)
                 if on_exported is not None:
                     on_exported(exported)
             measurements = self._measure(exported, policy, measure, latency_cache or LatencyCache(None))
             values = tuple(objective(measurements) for objective in self.setup.objectives)
         except TrialStopped as stopped:
-            return TrialOutcome("PRUNED", error=str(stopped), checks=tuple(checks))
+            return TrialOutcome("PRUNED", error=str(stopped), checks=tuple(checks), steps=sum(steps.values()))
         except Exception as error:  # recorded, not retried: the same policy would fail again
             log.warning(
                 "trial failed: %s: %s", type(error).__name__, error, exc_info=log.isEnabledFor(logging.DEBUG)
             )
             return TrialOutcome("FAIL", error=f"{type(error).__name__}: {error}"[:2000], checks=tuple(checks))
         return TrialOutcome(
-            "COMPLETE", measurements, values, measurements.drop.violation, checks=tuple(checks)
+            "COMPLETE",
+            measurements,
+            values,
+            measurements.drop.violation,
+            checks=tuple(checks),
+            steps=sum(steps.values()) if steps else None,
         )
 
-    def _compress_and_export(self, policy: Policy, directory: Path, check, should_stop) -> Exported:
+    def _compress_and_export(
+        self, policy: Policy, directory: Path, check, should_stop, steps: dict[str, int]
+    ) -> Exported:
         floor = self.setup.constraint.floor(self.baseline.accuracy)
         margin = self.setup.early_stop_margin
 
@@ -466,6 +538,9 @@ class Trial:
                 raise TrialStopped(f"{stage}: stopped by the search's scheduler at accuracy {accuracy:.4f}")
 
         def on_step(stage: str, step: int, total: int, module: nn.Module) -> None:
+            if step == 0:  # a new stage, or the next round of pruning recovery
+                steps[f"{stage}.{len(steps)}"] = 0
+            steps[next(reversed(steps))] = step + 1
             # Mid-recovery accuracy says little (the lr is still high); its last step says a lot.
             checkpoint = total - 1 if stage == "recovery" else total // 2
             if total >= 4 and step == checkpoint:
@@ -484,7 +559,8 @@ class Trial:
             autocast=self.setup.autocast,
         ).module
         seconds = time.perf_counter() - started
-        check("compressed", self.setup.torch_accuracy(module))
+        # No torch validation pass here: the exported IR is scored on the same data next
+        # (a torch pass cost 0.5-0.9 s per trial on the zoo ResNet-20 and decided nothing).
         return self.setup.export(module, directory, seconds)
 
     def _measure(
@@ -516,6 +592,9 @@ class Trial:
             parameters=exported.parameters,
             flops=exported.flops,
             runtime_precision=latency.runtime_precision,
+            latency_ratio_low=latency.ratio_low,
+            latency_ratio_high=latency.ratio_high,
+            latency_confidence=latency.ratio_confidence,
             latency_cached=cached is not None,
             fingerprint=exported.fingerprint,
             ir_path=str(ir_path),
@@ -523,5 +602,8 @@ class Trial:
             seconds_compress=exported.seconds_compress,
             seconds_export=exported.seconds_export,
             seconds_measure=seconds,
+            seconds_convert=measured.seconds.get("convert"),
+            seconds_infer=measured.seconds.get("infer"),
+            seconds_timed=measured.seconds.get("timed"),
             node_measured=measured.node,
         )
