@@ -22,6 +22,7 @@ from autocompress.evaluate import evaluate
 from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 from autocompress.search.objectives import parse_objectives
+from autocompress.search.optuna_backend import PRUNERS
 from autocompress.search.settings import SAMPLERS, SEARCH_FINETUNE, STRATEGIES
 from autocompress.search.storage import RDB_SCHEMES, open_storage, storage_url
 from autocompress.search_spaces import PRESETS, SpaceError
@@ -76,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         help="condensa: first the highest uniform INT8 pruning level meeting the constraint, then the space below it",
     )
     search.add_argument("--sampler", choices=SAMPLERS, default="auto")
+    search.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        default=None,
+        help="multi-fidelity: stop candidates at the accuracy checks (feasibility: when they can no longer "
+        "end feasible, learned from the finished trials; halving/hyperband/median: Optuna's, by accuracy)",
+    )
     search.add_argument("--seed", type=SEED, default=0)
 
     res = commands.add_parser(
@@ -526,6 +534,7 @@ def _search(args) -> int:
         finetune=finetune,
         sampler=getattr(args, "sampler", "auto"),
         strategy=getattr(args, "strategy", "direct"),
+        pruner=getattr(args, "pruner", None),
         seed=getattr(args, "seed", 0),
         confidence=args.confidence,
         confirm_fraction=args.confirm_fraction,

@@ -1,7 +1,7 @@
 """Scale benchmark: what one trial costs, where the time goes, and how it grows with the model.
 
 Part 1, cost of one trial per model (each model in a fresh process, so that its peak memory
-is its own): the zoo ResNet-20 on MNIST-5k (1x28x28), and a ResNet-18 and a ResNet-50 laid
+is its own; the fastest of --repeats trials, each stage on its own): the zoo ResNet-20 on MNIST-5k (1x28x28), and a ResNet-18 and a ResNet-50 laid
 out as torchvision's at 3x224x224 (random init, random labels: this part times, it does not
 train to accuracy). The policy is INT8 everywhere with 50% of every prunable group's
 channels removed (L2), fine-tuned for --steps steps of --batch samples. Columns:
@@ -174,29 +174,35 @@ def one_model(name: str, args) -> dict:
         with tempfile.TemporaryDirectory(prefix="autocompress-scale-") as tmp:
             baseline = setup.measure_baseline(Path(tmp) / "baseline", measure)
             row.update(parameters=baseline.parameters, flops=baseline.flops, baseline_ms=baseline.latency_ms)
-            started = time.perf_counter()
-            compressed = apply_policy(
-                model, the_policy(), train, finetune=setup.finetune, calibration_batches=2
-            )
-            total = time.perf_counter() - started
-            finetune = compressed.history["finetune"]
-            exported = setup.export(compressed.module, Path(tmp) / "candidate", total)
-            onnx_path = Path(exported.onnx_path)
-            started = time.perf_counter()
-            measured = measure.candidate(
-                onnx_path, onnx_path.with_name("model.xml"), against=baseline.ir_path, latency=True
-            )
-            measure_seconds = time.perf_counter() - started
-            row.update(
-                compress=total - finetune["seconds"],
-                finetune_per_1k=1000 * finetune["seconds"] / (finetune["steps"] * args.batch),
-                export=exported.seconds_export,
-                convert=measured.seconds["convert"],
-                infer=measured.seconds["infer"],
-                timed=measured.seconds["timed"],
-                measure_other=measure_seconds - sum(measured.seconds.values()),
-                speedup=1.0 / measured.latency.latency_ratio,
-            )
+            costs = []
+            for repeat in range(
+                args.repeats
+            ):  # the fastest of the repeats: one run can meet a neighbour's load
+                started = time.perf_counter()
+                compressed = apply_policy(
+                    model, the_policy(), train, finetune=setup.finetune, calibration_batches=2
+                )
+                total = time.perf_counter() - started
+                finetune = compressed.history["finetune"]
+                exported = setup.export(compressed.module, Path(tmp) / f"candidate{repeat}", total)
+                onnx_path = Path(exported.onnx_path)
+                started = time.perf_counter()
+                measured = measure.candidate(
+                    onnx_path, onnx_path.with_name("model.xml"), against=baseline.ir_path, latency=True
+                )
+                measure_seconds = time.perf_counter() - started
+                costs.append(
+                    dict(
+                        compress=total - finetune["seconds"],
+                        finetune_per_1k=1000 * finetune["seconds"] / (finetune["steps"] * args.batch),
+                        export=exported.seconds_export,
+                        convert=measured.seconds["convert"],
+                        infer=measured.seconds["infer"],
+                        timed=measured.seconds["timed"],
+                        measure_other=measure_seconds - sum(measured.seconds.values()),
+                    )
+                )
+            row.update({key: min(cost[key] for cost in costs) for key in costs[0]})
     finally:
         measure.close()
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -335,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--val", type=int, default=64, help="validation samples")
     parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="trials per model in part 1; the fastest counts"
+    )
     parser.add_argument("--loop-trials", type=int, default=8, help="policies in part 2 (0: skip it)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # part 1 for one model, in a fresh process
     args = parser.parse_args(argv)

@@ -143,3 +143,10 @@ def test_successive_halving_stops_candidates_at_the_shared_check(cnn, digits_loa
     for frozen in study.trials:  # minimising latency: the accuracy is reported negated, at the shared steps
         assert set(frozen.intermediate_values) <= set(CHECK_STEPS.values())
         assert all(-1 <= v < 0 for v in frozen.intermediate_values.values())
+
+
+def test_the_cli_takes_a_pruner_by_name(capsys):
+    from autocompress.cli import main
+
+    assert main(["search", "--pruner", "fastest", "--trials", "1"]) == 2
+    assert "--pruner" in capsys.readouterr().err

@@ -625,3 +625,47 @@ def test_a_study_continues_only_with_the_same_settings():
         "objective"
     ]
     assert SearchSettings(objective="latency").differing(stored) == ["sampler"]
+
+
+def test_the_graph_fingerprint_ignores_names_values_and_shared_constants(tmp_path):
+    """The exporter names tensors in order and shares equal constants through Identity
+    nodes, so one policy fine-tuned twice exports differently named graphs: same kernels,
+    same fingerprint. A different shape or operator is a different graph."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from autocompress.search.trial import graph_fingerprint
+
+    def save(name, scales, shape=(4, 4), op="Relu", identity=False):
+        inits = [
+            numpy_helper.from_array(np.full(shape, v, np.float32), f"{name}_w{i}")
+            for i, v in enumerate(scales)
+        ]
+        nodes = []
+        second = inits[1].name
+        if identity:  # the second constant equals the first: shared through an Identity
+            inits = inits[:1]
+            nodes.append(helper.make_node("Identity", [inits[0].name], [f"{name}_alias"]))
+            second = f"{name}_alias"
+        nodes += [
+            helper.make_node("MatMul", [f"{name}_x", inits[0].name], [f"{name}_a"]),
+            helper.make_node("MatMul", [f"{name}_a", second], [f"{name}_b"]),
+            helper.make_node(op, [f"{name}_b"], [f"{name}_y"]),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            name,
+            [helper.make_tensor_value_info(f"{name}_x", TensorProto.FLOAT, [1, shape[0]])],
+            [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [1, shape[1]])],
+            inits,
+        )
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(graph), path)
+        return graph_fingerprint(path, TARGET)
+
+    base = save("a", [0.5, 0.7])
+    assert save("b", [0.1, 0.9]) == base  # other names and values
+    assert save("c", [0.5, 0.5], identity=True) == base  # equal constants shared through an Identity
+    assert save("d", [0.5, 0.7], shape=(4, 8)) != base  # another shape
+    assert save("e", [0.5, 0.7], op="Sigmoid") != base  # another operator

@@ -377,18 +377,48 @@ class LatencyCache:
 
 
 def graph_fingerprint(onnx_path: str | Path, target: Target) -> str:
-    """sha256 of the ONNX graph with every tensor's values dropped (shapes and types
-    kept), plus the target: two candidates with this fingerprint run the same kernels."""
-    model = onnx.load(str(onnx_path))
-    for tensor in model.graph.initializer:
-        tensor.ClearField("raw_data")
-        for field in ("float_data", "int32_data", "int64_data", "double_data"):
-            tensor.ClearField(field)
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                attribute.t.ClearField("raw_data")
-    digest = hashlib.sha256(model.graph.SerializeToString(deterministic=True))
+    """sha256 of the ONNX graph's structure, plus the target: two candidates with this
+    fingerprint run the same kernels. Operators with their attributes and wiring, and every
+    constant's type and shape count; names, tensor values and Identity nodes do not. (The
+    exporter shares equal constants through Identity nodes and numbers tensors in order, so
+    the same policy fine-tuned twice exported with different names and Identity nodes: the
+    raw graph missed the latency cache for the demo's confirmations.)"""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    constants = {
+        t.name: f"const{onnx.helper.tensor_dtype_to_np_dtype(t.data_type)}{list(t.dims)}"
+        for t in graph.initializer
+    }
+    tokens: dict[str, str] = {"": "-"}
+    for index, value in enumerate(graph.input):
+        if value.name not in constants:
+            tokens[value.name] = f"input{index}:{value.type.SerializeToString(deterministic=True).hex()}"
+    aliases: dict[str, str] = {}
+
+    def token(name: str) -> str:
+        while name in aliases:
+            name = aliases[name]
+        return tokens.get(name) or constants.get(name) or f"unknown:{name}"
+
+    digest = hashlib.sha256()
+    index = 0  # of the nodes that count
+    for node in graph.node:
+        if node.op_type == "Identity" and not node.domain:
+            aliases[node.output[0]] = node.input[0]
+            continue
+        attributes = []
+        for attribute in sorted(node.attribute, key=lambda a: a.name):
+            if attribute.HasField("t"):  # a constant's value: its type and shape only
+                t = attribute.t
+                attributes.append((attribute.name, t.data_type, tuple(t.dims)))
+            elif attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                attributes.append((attribute.name, "subgraph"))
+            else:
+                attributes.append((attribute.name, repr(onnx.helper.get_attribute_value(attribute))))
+        digest.update(repr((node.op_type, node.domain, [token(i) for i in node.input], attributes)).encode())
+        for k, output in enumerate(node.output):
+            tokens[output] = f"node{index}.{k}"
+        index += 1
+    digest.update(repr([token(o.name) for o in graph.output]).encode())
     digest.update(repr(sorted(target.to_dict().items())).encode())
     return digest.hexdigest()[:24]
 
