@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 # Per-trial latency: short alternating rounds against the baseline (5, so that one burst of
 # neighbour load cannot pick the winner); the chosen policy is re-measured fully. The time floor
 # decides for any model under 20 ms; an iteration floor would only make a large model slow to
-# time (a 224x224 ResNet-50 takes 45 ms at 1 thread, f32: 50 iterations were 2.2 s per round,
-# 22 s per trial over 5 rounds of two models; benchmarks/scale.py).
+# time (a 224x224 ResNet-50 takes 41-45 ms at 1 thread, f32: 50 iterations would be ~2 s per
+# round, ~20 s per trial over 5 rounds of two models; benchmarks/scale.py).
 TRIAL_LATENCY = LatencyConfig(warmup_iterations=5, rounds=5, min_iterations=5, min_seconds=0.1)
 State = Literal["COMPLETE", "PRUNED", "FAIL"]
 
