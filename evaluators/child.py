@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from typing import IO, Any, ClassVar
 
 _EVALUATORS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -204,7 +205,14 @@ class RuntimeWorker:
         self._process: subprocess.Popen | None = None
         self._stderr: IO[bytes] | None = None
         self._pending = b""
+        self._reaper: weakref.finalize | None = None
         self.started = 0  # processes started so far (1 for a healthy search)
+
+    def __getstate__(self) -> dict:  # a copy (pickled, e.g. to another process) starts its own worker
+        return {"workdir": self.workdir}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["workdir"])
 
     def __enter__(self) -> RuntimeWorker:
         return self
@@ -253,6 +261,8 @@ class RuntimeWorker:
         self._process = subprocess.Popen(
             worker_command("--serve"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr
         )
+        # A worker whose owner is garbage-collected without close() does not outlive it.
+        self._reaper = weakref.finalize(self, _reap, self._process)
         self.started += 1
         return self._process
 
@@ -297,6 +307,9 @@ class RuntimeWorker:
         return _tail(self._stderr.read().decode(errors="replace"))
 
     def _stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.detach()
+            self._reaper = None
         if self._process is not None:
             if self._process.poll() is None:
                 self._process.kill()
@@ -309,6 +322,12 @@ class RuntimeWorker:
         if self._stderr is not None:
             self._stderr.close()
         self._process, self._stderr, self._pending = None, None, b""
+
+
+def _reap(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 class _WorkerGone(Exception):

@@ -510,3 +510,19 @@ def test_median_interval_covers_the_median_at_its_rate():
         for low, high in (median_interval(list(rng.exponential(size=5)))[0] for _ in range(4000))
     )
     assert abs(hits / 4000 - 0.9375) < 0.015
+
+
+def test_a_forgotten_worker_does_not_outlive_its_owner_and_a_copy_starts_its_own():
+    import gc
+    import pickle
+
+    worker = RuntimeWorker()
+    pid = unwrap(worker.run([RuntimeInfo()])[0])["pid"]
+    copy = pickle.loads(pickle.dumps(worker))  # e.g. shipped to another process: no shared pipes
+    assert copy._process is None and copy.started == 0
+    del worker
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the worker outlived its owner"
