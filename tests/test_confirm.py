@@ -315,6 +315,18 @@ def test_near_tied_candidates_are_re_timed_side_by_side_and_re_ranked(tmp_path):
             assert m.latency_ratio_low <= m.latency_ratio <= m.latency_ratio_high
             assert cache.get(m.fingerprint).latency_ratio == pytest.approx(m.latency_ratio)
         assert retimed[2] is apart
+        # Stored: the same group is re-ranked the same way without timing it again (a resumed
+        # search must not flip a near tie and deliver another policy).
+        store = tmp_path / "retimed.json"
+        _, first_report = remeasure_ties(
+            [first, tied, apart], parse_objectives("latency"), measure, str(baseline), inputs, cache, store
+        )
+        worker_runs = measure.worker.started
+        again_order, again = remeasure_ties(
+            [first, tied, apart], parse_objectives("latency"), measure, str(baseline), inputs, cache, store
+        )
+        assert again == first_report and [r.number for r in again_order] == [1, 0, 2]
+        assert store.exists() and measure.worker.started == worker_runs
         # Nothing overlapping: nothing re-timed, the order stands.
         assert (
             remeasure_ties(

@@ -106,13 +106,17 @@ def remeasure_ties(
     baseline_ir: str,
     inputs_file: Path,
     latency_cache: LatencyCache,
+    store: Path | None = None,
 ) -> tuple[list[TrialRecord], list[dict[str, Any]] | None]:
     """Re-time side by side (full LatencyConfig, one run) the best candidate and those of the
     next few whose latency interval overlaps its own: each trial was timed in its own short
     rounds, and within noise the order says nothing. Their measurements and objective values
     are replaced by the side-by-side ones (the latency cache too, so that a re-fine-tuned
     confirmation of the same graph reports them) and the group is re-ranked. Returns the
-    candidates in the new order, and what was re-timed (None when nothing overlapped)."""
+    candidates in the new order, and what was re-timed (None when nothing overlapped).
+    ``store`` (a JSON file) keeps the timing of a group: a search run again (resumed, or
+    finished and called again) re-ranks the same group the same way instead of timing it
+    anew, where a near tie could flip and change what is confirmed and delivered."""
     if not candidates or candidates[0].measurements is None:
         return candidates, None
     first = candidates[0].measurements
@@ -129,16 +133,24 @@ def remeasure_ties(
     if not tied:
         return candidates, None
     group = [candidates[0], *tied]
-    try:
-        _, latency = measure.compare(
-            [baseline_ir, *(c.measurements.ir_path for c in group)], inputs_file, LatencyConfig()
-        )
-    except Exception as error:  # the search's own order stands
-        log.warning("re-timing the near-tied candidates failed: %s: %s", type(error).__name__, error)
-        return candidates, None
+    key = [[c.number, c.measurements.fingerprint] for c in group]
+    timings = _stored_timings(store, key)
+    if timings is None:
+        try:
+            _, latency = measure.compare(
+                [baseline_ir, *(c.measurements.ir_path for c in group)], inputs_file, LatencyConfig()
+            )
+        except Exception as error:  # the search's own order stands
+            log.warning("re-timing the near-tied candidates failed: %s: %s", type(error).__name__, error)
+            return candidates, None
+        timings = [Latency.from_rounds(latency, index) for index in range(1, len(group) + 1)]
+        if store is not None:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            staging = store.with_name(f".{store.name}.tmp")
+            staging.write_text(json.dumps({"key": key, "timings": [dataclasses.asdict(t) for t in timings]}))
+            staging.replace(store)
     retimed, report = [], []
-    for index, record in enumerate(group, start=1):
-        timed = Latency.from_rounds(latency, index)
+    for record, timed in zip(group, timings):
         m = record.measurements
         updated = dataclasses.replace(
             m,
@@ -160,6 +172,15 @@ def remeasure_ties(
     chosen = {r.number for r in group}
     rest = [c for c in candidates if c.number not in chosen]
     return [*retimed, *rest], report
+
+
+def _stored_timings(store: Path | None, key: list) -> list[Latency] | None:
+    """The side-by-side timings an earlier run stored for this very group, if any."""
+    try:
+        stored = json.loads(store.read_text()) if store is not None else None
+        return [Latency(**t) for t in stored["timings"]] if stored and stored["key"] == key else None
+    except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: timed again
+        return None
 
 
 def confirm_candidates(

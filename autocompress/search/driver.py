@@ -450,6 +450,7 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
                 baseline.ir_path,
                 setup.val.inputs_file(),
                 session.latency_cache,
+                store=job.workdir / "confirm" / "retimed.json",
             )
             if result.remeasured:
                 retimed = ", ".join(
