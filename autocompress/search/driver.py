@@ -36,7 +36,7 @@ from autocompress.search.backend import Backend, SearchJob
 from autocompress.search.confirm import apply_confirmation, confirm_candidates, ranked, remeasure_ties
 from autocompress.search.lock import DriverLock
 from autocompress.search.objectives import DropEstimate, parse_objectives
-from autocompress.search.result import SearchResult, best_message, summarize_trials
+from autocompress.search.result import SearchResult, best_message, pareto_front, summarize_trials
 from autocompress.search.settings import FINAL_FINETUNE, SEARCH_FINETUNE, SearchSettings
 from autocompress.search.trial import Measure, Trial, TrialSetup
 from autocompress.search_spaces import SearchSpace, SpaceError, build_space
@@ -456,8 +456,19 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
                 retimed = ", ".join(
                     f"trial {r['trial']} {r['speedup_side_by_side']:.2f}x" for r in result.remeasured
                 )
+                # The front as re-timed: the re-timed trials' side-by-side figures replace their own.
+                numbers = {r["trial"] for r in result.remeasured}
+                by_number = {c.number: c for c in candidates if c.number in numbers}
+                result.pareto = pareto_front(
+                    [
+                        by_number.get(t.number, t)
+                        for t in result.trials
+                        if t.feasible and t.number not in unavailable
+                    ],
+                    setup.objectives,
+                )
                 if job.confirm is None and result.feasible:  # no confirmation to pick from them
-                    result.best = candidates[0]
+                    result.best = result.pareto[0]
                     result.message = (
                         f"{best_message(result.best, setup.objectives)}; near-tied candidates re-timed "
                         f"side by side: {retimed}"
