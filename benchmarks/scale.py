@@ -150,24 +150,33 @@ def the_policy(ratio: float = 0.5, criterion: str = "l2"):
     return Policy(default=pruned, overrides={"fc": int8})
 
 
-def one_model(name: str, args) -> dict:
-    """Part 1 for one model, in this (fresh) process."""
-    from autocompress.core import Finetune, apply_policy
+def latency_setup(model, train, validation, target, *, max_drop: float, steps: int, **options):
+    """The search's trial setup for a latency objective: what every trial here shares."""
+    from autocompress.core import Finetune
     from autocompress.evaluators.runtime import Dataset
     from autocompress.search.objectives import AccuracyConstraint, parse_objectives
-    from autocompress.search.trial import LocalMeasure, TrialSetup
+    from autocompress.search.trial import TrialSetup
 
-    torch.set_num_threads(args.torch_threads)
-    model, train, validation = model_and_data(name, args.batch, args.steps, args.val)
-    setup = TrialSetup(
+    return TrialSetup(
         model=model,
         train_loader=train,
         val=Dataset(validation),
         objectives=parse_objectives("latency"),
-        constraint=AccuracyConstraint(0.01),
-        finetune=Finetune(max_steps=args.steps),
-        target=args.target,
+        constraint=AccuracyConstraint(max_drop),
+        finetune=Finetune(max_steps=steps),
+        target=target,
+        **options,
     )
+
+
+def one_model(name: str, args) -> dict:
+    """Part 1 for one model, in this (fresh) process."""
+    from autocompress.core import apply_policy
+    from autocompress.search.trial import LocalMeasure
+
+    torch.set_num_threads(args.torch_threads)
+    model, train, validation = model_and_data(name, args.batch, args.steps, args.val)
+    setup = latency_setup(model, train, validation, args.target, max_drop=0.01, steps=args.steps)
     measure = LocalMeasure(setup.val.inputs_file(), args.target)
     row: dict = {"model": name, "input": "x".join(map(str, setup.input_shape))}
     try:
@@ -212,22 +221,12 @@ def one_model(name: str, args) -> dict:
 
 def lean_loop(args) -> list[dict]:
     """Part 2: the same policies, alternating a persistent worker and a fresh worker per trial."""
-    from autocompress.core import Finetune
     from autocompress.evaluators.child import RuntimeWorker
-    from autocompress.evaluators.runtime import Dataset
-    from autocompress.search.objectives import AccuracyConstraint, parse_objectives
-    from autocompress.search.trial import LocalMeasure, Trial, TrialSetup
+    from autocompress.search.trial import LocalMeasure, Trial
 
     model, train, validation = model_and_data("resnet20", 64, 1, 500)
-    setup = TrialSetup(
-        model=model,
-        train_loader=train,
-        val=Dataset(validation),
-        objectives=parse_objectives("latency"),
-        constraint=AccuracyConstraint(0.05),
-        finetune=Finetune(max_steps=10),
-        target=args.target,
-        early_stop_margin=None,
+    setup = latency_setup(
+        model, train, validation, args.target, max_drop=0.05, steps=10, early_stop_margin=None
     )
     choices = [(0.0, "l2"), (0.25, "l1"), (0.5, "l2"), (0.375, "l1")]
     policies = [the_policy(*choices[i % len(choices)]) for i in range(args.loop_trials)]

@@ -120,9 +120,10 @@ def search(
     early_stop_margin: a trial whose validation accuracy (torch) at the end of pruning
         recovery or half-way through the final fine-tuning is more than this below the
         accuracy floor is stopped (PRUNED); ``pruner`` adds an Optuna pruner on those
-        checkpoints (single-objective searches): multi-fidelity, "halving" (successive
-        halving: past each check go on only the best third there), "hyperband", "median",
-        or an optuna.pruners object. The progress bar counts the fine-tuning steps run and
+        checkpoints (single-objective searches): multi-fidelity, "feasibility" (stopped
+        when it can no longer end feasible, learned from the finished trials), "halving"
+        (successive halving: past each check go on only the most accurate third there),
+        "hyperband", "median", or an optuna.pruners object. The progress bar counts the fine-tuning steps run and
         what the stopped trials saved.
     backend: "optuna" (trials one after another in this process) or "ray" /
         autocompress.search.Ray(address=..., storage_path=..., target_resource=...): trials
