@@ -77,9 +77,13 @@ def test_joint_on_a_resnet_searches_students_from_the_models_own_architecture(re
     assert [layout.params for layout in joint.students] == [
         {"width": w, "blocks": [b] * 3} for w, b in itertools.product((0.5, 0.75), (1, 2, 3))
     ]
-    # Start points stay where an engineer starts: uniform INT8 (+ uniform pruning), no student.
-    assert joint.start_points and all(point["student"] is False for point in joint.start_points)
-    assert all(joint.policy(point).student is None for point in joint.start_points)
+    # Start points: where an engineer starts (uniform INT8, + uniform pruning, no student),
+    # then uniform INT8 distilled into the half-width student of middle depth.
+    *engineer, student = joint.start_points
+    assert engineer and all(point["student"] is False for point in engineer)
+    assert all(joint.policy(point).student is None for point in engineer)
+    assert student == {**engineer[0], "student": True, "student_width": 0.5, "student_blocks": 2}
+    assert joint.policy(student).student.params == {"width": 0.5, "blocks": [2, 2, 2]}
     assert start_point(joint.dimensions, 0.5)["student"] is False  # condensa's start, too
     assert SearchSpace.from_json(joint.to_json()) == joint
     assert "map onto each of 6 resnet students" in joint.describe()

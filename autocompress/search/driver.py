@@ -457,16 +457,14 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
                 retimed = ", ".join(
                     f"trial {r['trial']} {r['speedup_side_by_side']:.2f}x" for r in result.remeasured
                 )
-                # The front as re-timed: the re-timed trials' side-by-side figures replace their own.
-                numbers = {r["trial"] for r in result.remeasured}
-                by_number = {c.number: c for c in candidates if c.number in numbers}
+                # The side-by-side figures replace the re-timed trials' own everywhere (trials,
+                # front, best), so that what the result reports is one consistent set.
+                by_number = {
+                    c.number: c for c in candidates if c.number in {r["trial"] for r in result.remeasured}
+                }
+                result.trials = [by_number.get(t.number, t) for t in result.trials]
                 result.pareto = pareto_front(
-                    [
-                        by_number.get(t.number, t)
-                        for t in result.trials
-                        if t.feasible and t.number not in unavailable
-                    ],
-                    setup.objectives,
+                    [t for t in result.trials if t.feasible and t.number not in unavailable], setup.objectives
                 )
                 if job.confirm is None and result.feasible:  # no confirmation to pick from them
                     result.best = result.pareto[0]

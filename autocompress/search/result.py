@@ -84,7 +84,8 @@ class SearchResult:
         constraint, the closest one (``feasible`` is then False and ``message`` says so).
     pareto: the feasible trials no other feasible trial beats on every objective and on
         accuracy, best first.
-    trials: every trial, finished or not, in order.
+    trials: every trial, finished or not, in order (those in ``remeasured`` with their
+        side-by-side figures).
     baseline: the uncompressed model as measured on the target.
     confirmation: the best feasible trials as confirmed on data the search did not select
         on, in order, until one passed (None: no confirmation data); ``best`` is then the
