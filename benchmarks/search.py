@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0.9,
         help="the searches' (and rule-bound's) constraint level; 'none': the measured drop, as the rule",
     )
+    parser.add_argument("--workdir", type=Path, help="keep every search's folder here (default: a temporary one)")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     target = Target(threads=1, precision_hint="f32")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+        tmp = args.workdir or tmp
         for label in [m.strip() for m in args.models.split(",") if m.strip()]:
             rows += run_model(label, args, target, Path(tmp) / label)
 
