@@ -2,10 +2,12 @@
 search never selected on.
 
 Picking the fastest of many candidates whose validation accuracy sits just above the floor
-picks the ones whose validation score was lucky. So up to top_k feasible trials, best
+picks the ones whose validation score was lucky. So up to top_k candidate trials, best
 first, are fine-tuned again at the final budget and scored on the confirmation split (held
 back from the search), paired with the baseline on the same samples; the first whose drop
-keeps the constraint there (at the search's confidence) is delivered. After a candidate
+keeps the constraint there (at the search's confidence) is delivered. The candidates are
+the trials whose measured drop on the selection data is within the allowed one (not its
+bound: the confirmation is the guarantee, see ``ranked``). After a candidate
 fails, the next one tried must have dropped less on the selection data than every failed
 one: a slower candidate that was at least as close to the floor would most likely fail
 too, and trying it spends a final fine-tune (in one benchmark run the top 3, all near the
@@ -73,20 +75,41 @@ class Confirmation:
         )
 
 
-def ranked(result: SearchResult, baseline_value: float | None = None) -> list[TrialRecord]:
+def ranked(
+    result: SearchResult, baseline_value: float | None = None, within: float | None = None
+) -> list[TrialRecord]:
     """The feasible trials, best first: the Pareto front in its order, then the rest by the
     first objective (several trials with one policy count once). With ``baseline_value``
     (the first objective of the uncompressed model), only trials that beat it: a policy
-    slower than no compression is no answer to a latency search."""
-    front = {r.number for r in result.pareto}
+    slower than no compression is no answer to a latency search.
+
+    ``within`` (an allowed drop; for a confirmation): instead every finished trial whose
+    MEASURED drop is within it, by the first objective. The confirmation's bound on fresh
+    data after the final fine-tune is then the guarantee; requiring the selection data's
+    bound too judges the short per-trial fine-tune twice. Measured on the wide ResNet-20
+    (90%, 700 selection images): a distilled student at 10.5x with a 0.57 pt drop (bound
+    1.29) never reached the confirmation, while the same policy in another run confirmed at
+    -1.67 pt and held on test at 0.20 pt."""
     sign = 1 if not result.objectives or result.objectives[0]["direction"] == "minimize" else -1
-    rest = sorted(
-        (t for t in result.trials if t.feasible and t.number not in front),
-        key=lambda t: (sign * t.values[0], t.number),
-    )
+    if within is None:
+        front = {r.number for r in result.pareto}
+        rest = sorted(
+            (t for t in result.trials if t.feasible and t.number not in front),
+            key=lambda t: (sign * t.values[0], t.number),
+        )
+        pool = [*result.pareto, *rest]
+    else:
+        pool = sorted(
+            (
+                t
+                for t in result.trials
+                if t.state == "COMPLETE" and t.measurements is not None and t.measurements.drop.drop <= within
+            ),
+            key=lambda t: (sign * t.values[0], t.number),
+        )
     seen: set[str] = set()
     out = []
-    for record in [*result.pareto, *rest]:
+    for record in pool:
         key = json.dumps(record.params, sort_keys=True, default=str)
         if baseline_value is not None and sign * record.values[0] >= sign * baseline_value:
             continue
@@ -344,7 +367,7 @@ def apply_confirmation(
     else:
         result.feasible = False
         result.message = (
-            f"NOT CONFIRMED: none of the best feasible trials ({tried}) kept {constraint.describe(base)} on "
+            f"NOT CONFIRMED: none of the best candidates ({tried}) kept {constraint.describe(base)} on "
             f"{samples} held-back samples; the closest, trial {chosen.trial}, dropped {chosen.drop.describe()}. "
             "It is delivered marked infeasible. More validation data narrows the intervals; a larger "
             "top_k, a longer final_finetune or a gentler space find candidates with room to spare."

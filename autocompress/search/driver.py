@@ -442,7 +442,10 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
         allowed = setup.constraint.allowed_drop(baseline.accuracy)
         estimates = [t.measurements.drop for t in records if t.measurements]
         result.warnings += resolution_warning(estimates, allowed, "validation data the search selects on")
-        candidates = [c for c in ranked(result, setup.objectives[0].baseline) if c.number not in unavailable]
+        within = allowed if job.confirm is not None else None  # the confirmation then decides
+        candidates = [
+            c for c in ranked(result, setup.objectives[0].baseline, within) if c.number not in unavailable
+        ]
         if len(setup.objectives) == 1:
             candidates, result.remeasured = remeasure_ties(
                 candidates,
