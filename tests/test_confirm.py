@@ -336,3 +336,26 @@ def test_near_tied_candidates_are_re_timed_side_by_side_and_re_ranked(tmp_path):
         )
     finally:
         measure.close()
+
+
+def test_the_confirmation_considers_every_trial_within_the_allowed_drop_as_measured():
+    """Without a confirmation only trials feasible at the bound are candidates; with one,
+    every trial whose measured drop is within the allowed drop is, fastest first (the
+    confirmation's bound on fresh data decides). Slower than the baseline: never."""
+    from test_proposals import _measured_trial
+
+    from autocompress.search.confirm import ranked
+    from autocompress.search.objectives import parse_objectives
+    from autocompress.search.result import pareto_front
+
+    drops_and_latencies = [(0.009, 0.3), (0.004, 0.5), (0.012, 0.2), (0.002, 0.6), (0.0, 1.1)]
+    trials = [_measured_trial(n, {"x": n}, d, r) for n, (d, r) in enumerate(drops_and_latencies)]
+    feasible = [t for t in trials if t.feasible]  # at the bound (measured drop + 0.4 pt <= 1 pt)
+    assert [t.number for t in feasible] == [1, 3, 4]
+    result = SearchResult(
+        study_name="s", storage="", objectives=[{"name": "latency", "direction": "minimize"}],
+        constraint="", baseline={"accuracy": 0.95}, trials=trials, best=feasible[0],
+        pareto=pareto_front(feasible, parse_objectives("latency")), feasible=True, message="", workdir="",
+    )  # fmt: skip
+    assert [t.number for t in ranked(result, 1.0)] == [1, 3]
+    assert [t.number for t in ranked(result, 1.0, within=0.01)] == [0, 1, 3]
