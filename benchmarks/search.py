@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         default=0.9,
         help="the searches' (and rule-bound's) constraint level; 'none': the measured drop, as the rule",
     )
-    parser.add_argument("--workdir", type=Path, help="keep every search's folder here (default: a temporary one)")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep every search's folder here (default: a temporary one)"
+    )
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
