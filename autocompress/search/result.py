@@ -87,9 +87,11 @@ class SearchResult:
     trials: every trial, finished or not, in order (those in ``remeasured`` with their
         side-by-side figures).
     baseline: the uncompressed model as measured on the target.
-    confirmation: the best feasible trials as confirmed on data the search did not select
-        on, in order, until one passed (None: no confirmation data); ``best`` is then the
-        confirmed model (re-fine-tuned at the final budget).
+    confirmation: the candidates as confirmed on data the search did not select on, in
+        order, until one passed (None: no confirmation data). Candidates are the trials whose
+        measured drop is within the allowed one, fastest first, so they may miss the bound
+        and sit off the front; ``best`` is then the confirmed model (re-fine-tuned at the
+        final budget).
     test: the best policy re-checked on the test data (exported IR on OpenVINO), with a
         full latency measurement against the baseline, its drop with bounds, and whether
         the promise held (``held``); None without a test_loader.
