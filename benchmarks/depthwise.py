@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         logits, latency = compare_irs(
             [str(irs[n]) for n in names],
             data.inputs_file(),
-            Target(),
+            Target(threads=1, precision_hint="f32"),  # as the search benchmark measures
             LatencyConfig(rounds=args.rounds, min_iterations=200, min_seconds=0.5),
         )
     constraint = AccuracyConstraint(0.01, confidence=0.9)
