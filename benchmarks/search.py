@@ -157,7 +157,10 @@ def run_model(label: str, args, target: Target, root: Path) -> list[dict]:
         elif method == "ours-condensa":  # first the rule's answer by a level-set search, then below it
             options.update(space="joint", hardware_proposals=True, strategy="condensa")
         result = autocompress.search(model, train, val, **options)
-        best = result.best if result.feasible else None
+        # A search that confirmed (or found) nothing feasible still delivers its closest candidate, marked
+        # infeasible: it is timed and tested too (was the rejection right?), but not counted
+        # in "ours vs the rule".
+        best = result.best if result.feasible or method != "rule" else None
         if (
             best is not None and method == "rule"
         ):  # the same final fine-tune as ours (rule-bound's confirmation gives it)
@@ -165,11 +168,13 @@ def run_model(label: str, args, target: Target, root: Path) -> list[dict]:
             irs[method] = Path(export(tuned, root / "rule-final", input_shape=splits.input_shape).ir_path)
         elif best is not None:
             irs[method] = Path(best.measurements.ir_path)
+        policy = summarize_policy(best.params) if best is not None else f"none: {result.message[:80]}"
         info[method] = {
             "seconds": time.perf_counter() - started,
             "to95": trials_to_95(result),
-            "policy": summarize_policy(best.params) if best is not None else f"none: {result.message[:80]}",
+            "policy": policy if result.feasible else f"delivered marked infeasible: {policy}",
             "trials": len(result.trials),
+            "confirmed": result.feasible,
         }
         if result.hardware and "latency_model_prequential" in result.hardware:
             fit = result.hardware["latency_model_prequential"]  # each trial predicted before the refit on it
@@ -263,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"+-10% ({fit['n']} trials)"
             )
     for column, what in (("vs_rule", "the rule"), ("vs_bound", "the rule under the same selection")):
-        ours = [r[column] for r in rows if r["method"] == "ours" and np.isfinite(r[column])]
+        ours = [
+            r[column] for r in rows if r["method"] == "ours" and r["confirmed"] and np.isfinite(r[column])
+        ]
         if ours:
             print(
                 f"ours vs {what}: median test speedup ratio {statistics.median(ours):.2f} over {len(ours)} models"
