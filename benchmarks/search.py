@@ -18,7 +18,7 @@ objective = OpenVINO latency at true FP32 precision ("f32") on 1 thread, accurac
   level meeting the constraint, a third of the trials), every ratio capped at that level.
 The searches use the default selection: the constraint on the drop's one-sided upper
 bound at --confidence (default 0.9; "none": on the measured drop, as the rule decides),
-30% of the validation data held back, up to 3 candidates confirmed on it after a final
+--confirm-fraction (30%) of the validation data held back, up to 3 candidates confirmed on it after a final
 fine-tune. With --confidence none the searches and the rule decide alike, so "vs rule"
 compares the searches alone; with 0.9 "vs bound" does.
 
@@ -122,6 +122,7 @@ def run_model(label: str, args, target: Target, root: Path) -> list[dict]:
         progress=False,
         seed=args.seed,
         confidence=args.confidence,
+        confirm_fraction=args.confirm_fraction,
     )
     for method in args.methods:
         started = time.perf_counter()
@@ -225,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the searches' (and rule-bound's) constraint level; 'none': the measured drop, as the rule",
     )
     parser.add_argument(
+        "--confirm-fraction",
+        type=float,
+        default=0.3,
+        help="the share of the validation data the searches (and rule-bound) hold back to confirm on",
+    )
+    parser.add_argument(
         "--workdir", type=Path, help="keep every search's folder here (default: a temporary one)"
     )
     args = parser.parse_args(argv)
@@ -238,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {platform.node()}: {cpu_name}; avx512_vnni={'avx512_vnni' in flags}; OpenVINO f32 hint, 1 thread, "
         f"batch 1; {args.trials} trials per search (the rule: {len(RULE_GRID)}); max drop 1 pt; searches decide "
-        f"on {'the measured drop' if args.confidence is None else f'the {args.confidence:.0%} upper bound'}",
+        f"on {'the measured drop' if args.confidence is None else f'the {args.confidence:.0%} upper bound'}, "
+        f"{args.confirm_fraction:.0%} of the validation data held back to confirm on",
         flush=True,
     )
     target = Target(threads=1, precision_hint="f32")
