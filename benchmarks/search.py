@@ -18,8 +18,8 @@ objective = OpenVINO latency at true FP32 precision ("f32") on 1 thread, accurac
   level meeting the constraint, a third of the trials), every ratio capped at that level.
 The searches use the default selection: the constraint on the drop's one-sided upper
 bound at --confidence (default 0.9; "none": on the measured drop, as the rule decides),
---confirm-fraction (30%) of the validation data held back, up to 3 candidates confirmed on it after a final
-fine-tune. With --confidence none the searches and the rule decide alike, so "vs rule"
+--confirm-fraction (default 0.3) of the validation data held back, up to 3 candidates
+confirmed on it after a final fine-tune. With --confidence none the searches and the rule decide alike, so "vs rule"
 compares the searches alone; with 0.9 "vs bound" does.
 
 Every delivered model, FP32 and NNCF INT8 are then scored on the 1000-image test split
