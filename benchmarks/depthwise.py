@@ -1,7 +1,7 @@
 """Depthwise benchmark: what each lever buys on the zoo's depthwise/concat net, on this target.
 
 The net (MobileNetCat: stem, three inverted-residual blocks, a concat block, ~10k
-parameters) runs in about 0.16 ms at FP32 on MNIST-5k here, so its time is mostly the cost
+parameters) runs in about 0.1 ms at FP32 on MNIST-5k here, so its time is mostly the cost
 per OpenVINO node, not arithmetic. In ONE run: uniform INT8, uniform pruning (float and
 INT8), and students distilled from it (shallower: inverted-residual blocks removed, and
 narrower), each with the search's per-trial fine-tune or the final one (--finetune final);
@@ -91,13 +91,11 @@ def main(argv: list[str] | None = None) -> int:
                 policies[f"{label} {precision}"] = Policy(
                     default=dataclasses.replace(base, pruning=pruning), student=student
                 )
-        seconds = {}
         for name, policy in policies.items():
             started = time.perf_counter()
             model = apply_policy(teacher, policy, train, finetune=finetune)
             irs[name] = export(model, root / f"m{len(irs)}", input_shape=splits.input_shape).ir_path
-            seconds[name] = time.perf_counter() - started
-            print(f"[{name}] applied and exported in {seconds[name]:.0f} s", flush=True)
+            print(f"[{name}] applied and exported in {time.perf_counter() - started:.0f} s", flush=True)
         data = Dataset(test)
         names = list(irs)
         logits, latency = compare_irs(

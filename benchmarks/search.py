@@ -19,8 +19,8 @@ objective = OpenVINO latency at true FP32 precision ("f32") on 1 thread, accurac
 The searches use the default selection: the constraint on the drop's one-sided upper
 bound at --confidence (default 0.9; "none": on the measured drop, as the rule decides),
 --confirm-fraction (default 0.3) of the validation data held back, up to 3 candidates
-confirmed on it after a final fine-tune. With --confidence none the searches and the rule decide alike, so "vs rule"
-compares the searches alone; with 0.9 "vs bound" does.
+confirmed on it after a final fine-tune. With --confidence none the searches and the rule
+decide alike, so "vs rule" compares the searches alone; with 0.9 "vs bound" does.
 
 Every delivered model, FP32 and NNCF INT8 are then scored on the 1000-image test split
 (drop paired with FP32, 90% bounds) and timed side by side in alternating rounds.
