@@ -237,17 +237,26 @@ class MobileNetCat(nn.Module):
     add), a two-branch block joined by ``torch.cat``, a 1x1 head conv, avgpool, fc.
     Its coupled channels (residual adds, depthwise convs, concat offsets) exercise
     structured pruning; ~10k parameters at width 1.
+
+    ``blocks`` (1-3) inverted residual blocks are kept: 2 drops the first (the one at full
+    resolution), 1 also the third; a dropped block is an identity, so the remaining
+    modules keep their names (and a shallower net can take a deeper one's weights).
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: float = 1.0) -> None:
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 10, width: float = 1.0, blocks: int = 3
+    ) -> None:
         super().__init__()
+        if isinstance(blocks, bool) or blocks not in (1, 2, 3):
+            raise ValueError(f"blocks must be 1, 2 or 3 (inverted residual blocks kept), got {blocks!r}")
         c1, c2, half, head = _ch(16, width), _ch(24, width), _ch(16, width), _ch(64, width)
         self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(c1)
         self.relu = nn.ReLU6()
-        self.block1 = InvertedResidual(c1, c1, expand=2, stride=1)
+        # Only the residual blocks (stride 1, width kept) can go without changing shapes.
+        self.block1 = InvertedResidual(c1, c1, expand=2, stride=1) if blocks == 3 else nn.Identity()
         self.block2 = InvertedResidual(c1, c2, expand=2, stride=2)
-        self.block3 = InvertedResidual(c2, c2, expand=2, stride=1)
+        self.block3 = InvertedResidual(c2, c2, expand=2, stride=1) if blocks >= 2 else nn.Identity()
         self.mix = ConcatBlock(c2, half, half)
         self.head = nn.Conv2d(2 * half, head, 1, bias=False)
         self.bn_head = nn.BatchNorm2d(head)

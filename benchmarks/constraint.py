@@ -6,7 +6,9 @@ Searches (models x seeds) on MNIST-5k, each run twice in ONE process, side by si
   delivered as is (confidence=None, confirm_fraction=0: the behaviour before confirmation);
 - "confirmed": the defaults: the constraint on the drop's one-sided 90% upper bound, 30%
   of the validation data held back, the top 3 feasible trials fine-tuned again and the
-  first that keeps the constraint there delivered.
+  first that keeps the constraint there delivered;
+- with --variants, also "confirm-0.3" / "confirm-0.5": the same with 30% / 50% held back
+  (what a larger confirmation split costs and buys).
 
 For each: whether a policy was delivered as feasible, its drop on the 1000-image test
 split (paired with the baseline, with 90% bounds), whether the promise (drop <= 1 pt)
@@ -15,6 +17,7 @@ held is printed with a Wilson interval.
 
     python benchmarks/constraint.py                       # 2 models x 5 seeds, 8 trials each
     python benchmarks/constraint.py --seeds 3 --trials 6
+    python benchmarks/constraint.py --trials 6 --variants confirm-0.3,confirm-0.5
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ ZOO = {"mnist_cnn": "mnist_cnn", "resnet20 (width 0.5)": "resnet20"}
 VARIANTS = {
     "point": dict(confidence=None, confirm_fraction=0.0),
     "confirmed": dict(),  # the defaults
+    "confirm-0.3": dict(confirm_fraction=0.3),  # the defaults otherwise, with the split named
+    "confirm-0.5": dict(confirm_fraction=0.5),
 }
 
 
@@ -57,7 +62,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--space", default="compact")
+    parser.add_argument("--variants", default="point,confirmed", help=f"of: {', '.join(VARIANTS)}")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if not variants or not set(variants) <= set(VARIANTS):
+        parser.error(f"--variants: a comma-separated list of {', '.join(VARIANTS)}, got {args.variants!r}")
 
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model_name = next(
@@ -73,7 +82,8 @@ def main() -> None:
     for label, kwargs in MODELS.items():
         model = pretrained(ZOO[label], "mnist5k", **kwargs)
         for seed in range(args.seeds):
-            for variant, options in VARIANTS.items():  # side by side: the same model, seed and machine state
+            for variant in variants:  # side by side: the same model, seed and machine state
+                options = VARIANTS[variant]
                 with tempfile.TemporaryDirectory(prefix="autocompress-constraint-") as workdir:
                     started = time.perf_counter()
                     result = autocompress.search(
@@ -116,7 +126,7 @@ def main() -> None:
         "\nvariant    | searches | delivered feasible | promise held on test (of delivered) | 90% CI     "
         "| median test speedup | median wall s"
     )
-    for variant in VARIANTS:
+    for variant in variants:
         mine = [r for r in rows if r["variant"] == variant]
         delivered = [r for r in mine if r["delivered"]]
         held = sum(bool(r["held"]) for r in delivered)
@@ -131,16 +141,18 @@ def main() -> None:
     pairs = {(r["model"], r["seed"]): {} for r in rows}
     for r in rows:
         pairs[(r["model"], r["seed"])][r["variant"]] = r
-    ratios = [
-        p["confirmed"]["speedup"] / p["point"]["speedup"]
-        for p in pairs.values()
-        if p["confirmed"]["delivered"] and p["point"]["delivered"]
-    ]
-    if ratios:
-        print(
-            f"\nwhat confirmation costs in speed: median test speedup ratio confirmed/point "
-            f"{statistics.median(ratios):.3f} over {len(ratios)} paired searches"
-        )
+    reference = variants[0]
+    for variant in variants[1:]:
+        ratios = [
+            p[variant]["speedup"] / p[reference]["speedup"]
+            for p in pairs.values()
+            if p[variant]["delivered"] and p[reference]["delivered"]
+        ]
+        if ratios:
+            print(
+                f"\nmedian test speedup ratio {variant}/{reference}: "
+                f"{statistics.median(ratios):.3f} over {len(ratios)} paired searches"
+            )
 
 
 if __name__ == "__main__":

@@ -45,20 +45,18 @@ from pathlib import Path
 import numpy as np
 
 import autocompress
-from autocompress import LatencyConfig, Target, export
+from autocompress import Target, export
 from autocompress.core import apply_policy
 from autocompress.data import load_dataset, make_loaders
-from autocompress.evaluators.runtime import Dataset
 from autocompress.search import SearchResult
-from autocompress.search.objectives import AccuracyConstraint
 from autocompress.search.result import summarize_policy
 from autocompress.search.settings import FINAL_FINETUNE
-from autocompress.search.trial import compare_irs
 from autocompress.search_spaces import Dimension, SearchSpace, build_space
 from autocompress.zoo import pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantization import nncf_int8  # noqa: E402  (sibling benchmark script)
+from side_by_side import score_and_time  # noqa: E402
 
 MODELS = {
     "resnet20_w2": ("resnet20", {"width": 2}),
@@ -182,19 +180,9 @@ def run_model(label: str, args, target: Target, root: Path) -> list[dict]:
             info[method]["latency_model"] = fit
         print(f"[{label} {method}] {info[method]['seconds']:.0f} s: {result.message[:160]}", flush=True)
 
-    data = Dataset(test)
-    names = list(irs)
-    logits, latency = compare_irs(
-        [str(irs[n]) for n in names],
-        data.inputs_file(),
-        target,
-        LatencyConfig(rounds=args.rounds, min_iterations=200, min_seconds=0.5),
-    )
-    constraint = AccuracyConstraint(0.01, confidence=0.9)
-    ms = {n: latency["models"][i]["median_ms"] for i, n in enumerate(names)}
+    ms, drops = score_and_time(irs, test, target, args.rounds)
     rows = []
-    for i, n in enumerate(names):
-        drop = constraint.assess(None, logits[0], logits[i], data.targets)
+    for n, drop in drops.items():
         rows.append(
             dict(
                 model=label,

@@ -318,10 +318,10 @@ for _knob in (
     Knob(
         "student_blocks",
         "global",
-        "an int >= 1 (blocks per stage)",
+        "an int >= 1 (the family's depth: blocks per stage for resnet, blocks kept for mobilenet_cat)",
         lambda v: _is_int(v) and v >= 1,
         starts_at=3,
-        apply_student=lambda params, blocks: {**params, "blocks": [blocks] * 3},
+        apply_student=lambda params, blocks: {**params, "blocks": blocks},
         digest=None,
     ),
     Knob(

@@ -91,9 +91,9 @@ def build_space(
         dims += [Dimension("sparsity", layers=(layer,), low=0.0, high=0.9, step=0.1) for layer in layers]
     if preset == "distillation":
         family = _student_family(model, example_input)
-        dims += [Dimension("student_width", choices=STUDENT_WIDTHS)]
-        if family == "resnet":
-            dims.append(Dimension("student_blocks", choices=STUDENT_BLOCKS))
+        depth = _depth(model, family, example_input)
+        dims += [Dimension("student_width", choices=STUDENT_WIDTHS + ((1.0,) if depth else ()))]
+        dims += depth
         dims += [Dimension("weight_bits", choices=(8, None)), Dimension("activation_bits", choices=(8, None))]
     if preset == "joint":  # the first family whose students the knobs can build, if any
         for candidate in student_families():
@@ -116,7 +116,7 @@ def build_space(
         if point and point not in starts:
             starts.append(point)
     if students and starts:
-        starts.append(_student_start(dims, starts[0]))
+        starts += _student_starts(dims, starts[0])
     return SearchSpace(
         dimensions=tuple(dims),
         layers=layers,
@@ -129,33 +129,41 @@ def build_space(
     )
 
 
-def _student_start(dims: list[Dimension], int8: dict) -> dict:
+def _student_starts(dims: list[Dimension], int8: dict) -> list[dict]:
     """Uniform INT8 distilled into a mid-size student: the offered width nearest half the
-    teacher's and the middle depth. Measured on the zoo ResNet-20 (width 2, MNIST-5k, the
-    search's per-trial fine-tune, side by side): a half-width two-block student ran 9.2x
-    faster than FP32 at a -0.2 pt drop, where the rule's best (uniform INT8 + 62.5% pruning)
-    ran 8.3x at a 1.0 pt drop: on small inputs a shallower net saves the per-layer cost that
-    pruning cannot, and without a start the sampler rarely meets a student in 16 trials."""
+    teacher's and the middle depth; where the family has a depth, also the middle depth at
+    the teacher's width. Measured on the zoo ResNet-20 (width 2, MNIST-5k, the search's
+    per-trial fine-tune, side by side): a half-width two-block student ran 9.2x faster than
+    FP32 at a -0.2 pt drop, where the rule's best (uniform INT8 + 62.5% pruning) ran 8.3x at
+    a 1.0 pt drop: on small inputs a shallower net saves the per-layer cost that pruning
+    cannot, and without a start the sampler rarely meets a student in 16 trials. On the
+    zoo's depthwise net (benchmarks/depthwise.py) only depth moved latency: the full-width
+    student without its first block ran INT8 1.41x faster than INT8 alone, while its
+    half-width two-block student was stopped at 71% validation accuracy (the teacher's 96%)
+    after the per-trial distillation (benchmarks/search.py)."""
     options = {d.name: d.choices for d in dims if d.name in ("student_width", "student_blocks")}
     point = {**int8, "student": True}
     point["student_width"] = min(options["student_width"], key=lambda w: abs(w - 0.5))
-    if "student_blocks" in options:
-        blocks = options["student_blocks"]
-        point["student_blocks"] = blocks[(len(blocks) - 1) // 2]
-    return point
+    if "student_blocks" not in options:
+        return [point]
+    blocks = options["student_blocks"]
+    point["student_blocks"] = blocks[(len(blocks) - 1) // 2]
+    wide = {**point, "student_width": max(options["student_width"])}
+    return [point] if wide == point else [point, wide]
 
 
 def _joint_students(
     model: nn.Module, family: str, example_input: torch.Tensor, base: Policy
 ) -> tuple[list[Dimension], tuple[StudentLayout, ...]]:
-    """joint's student dimensions (``student``: whether to distill, then width and, for the
-    resnet family, blocks) and every offered student's layout. A width is offered only if
+    """joint's student dimensions (``student``: whether to distill, then width and, where the
+    family has a depth, blocks) and every offered student's layout. A width is offered only if
     each of its students keeps at least one channel of every prunable group at the highest
     pruning ratio, so that every point of the space is a policy that applies; no width
     left: no student dimensions."""
-    depth = [Dimension("student_blocks", choices=STUDENT_BLOCKS)] if family == "resnet" else []
+    depth = _depth(model, family, example_input)
     widths, layouts = [], []
-    for width in STUDENT_WIDTHS:
+    # With a depth, the teacher's width is a student too (a shallower net of the same width).
+    for width in STUDENT_WIDTHS + ((1.0,) if depth else ()):
         dims = [Dimension("student_width", choices=(width,)), *depth]
         built = [
             _layout(model, student, example_input, base)
@@ -172,6 +180,19 @@ def _joint_students(
         *depth,
     ]
     return dims, tuple(layouts)
+
+
+def _depth(model: nn.Module, family: str, example_input: torch.Tensor) -> list[Dimension]:
+    """``student_blocks`` where the family builds a student of ``model`` at every offered depth
+    (its ``blocks`` param: blocks per stage for resnet, blocks kept for mobilenet_cat)."""
+    for blocks in STUDENT_BLOCKS:
+        try:
+            build_student(
+                model, Student(family=family, params={"blocks": blocks}), example_input=example_input
+            )
+        except Exception:  # no depth param, or not these values: the family is searched by width only
+            return []
+    return [Dimension("student_blocks", choices=STUDENT_BLOCKS)]
 
 
 def _layout(

@@ -24,7 +24,7 @@ from autocompress.distillation import (
 from autocompress.policies import Distillation, Policy, PolicyError, Student
 from autocompress.pruning import channel_importance, pruning_groups
 from autocompress.training import evaluate_torch, train
-from autocompress.zoo import MnistCNN, ResNet20
+from autocompress.zoo import MnistCNN, MobileNetCat, ResNet20
 
 
 @pytest.fixture(scope="module")
@@ -168,14 +168,22 @@ def test_build_student_respects_width_blocks_and_kernel_size(resnet, cnn, exampl
         ("resnet", {"width": 0}, "param 'width' must be"),
         ("resnet", {"width": 5}, r"param 'width' must be .*<= 4"),
         ("resnet", {"width": [1, 2]}, "param 'width' must be"),
-        ("resnet", {"blocks": [0, 1, 1]}, "param 'blocks' must be 3 ints >= 1"),
+        ("resnet", {"blocks": [0, 1, 1]}, "param 'blocks' must be an int >= 1 or 3 ints >= 1"),
+        ("resnet", {"blocks": 0}, "param 'blocks' must be an int >= 1 or 3 ints >= 1"),
+        (
+            "mobilenet_cat",
+            {"blocks": 4},
+            r"param 'blocks' must be 1, 2 or 3 \(inverted residual blocks kept\)",
+        ),
+        ("mobilenet_cat", {"blocks": True}, "param 'blocks' must be 1, 2 or 3"),
+        ("mobilenet_cat", {"kernel_size": 5}, "unknown param 'kernel_size'; allowed params: width, blocks"),
         ("resnet", {"kernel_size": 4}, "param 'kernel_size' must be one of 1, 3, 5, 7"),
         ("resnet", {"depth": 2}, "unknown param 'depth'; allowed params: width, blocks, kernel_size"),
         ("mnist_cnn", {"width": -1}, "param 'width' must be"),
     ],
 )
 def test_bad_student_params_are_named(resnet, cnn, family, params, message):
-    teacher = resnet if family == "resnet" else cnn
+    teacher = {"resnet": resnet, "mnist_cnn": cnn, "mobilenet_cat": MobileNetCat(in_channels=1)}[family]
     with pytest.raises(PolicyError, match=message):
         build_student(teacher, Student(family, params))
 
@@ -284,6 +292,28 @@ def test_init_from_teacher_depth_and_kernel_changes(resnet, example):
     student = build_student(resnet, Student("resnet", {"kernel_size": 1}), example_input=example)
     init_from_teacher(student, resnet, example)
     assert torch.equal(student.layer3[1].conv2.weight[..., 0, 0], resnet.layer3[1].conv2.weight[..., 1, 1])
+
+
+def test_the_depthwise_nets_students_drop_residual_blocks_and_start_from_the_teachers_weights():
+    teacher = MobileNetCat(in_channels=1).eval()
+    example = torch.randn(2, 1, 8, 8)
+    assert build_student(teacher, Student("mobilenet_cat")).block1 is not None  # default: the teacher's depth
+    for blocks, dropped in ((3, ()), (2, ("block1",)), (1, ("block1", "block3"))):
+        params = {"blocks": blocks}
+        student = build_student(teacher, Student("mobilenet_cat", params), example_input=example).eval()
+        assert [
+            name for name in ("block1", "block2", "block3") if isinstance(getattr(student, name), nn.Identity)
+        ] == list(dropped)
+        report = init_from_teacher(student, teacher, example)
+        assert report["copied"] == report["total"]  # every kept module has its namesake in the teacher
+        assert torch.equal(student.block2.depthwise.weight, teacher.block2.depthwise.weight)
+        if not dropped:
+            assert torch.allclose(student(example), teacher(example), atol=1e-5)
+    narrow = build_student(
+        teacher, Student("mobilenet_cat", {"width": 0.5, "blocks": 2}), example_input=example
+    )
+    assert narrow.conv1.out_channels == teacher.conv1.out_channels // 2
+    assert isinstance(narrow.block1, nn.Identity)
 
 
 def test_teacher_init_scores_higher_before_training(resnet, digits, example):

@@ -40,6 +40,11 @@ def data(digits_loaders):
 
 
 @pytest.fixture(scope="module")
+def depthwise():
+    return MobileNetCat(in_channels=1, num_classes=10)  # depthwise convs, residual adds and a concat
+
+
+@pytest.fixture(scope="module")
 def joint(resnet, example):
     return build_space(resnet, "joint", example_input=example)
 
@@ -70,23 +75,26 @@ def test_joint_on_a_resnet_searches_students_from_the_models_own_architecture(re
     assert dimension(joint, "student").choices == (False, True)
     # The half-width teacher's stem has 8 channels: a quarter-width student keeps 2, and
     # pruning 75% of 2 channels would leave none, so that width is not offered.
-    assert dimension(joint, "student_width").choices == (0.5, 0.75)
+    # With a depth to search, the teacher's width is offered too (a shallower student).
+    assert dimension(joint, "student_width").choices == (0.5, 0.75, 1.0)
     assert dimension(joint, "student_blocks").choices == (1, 2, 3)
     assert any(d.knob == "weight_bits" and d.layers for d in joint.dimensions)
     assert any(d.knob == "pruning_ratio" and d.layers for d in joint.dimensions)
     assert [layout.params for layout in joint.students] == [
-        {"width": w, "blocks": [b] * 3} for w, b in itertools.product((0.5, 0.75), (1, 2, 3))
+        {"width": w, "blocks": b} for w, b in itertools.product((0.5, 0.75, 1.0), (1, 2, 3))
     ]
     # Start points: where an engineer starts (uniform INT8, + uniform pruning, no student),
-    # then uniform INT8 distilled into the half-width student of middle depth.
-    *engineer, student = joint.start_points
+    # then uniform INT8 distilled into the half-width student of middle depth, and into the
+    # full-width one of middle depth.
+    *engineer, student, shallow = joint.start_points
     assert engineer and all(point["student"] is False for point in engineer)
     assert all(joint.policy(point).student is None for point in engineer)
     assert student == {**engineer[0], "student": True, "student_width": 0.5, "student_blocks": 2}
-    assert joint.policy(student).student.params == {"width": 0.5, "blocks": [2, 2, 2]}
+    assert shallow == {**student, "student_width": 1.0}
+    assert joint.policy(student).student.params == {"width": 0.5, "blocks": 2}
     assert start_point(joint.dimensions, 0.5)["student"] is False  # condensa's start, too
     assert SearchSpace.from_json(joint.to_json()) == joint
-    assert "map onto each of 6 resnet students" in joint.describe()
+    assert "map onto each of 9 resnet students" in joint.describe()
 
     # The built-in resnet students name their layers as the teacher (a shallower one keeps
     # the first blocks of each stage) and each of their groups lies in one of the teacher's,
@@ -110,9 +118,21 @@ def test_a_model_no_student_family_fits_keeps_the_old_joint_space(example):
         "pruning_ratio:1",
         "pruning_criterion",
     ]
-    depthwise = MobileNetCat(in_channels=1, num_classes=10)  # depthwise convs and a concat
+
+
+def test_the_depthwise_net_is_searched_with_shallower_students(depthwise, example):
+    """Its lever is depth (benchmarks/depthwise.py): the joint space offers students that keep
+    1-3 of its inverted residual blocks, and their layouts lack the dropped blocks' layers."""
     space = build_space(depthwise, "joint", example_input=example)
-    assert space.student_family is None and not any(d.spec.for_student for d in space.dimensions)
+    assert space.student_family == "mobilenet_cat"
+    assert dimension(space, "student_blocks").choices == (1, 2, 3)
+    widths = dimension(space, "student_width").choices
+    assert widths and {layout.params["blocks"] for layout in space.students} == {1, 2, 3}
+    shallow = space.policy(uniform(space, student=True, student_width=widths[-1], student_blocks=2))
+    assert shallow.student == Student("mobilenet_cat", {"width": widths[-1], "blocks": 2})
+    layout = next(layout for layout in space.students if layout.params == shallow.student.params)
+    assert not any(layer.startswith("block1.") for layer in layout.layers)
+    assert any(layer.startswith("block3.") for layer in layout.layers)
 
 
 def test_the_digest_shows_a_student_only_where_the_point_chose_one():
@@ -133,7 +153,7 @@ def test_a_student_point_maps_the_models_choices_onto_the_students_layers(resnet
     values["pruning_ratio:layer2.0.downsample.0"] = 0.25  # stage 2's residual group
     values["pruning_ratio:layer3.0.conv1"] = 0.5
     policy = joint.policy(values)
-    assert policy.student == Student(family="resnet", params={"width": 0.5, "blocks": [1, 1, 1]})
+    assert policy.student == Student(family="resnet", params={"width": 0.5, "blocks": 1})
     assert Policy.from_json(policy.to_json()) == policy
     student = build_student(resnet, policy.student, example_input=example)
     resolved = check_policy(student, policy)  # every override names a layer of the student
@@ -208,7 +228,7 @@ def test_student_layers_and_groups_the_model_lacks_follow_a_documented_rule():
 def test_a_space_mapping_onto_students_needs_each_students_layout(joint):
     missing = (
         r"weight_bits:conv1, activation_bits:conv1, weight_bits:layer1.0.conv1 and \d+ more set the model's "
-        r"layers and groups; a point with the 'resnet' student \{'width': 0.5, 'blocks': \[1, 1, 1\]\}.*"
+        r"layers and groups; a point with the 'resnet' student \{'width': 0.5, 'blocks': 1\}.*"
         r"no StudentLayout"
     )
     with pytest.raises(SpaceError, match=missing):
@@ -226,7 +246,7 @@ def test_a_space_mapping_onto_students_needs_each_students_layout(joint):
     narrowed = joint.fix(student_width=0.75, student_blocks=2)
     assert narrowed.policy(uniform(narrowed, student=True)).student.params == {
         "width": 0.75,
-        "blocks": [2, 2, 2],
+        "blocks": 2,
     }
     no_students = dataclasses.replace(joint.exclude("student*"), students=())
     assert no_students.policy(no_students.start_points[0]).student is None
@@ -244,7 +264,7 @@ def test_apply_policy_names_a_student_layer_mismatch_before_distilling(resnet, d
 # -- every point applies ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["resnet", "cnn"])
+@pytest.mark.parametrize("name", ["resnet", "cnn", "depthwise"])
 def test_every_sampled_point_is_a_policy_that_applies(request, name, example, data):
     """20 points of Optuna's RandomSampler, with and without a student: each gives a plain-data
     policy that apply_policy applies (post-training here: build, warm-start, prune, quantize,

@@ -91,12 +91,13 @@ def ranked(
     1.29) never reached the confirmation, while the same policy in another run confirmed at
     -1.67 pt and held on test at 0.20 pt."""
     sign = 1 if not result.objectives or result.objectives[0]["direction"] == "minimize" else -1
+
+    def by_objective(t: TrialRecord) -> tuple[float, int]:
+        return (sign * t.values[0], t.number)
+
     if within is None:
         front = {r.number for r in result.pareto}
-        rest = sorted(
-            (t for t in result.trials if t.feasible and t.number not in front),
-            key=lambda t: (sign * t.values[0], t.number),
-        )
+        rest = sorted((t for t in result.trials if t.feasible and t.number not in front), key=by_objective)
         pool = [*result.pareto, *rest]
     else:
         pool = sorted(
@@ -105,7 +106,7 @@ def ranked(
                 for t in result.trials
                 if t.state == "COMPLETE" and t.measurements is not None and t.measurements.drop.drop <= within
             ),
-            key=lambda t: (sign * t.values[0], t.number),
+            key=by_objective,
         )
     seen: set[str] = set()
     out = []
