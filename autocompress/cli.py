@@ -332,7 +332,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--confirm-fraction",
         type=_number(float, minimum=0, below=1),
-        default=0.3,
+        default=0.5,
         help="share of the validation data held back to confirm the best candidates on (0: none)",
     )
     parser.add_argument(

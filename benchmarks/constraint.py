@@ -4,7 +4,7 @@ Searches (models x seeds) on MNIST-5k, each run twice in ONE process, side by si
 
 - "point": the constraint decided on the measured validation drop, the search's best
   delivered as is (confidence=None, confirm_fraction=0: the behaviour before confirmation);
-- "confirmed": the defaults: the constraint on the drop's one-sided 90% upper bound, 30%
+- "confirmed": the defaults: the constraint on the drop's one-sided 90% upper bound, half
   of the validation data held back, the top 3 feasible trials fine-tuned again and the
   first that keeps the constraint there delivered;
 - with --variants, also "confirm-0.3" / "confirm-0.5": the same with 30% / 50% held back

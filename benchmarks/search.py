@@ -8,7 +8,7 @@ objective = OpenVINO latency at true FP32 precision ("f32") on 1 thread, accurac
   of 0.125 (7 trials, the search's per-trial fine-tune); the fastest point feasible on the
   validation data (measured drop) is then fine-tuned with the final budget, as ours is;
 - rule-bound: the same grid under the searches' own selection (the constraint at
-  --confidence, 30% held back, up to 3 confirmed after the final fine-tune): what the
+  --confidence, half held back, up to 3 confirmed after the final fine-tune): what the
   rule delivers with the same guarantee as the searches;
 - NNCF PTQ INT8 of the FP32 IR (the usual one-knob answer);
 - random, TPE: the joint space, without hardware-aware proposals;
@@ -18,7 +18,7 @@ objective = OpenVINO latency at true FP32 precision ("f32") on 1 thread, accurac
   level meeting the constraint, a third of the trials), every ratio capped at that level.
 The searches use the default selection: the constraint on the drop's one-sided upper
 bound at --confidence (default 0.9; "none": on the measured drop, as the rule decides),
---confirm-fraction (default 0.3) of the validation data held back, up to 3 candidates
+--confirm-fraction (default 0.5, the library's) of the validation data held back, up to 3 candidates
 confirmed on it after a final fine-tune. With --confidence none the searches and the rule
 decide alike, so "vs rule" compares the searches alone; with 0.9 "vs bound" does.
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--confirm-fraction",
         type=float,
-        default=0.3,
+        default=0.5,
         help="the share of the validation data the searches (and rule-bound) hold back to confirm on",
     )
     parser.add_argument(

@@ -15,7 +15,7 @@ from autocompress.cli import _print_result
 from autocompress.core import Finetune
 from autocompress.evaluators.runtime import Dataset
 from autocompress.evaluators.target import Target
-from autocompress.search.confirm import Confirmation, apply_confirmation
+from autocompress.search.confirm import Confirmation, apply_confirmation, best_not_compressing
 from autocompress.search.driver import resolution_warning, split_validation
 from autocompress.search.objectives import AccuracyConstraint
 from autocompress.search.result import SearchResult, TrialRecord
@@ -148,6 +148,28 @@ def test_the_first_candidate_that_passes_is_delivered_and_none_passing_is_said_i
     assert result.message.startswith("NOT CONFIRMED") and "300 held-back samples" in result.message
 
 
+def test_when_no_candidate_is_confirmed_a_feasible_policy_that_does_not_compress_is_kept():
+    """Keep the original model rather than deliver a candidate that failed its confirmation."""
+    constraint = AccuracyConstraint(0.01, confidence=0.9)
+    result = _result(0, 0, 0)
+    # Trial 2 is no faster than the uncompressed model (latency ratio 1.0 >= the baseline's 1.0).
+    slow = dataclasses.replace(result.trials[2], values=(1.0,))
+    result.trials = [*result.trials[:2], slow]
+    result.pareto = [result.trials[0], result.trials[1]]  # the front of the faster ones
+    keep = best_not_compressing(result, 1.0)
+    assert keep is slow and best_not_compressing(result, None) is None
+    assert best_not_compressing(result, 2.0) is None  # every feasible trial beats a slower baseline
+
+    apply_confirmation(result, [_confirmation(0, 0.03), _confirmation(1, 0.02)], constraint, 500, keep)
+    assert result.feasible and result.best is slow
+    assert result.message.startswith("no candidate confirmed") and "keep the original model" in result.message
+    assert "the closest, trial 1" in result.message and "500 held-back samples" in result.message
+
+    passed = _result(0, 0, 0)
+    apply_confirmation(passed, [_confirmation(0, 0.03), _confirmation(1, 0.005)], constraint, 500, keep)
+    assert passed.best.number == 1  # a confirmed candidate still wins over keeping the model
+
+
 def test_the_cli_exits_non_zero_when_the_promise_did_not_hold(tmp_path, capsys):
     result = _result(0)
     result.workdir, result.pareto = str(tmp_path), []
@@ -178,11 +200,16 @@ def test_a_search_confirms_its_best_on_held_back_data_and_reports_the_test_verdi
     result = autocompress.search(cnn, train, val, **options)
     assert result.confirmation, result.message
     first = result.confirmation[0]
-    assert first.drop.samples == round(0.3 * len(val.dataset))
+    assert first.drop.samples == round(SearchSettings().confirm_fraction * len(val.dataset))
     assert first.measurements.ir_path.startswith(str(tmp_path / "confirm"))
-    if result.feasible:  # delivered: the confirmed, re-fine-tuned model, not the trial's
+    if any(c.passed for c in result.confirmation):  # delivered: the confirmed, re-fine-tuned model
+        assert result.feasible and result.message.startswith("best confirmed trial")
         assert result.best.measurements.ir_path == result.confirmation[-1].measurements.ir_path
-        assert result.confirmation[-1].passed and result.message.startswith("best confirmed trial")
+    elif result.feasible:  # none confirmed: a feasible trial that does not compress is kept
+        assert (
+            result.message.startswith("no candidate confirmed")
+            and "keep the original model" in result.message
+        )
     trial_drops = [t.measurements.drop for t in result.trials if t.measurements]
     assert all(d.samples == len(val.dataset) - first.drop.samples for d in trial_drops)
     assert all(d.low <= d.drop <= d.high and d.confidence == 0.9 for d in trial_drops)

@@ -33,7 +33,13 @@ from autocompress.export import check_model
 from autocompress.graph import OutputSelector, capture, inputs_of
 from autocompress.search import optuna_backend, proposals
 from autocompress.search.backend import Backend, SearchJob
-from autocompress.search.confirm import apply_confirmation, confirm_candidates, ranked, remeasure_ties
+from autocompress.search.confirm import (
+    apply_confirmation,
+    best_not_compressing,
+    confirm_candidates,
+    ranked,
+    remeasure_ties,
+)
 from autocompress.search.lock import DriverLock
 from autocompress.search.objectives import DropEstimate, parse_objectives
 from autocompress.search.result import SearchResult, best_message, pareto_front, summarize_trials
@@ -60,7 +66,7 @@ def search(
     max_accuracy_drop: float = 0.01,
     relative_drop: bool = False,
     confidence: float | None = 0.9,
-    confirm_fraction: float = 0.3,
+    confirm_fraction: float = 0.5,
     top_k: int = 3,
     final_finetune: Finetune | None = FINAL_FINETUNE,
     hardware_proposals: bool = True,
@@ -92,7 +98,7 @@ def search(
         validation samples and 2% of them classified differently than by the baseline,
         the 90% bound sits about 0.6 pt above the measured drop, so the search delivers
         policies that measure about that much gentler.
-    confirm_loader / confirm_fraction: data the search does not select on (default: 30% of
+    confirm_loader / confirm_fraction: data the search does not select on (default: half of
         ``val_loader``, held back). Up to ``top_k`` feasible trials, best first, are
         fine-tuned again with ``final_finetune`` (None: kept as they are) and scored
         there; the first that keeps the constraint is delivered (selection without the
@@ -494,7 +500,14 @@ def run_job(job: SearchJob, backend: Backend) -> SearchResult:
                 tries=job.settings.top_k,
                 progress=job.progress,
             )
-            apply_confirmation(result, confirmations, setup.constraint, len(job.confirm.targets))
+            keep = best_not_compressing(result, setup.objectives[0].baseline)
+            keep = keep if keep is None or keep.number not in unavailable else None
+            apply_confirmation(result, confirmations, setup.constraint, len(job.confirm.targets), keep)
+            if keep is not None and result.best is keep:
+                result.warnings.append(
+                    f"no confirmed trial beats the uncompressed model on {setup.objectives[0].name}: "
+                    "keep the original model, or search a space that compresses harder"
+                )
             estimates = [c.drop for c in confirmations if c.drop]
             result.warnings += resolution_warning(estimates, allowed, "confirmation data")
         if job.hardware is not None:

@@ -133,7 +133,11 @@ class SearchSettings:
     seed: int = 0
     backend: str | Ray = "optuna"
     confidence: float | None = 0.9
-    confirm_fraction: float = 0.3
+    # Half, not 30%: on 300 samples a 90% bound sat ~1.3 pt above a student's measured drop
+    # and turned it down though it held on test; with half, benchmarks/constraint.py held
+    # 10/10 and delivered 10/10 (9/10 at 30%) at the same test speed, and the wide ResNet's
+    # student was confirmed in 2 runs of 2 (1 of 2 at 30%).
+    confirm_fraction: float = 0.5
     top_k: int = 3
     final_finetune: Finetune | None = FINAL_FINETUNE
     hardware_proposals: bool = True
@@ -143,7 +147,7 @@ class SearchSettings:
         self.constraint  # noqa: B018 (validates max_accuracy_drop and confidence)
         if not _number(self.confirm_fraction) or not 0 <= self.confirm_fraction < 1:
             raise ValueError(
-                f"confirm_fraction must be in [0, 1) (0.3 = 30% of the validation data), got {self.confirm_fraction!r}"
+                f"confirm_fraction must be in [0, 1) (0.5 = half the validation data), got {self.confirm_fraction!r}"
             )
         _check_int("top_k", self.top_k, 1)
         if not isinstance(self.hardware_proposals, bool):
