@@ -92,7 +92,7 @@ def build_space(
     if preset == "distillation":
         family = _student_family(model, example_input)
         depth = _depth(model, family, example_input)
-        dims += [Dimension("student_width", choices=STUDENT_WIDTHS + ((1.0,) if depth else ()))]
+        dims += [Dimension("student_width", choices=_student_widths(depth))]
         dims += depth
         dims += [Dimension("weight_bits", choices=(8, None)), Dimension("activation_bits", choices=(8, None))]
     if preset == "joint":  # the first family whose students the knobs can build, if any
@@ -162,8 +162,7 @@ def _joint_students(
     left: no student dimensions."""
     depth = _depth(model, family, example_input)
     widths, layouts = [], []
-    # With a depth, the teacher's width is a student too (a shallower net of the same width).
-    for width in STUDENT_WIDTHS + ((1.0,) if depth else ()):
+    for width in _student_widths(depth):
         dims = [Dimension("student_width", choices=(width,)), *depth]
         built = [
             _layout(model, student, example_input, base)
@@ -180,6 +179,12 @@ def _joint_students(
         *depth,
     ]
     return dims, tuple(layouts)
+
+
+def _student_widths(depth: list[Dimension]) -> tuple[float, ...]:
+    """With a depth to search, the teacher's width is a student too (a shallower net of the
+    same width: the depthwise net's only lever, see ``_student_starts``)."""
+    return STUDENT_WIDTHS + ((1.0,) if depth else ())
 
 
 def _depth(model: nn.Module, family: str, example_input: torch.Tensor) -> list[Dimension]:
