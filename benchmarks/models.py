@@ -32,17 +32,16 @@ import torch
 import torch.nn.functional as F
 
 import autocompress
-from autocompress import Finetune, LatencyConfig, Policy, Target, apply_policy, export
+from autocompress import Finetune, Policy, Target, apply_policy, export
 from autocompress.data import load_dataset, make_loaders
 from autocompress.evaluators.artifact import ExportedModel
-from autocompress.evaluators.runtime import Dataset
 from autocompress.graph import capture
 from autocompress.policies import LayerPolicy, LayerQuant, Pruning
-from autocompress.search.trial import compare_irs
 from autocompress.training import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantization import nncf_int8  # noqa: E402  (sibling benchmark script)
+from side_by_side import score_and_time  # noqa: E402
 
 
 def _vit(kind: str):
@@ -182,23 +181,14 @@ def run_model(name: str, args, target: Target, root: Path) -> list[dict]:
     rows = [dict(model=name, variant=label, note=notes[label]) for label in notes if label not in irs]
     if "FP32" not in irs:
         return rows
-    data = Dataset(test)
-    names = list(irs)
-    logits, latency = compare_irs(
-        [str(irs[n]) for n in names],
-        data.inputs_file(),
-        target,
-        LatencyConfig(rounds=args.rounds, min_iterations=200, min_seconds=0.5),
-    )
-    ms = {n: latency["models"][i]["median_ms"] for i, n in enumerate(names)}
-    accuracy = {n: float((logits[i].argmax(1) == data.targets).mean()) for i, n in enumerate(names)}
-    for n in names:
+    ms, drops = score_and_time(irs, test, target, args.rounds)  # FP32 is the first: the reference
+    for n, drop in drops.items():
         rows.append(
             dict(
                 model=name,
                 variant=n,
-                accuracy=accuracy[n],
-                drop=accuracy["FP32"] - accuracy[n],
+                accuracy=drop.accuracy,
+                drop=drop.drop,
                 speedup=ms["FP32"] / ms[n],
                 vs_nncf=ms["NNCF INT8"] / ms[n] if "NNCF INT8" in ms else float("nan"),
                 ms=ms[n],

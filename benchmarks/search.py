@@ -50,7 +50,7 @@ from autocompress.core import apply_policy
 from autocompress.data import load_dataset, make_loaders
 from autocompress.search import SearchResult
 from autocompress.search.result import summarize_policy
-from autocompress.search.settings import FINAL_FINETUNE
+from autocompress.search.settings import FINAL_FINETUNE, SearchSettings
 from autocompress.search_spaces import Dimension, SearchSpace, build_space
 from autocompress.zoo import pretrained
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--confirm-fraction",
         type=float,
-        default=0.5,
+        default=SearchSettings.confirm_fraction,
         help="the share of the validation data the searches (and rule-bound) hold back to confirm on",
     )
     parser.add_argument(
