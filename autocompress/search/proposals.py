@@ -11,12 +11,13 @@ AMC/HAQ (hardware feedback in the loop), but measures where they assume:
    OpenVINO keeps in ``originalLayersNames``. Every variant's latency ratio to the baseline
    is also measured the way trials are (alternating rounds, profiling off).
 2. **Latency model** (``LatencyModel``): per layer and precision, microseconds as a
-   piecewise-linear function of work = kept in x out channels as a fraction of the original
-   (the kept channels for a depthwise conv), through the profiled widths; kernels that are
-   no layer's (pooling, reorders, quantize steps) are charged to the next layer in
-   execution order. One factor for the float layers, one for the quantized ones, the cost
-   of a float <-> quantized change between two layers and the time outside the kernels (a
-   share of the baseline's latency) are then fitted to the measured latency ratios of the
+   piecewise-linear function of the kept fraction of its channels, through the profiled
+   widths; a layer pruned on both sides (input and output by different groups) costs the
+   geometric mean of that function at each side's fraction. Kernels that are no layer's
+   (pooling, reorders, quantize steps) are charged to the next layer in execution order.
+   One factor for the float layers, one for the quantized ones, the cost of a float <->
+   quantized change between two layers and the time outside the kernels (a share of the
+   baseline's latency) are then fitted to the measured latency ratios of the
    variants, and refitted with every measured trial (``calibrate``); ``report`` gives the
    median error and the share of candidates within +-10%.
 3. **Sensitivities** (``measure_sensitivities``), without fine-tuning, in torch on a
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -96,7 +98,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: profiles record kept input and output fractions per layer
 # Variants are timed against the baseline the way trials are (search.trial.TRIAL_LATENCY).
 VARIANT_LATENCY = LatencyConfig(warmup_iterations=5, rounds=5, min_iterations=5, min_seconds=0.1)
 # Drop budgets, in allowed drops. Without fine-tuning a drop is overstated many times over:
@@ -128,6 +130,12 @@ class LayerShape:
     out_group: str | None = None
     in_groups: tuple[str, ...] = ()
     producers: tuple[str, ...] = ()
+
+    @property
+    def both_sides(self) -> bool:
+        """Its input and its output channels are pruned by different groups, so they can
+        differ: its cost is then a function of both (``LatencyModel.layer_us``)."""
+        return bool(self.out_group and self.in_groups and not self.depthwise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,15 +191,16 @@ class Structure:
         """Channels pruning removes from ``group`` at ``ratio`` (as PruneGroup.removed)."""
         return removed_channels(self.group_channels[group], self.group_units.get(group, 1), ratio)
 
-    def work(self, layer: LayerShape, ratios: Mapping[str, float]) -> float:
-        """Kept in x out channels as a fraction of the original (kept channels for a depthwise conv)."""
+    def kept(self, layer: LayerShape, ratios: Mapping[str, float]) -> Kept:
+        """The fractions of the layer's input and output channels that pruning at ``ratios``
+        keeps (a depthwise conv's input is its output group)."""
         cout = layer.cout - (
             self.removed(layer.out_group, ratios.get(layer.out_group, 0.0)) if layer.out_group else 0
         )
         if layer.depthwise:
-            return cout / layer.cout
+            return (cout / layer.cout, cout / layer.cout)
         cin = layer.cin - sum(self.removed(g, ratios.get(g, 0.0)) for g in layer.in_groups)
-        return (cin * cout) / (layer.cin * layer.cout)
+        return (cin / layer.cin, cout / layer.cout)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -209,6 +218,9 @@ class Structure:
             for s in data["layers"]
         )
         return cls(layers, dict(data["group_channels"]), dict(data.get("group_units", {})))
+
+
+Kept = tuple[float, float]  # kept fractions of a layer's input and output channels
 
 
 def layout(
@@ -277,12 +289,10 @@ def _channels(module: nn.Module) -> tuple[int, int]:
     return module.in_channels, module.out_channels
 
 
-def _work_of_module(module: nn.Module, original: LayerShape) -> float:
-    """The work fraction of a (possibly pruned) layer, read from its actual shape."""
+def _kept_of_module(module: nn.Module, original: LayerShape) -> Kept:
+    """The kept input and output fractions of a (possibly pruned) layer, read from its shape."""
     cin, cout = _channels(module)
-    if original.depthwise:
-        return cout / original.cout
-    return (cin * cout) / (original.cin * original.cout)
+    return (cin / original.cin, cout / original.cout)
 
 
 def precision_class(layer_policy: LayerPolicy) -> str:
@@ -396,13 +406,14 @@ def uniform_variants(space: SearchSpace, prune_ratios: Sequence[float] = (0.25, 
 @dataclasses.dataclass(frozen=True)
 class Profile:
     """One profiled variant: microseconds per torch layer (unmapped kernels charged to the
-    next layer), each layer's work fraction and precision, and its measured latency."""
+    next layer), each layer's kept input and output fractions and precision, and its
+    measured latency."""
 
     name: str
     precision: str  # the variant's uniform precision class
     ratio: float
     layer_us: dict[str, float]
-    work: dict[str, float]
+    kept: dict[str, Kept]
     classes: dict[str, str]
     total_us: float  # sum of every executed kernel's time
     direct_us: float  # the part in kernels that map to a layer directly
@@ -421,7 +432,13 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
-        return cls(**{**data, "kernels": tuple(data.get("kernels", ()))})
+        return cls(
+            **{
+                **data,
+                "kept": {layer: tuple(k) for layer, k in data["kept"].items()},
+                "kernels": tuple(data.get("kernels", ())),
+            }
+        )
 
 
 def _model_fingerprint(model: nn.Module) -> str:
@@ -581,12 +598,12 @@ def profile_variants(
             onnx_path = tmp / f"{v.name}.onnx"
             export_onnx(module, shape, onnx_path)
             modules = dict(module.named_modules())
-            work = {
-                s.name: _work_of_module(modules[s.name], s) for s in structure.layers if s.name in modules
+            kept = {
+                s.name: _kept_of_module(modules[s.name], s) for s in structure.layers if s.name in modules
             }
             classes = {name: precision_class(lp) for name, lp in compressed.layers.items()}
             keys_of = _onnx_layer_keys(onnx_path, module, example_input[:1])
-            exported.append((v, onnx_path, keys_of, work, classes))
+            exported.append((v, onnx_path, keys_of, kept, classes))
         # OpenVINO reads the ONNX files directly: it compiles them to the same kernels and
         # precisions as the converted IRs the trials measure (checked for FP32 and INT8), and
         # conversion would cost 0.5-1.3 s a variant.
@@ -595,7 +612,7 @@ def profile_variants(
         jobs.append(MeasureLatency(paths, target.to_dict(), latency.to_dict()))
         layer_profiles, timing = (unwrap(r) for r in run_jobs(jobs, timeout=600, workdir=workdir))
         layer_profiles = layer_profiles["models"]
-        for index, (v, _, keys_of, work, classes) in enumerate(exported):
+        for index, (v, _, keys_of, kept, classes) in enumerate(exported):
             nodes = layer_profiles[index]["nodes"]
             layer_us, direct = _attribute(nodes, keys_of)
             profile = Profile(
@@ -603,7 +620,7 @@ def profile_variants(
                 precision=v.precision,
                 ratio=v.ratio,
                 layer_us=layer_us,
-                work=work,
+                kept=kept,
                 classes=classes,
                 total_us=float(layer_profiles[index]["total_us"]),
                 direct_us=direct,
@@ -640,33 +657,61 @@ def _compress(
 
 @dataclasses.dataclass(frozen=True)
 class LayerFit:
-    """Microseconds of one layer at one precision, piecewise linear in the work fraction
-    through the profiled widths (flat beyond them). Not one line: a kernel's cost is not
-    linear in its channels on this CPU; on the zoo ResNet-20 a line through the profiled
-    widths missed held-out points by 13-15% (median), the interpolation by 5%."""
+    """Microseconds of one layer at one precision, piecewise linear in the kept fraction of
+    its channels through the profiled widths (flat beyond them). Not one line: a kernel's
+    cost is not linear in its channels on this CPU; on the zoo ResNet-20 a line through the
+    profiled widths missed held-out points by 13-15% (median), the interpolation by 5%.
 
-    works: tuple[float, ...]
+    ``kept``: the fraction on the side(s) that pruning changes: the output for a first layer
+    or a depthwise conv, the input for a last one, and for a layer pruned on both sides the
+    geometric mean of the two, which the uniform profiles change together (see
+    ``LatencyModel.layer_us``)."""
+
+    kept: tuple[float, ...]
     us: tuple[float, ...]
 
-    def __call__(self, work: float) -> float:
-        return float(np.interp(work, self.works, self.us))
+    def __call__(self, kept: float) -> float:
+        return float(np.interp(kept, self.kept, self.us))
 
     def scaled(self, factor: float) -> LayerFit:
-        return LayerFit(self.works, tuple(u * factor for u in self.us))
+        return LayerFit(self.kept, tuple(u * factor for u in self.us))
 
     @classmethod
     def through(cls, points: Iterable[tuple[float, float]]) -> LayerFit:
-        """Through the mean time at each distinct work fraction, made non-decreasing in the
-        work (pooled where a narrower width measured slower): a kernel does not get slower
+        """Through the mean time at each distinct kept fraction, made non-decreasing in it
+        (pooled where a narrower width measured slower): a kernel does not get slower
         with fewer channels, but one noisy profile said so, and the integer program then
         "sped up" a model by pruning less (seen in the tests, once in a full run)."""
         at: dict[float, list[float]] = {}
-        for work, us in points:
-            at.setdefault(round(work, 6), []).append(us)
-        works = tuple(sorted(at))
+        for kept, us in points:
+            at.setdefault(round(kept, 6), []).append(us)
+        fractions = tuple(sorted(at))
         return cls(
-            works, _non_decreasing([statistics.fmean(at[w]) for w in works], [len(at[w]) for w in works])
+            fractions,
+            _non_decreasing([statistics.fmean(at[k]) for k in fractions], [len(at[k]) for k in fractions]),
         )
+
+
+def _fit_coordinate(shape: LayerShape, kept: Kept) -> float:
+    """Where a layer's profile lies on its ``LayerFit``: the kept fraction of the side
+    pruning changes (the geometric mean of both for a layer pruned on both sides)."""
+    if shape.both_sides:
+        return math.sqrt(kept[0] * kept[1])
+    return kept[0] if shape.in_groups and not shape.out_group else kept[1]
+
+
+def _kernel_us(fit: LayerFit, shape: LayerShape, kept: Kept) -> float:
+    """A layer's kernel time at these kept fractions. Pruned on both sides, it is the
+    geometric mean of the fit at each side's fraction: the fit comes from profiles whose two
+    sides were pruned alike, and on the geometric mean the cost of a kernel proportional to
+    in x out channels comes out exactly, while a width with slow kernels (24 of 32 channels
+    ran INT8 slower than 32 on an AMX Xeon) is charged only to the side that has it. The
+    fit at the product (in x out) gave 16 channels in and 32 out the cost of 24 in and 24
+    out; on 62 trials of six saved searches predicted before each refit, the geometric
+    mean took the share within +-10% from 69% to 76% (median error 6.0% -> 4.5%)."""
+    if shape.both_sides:
+        return math.sqrt(max(0.0, fit(kept[0])) * max(0.0, fit(kept[1])))
+    return max(0.0, fit(_fit_coordinate(shape, kept)))
 
 
 def _non_decreasing(values: list[float], weights: list[int]) -> tuple[float, ...]:
@@ -693,7 +738,7 @@ class LatencyReport:
         return dataclasses.asdict(self)
 
 
-Config = tuple[Mapping[str, float], Mapping[str, str]]  # per-layer work fractions, precision classes
+Config = tuple[Mapping[str, Kept], Mapping[str, str]]  # per-layer kept fractions, precision classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -702,7 +747,7 @@ class LatencyModel:
 
     latency ratio = (s_float * float layers' us + s_quantized * quantized layers' us)
     / baseline_us + transition * precision changes + overhead, where a layer's us come from
-    its fit (``LayerFit``, at its work fraction and precision), baseline_us is the
+    its fit (``layer_us``: at its kept channels and precision), baseline_us is the
     baseline's measured latency, a precision change is a producer -> layer edge with one side
     on integer kernels and the other not, and ``overhead`` the time outside the kernels as a
     share of baseline_us. The profiles give each layer's cost and how it
@@ -719,7 +764,7 @@ class LatencyModel:
     overhead: float = 0.0
     scales: dict[str, float] = dataclasses.field(default_factory=lambda: {FLOAT: 1.0, "quantized": 1.0})
     transition: float = 0.0  # per float <-> quantized producer edge, as a share of baseline_us
-    anchors: tuple[tuple[dict[str, float], dict[str, str], float], ...] = dataclasses.field(
+    anchors: tuple[tuple[dict[str, Kept], dict[str, str], float], ...] = dataclasses.field(
         default=(), repr=False
     )
     prior_overhead: float = 0.0
@@ -745,24 +790,26 @@ class LatencyModel:
         # baseline measured then: its ratio, not its milliseconds, carries over.
         walls = [p.latency_ratio * baseline for p in profiles]
         outside = max(0.0, statistics.median(w - p.total_us for w, p in zip(walls, profiles)))
+        shapes = {s.name: s for s in structure.layers}
         points: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for p, wall in zip(profiles, walls):
             kernels = wall - outside
             factor = kernels / p.total_us if kernels > 0 and p.total_us > 0 else 1.0
             for layer, us in p.layer_us.items():
-                points.setdefault((layer, p.classes.get(layer, FLOAT)), []).append(
-                    (p.work.get(layer, 1.0), us * factor)
-                )
+                if layer in shapes:
+                    points.setdefault((layer, p.classes.get(layer, FLOAT)), []).append(
+                        (_fit_coordinate(shapes[layer], p.kept.get(layer, (1.0, 1.0))), us * factor)
+                    )
         fits: dict[str, dict[str, LayerFit]] = {}
         for (layer, cls_), pts in points.items():
             fits.setdefault(layer, {})[cls_] = LayerFit.through(pts)
         for by_class in fits.values():  # one width only: the shape of a reference fit
             for cls_, fit in list(by_class.items()):
                 ref = by_class.get(INT8 if _integer(cls_) else FLOAT) or by_class.get(FLOAT)
-                if len(fit.works) == 1 and ref is not None and len(ref.works) > 1 and ref(fit.works[0]) > 0:
-                    by_class[cls_] = ref.scaled(fit.us[0] / ref(fit.works[0]))
+                if len(fit.kept) == 1 and ref is not None and len(ref.kept) > 1 and ref(fit.kept[0]) > 0:
+                    by_class[cls_] = ref.scaled(fit.us[0] / ref(fit.kept[0]))
         prior = float(np.clip(outside / baseline, 0.0, 0.9))
-        anchors = tuple((dict(p.work), dict(p.classes), p.latency_ratio) for p in profiles)
+        anchors = tuple((dict(p.kept), dict(p.classes), p.latency_ratio) for p in profiles)
         model = cls(structure, space, fits, baseline, prior, anchors=anchors, prior_overhead=prior)
         return model._refit([])
 
@@ -783,43 +830,53 @@ class LatencyModel:
             return max(near, key=lambda f: f(1.0))
         return fits.get(INT8) or fits.get(FLOAT)
 
-    def layer_us(self, layer: str, work: float, cls_: str) -> float:
-        """The layer's microseconds at this work fraction and precision, with its factor."""
+    def layer_us(self, layer: str, kept: Kept, cls_: str) -> float:
+        """The layer's microseconds with these kept input and output fractions, at this
+        precision, with its factor."""
+        shape = self._shapes.get(layer)
         fit = self._fit(layer, cls_)
-        if fit is None:
+        if fit is None or shape is None:
             return 0.0
-        return max(0.0, fit(work)) * self.scales["quantized" if _integer(cls_) else FLOAT]
+        return _kernel_us(fit, shape, kept) * self.scales["quantized" if _integer(cls_) else FLOAT]
 
-    def components(self, work: Mapping[str, float], classes: Mapping[str, str]) -> dict[str, float]:
+    @functools.cached_property
+    def _shapes(self) -> dict[str, LayerShape]:
+        return {s.name: s for s in self.structure.layers}
+
+    def components(self, kept: Mapping[str, Kept], classes: Mapping[str, str]) -> dict[str, float]:
         """Microseconds of the float and of the quantized layers, before their factors."""
         out = {FLOAT: 0.0, "quantized": 0.0}
         for s in self.structure.layers:
             cls_ = classes.get(s.name, FLOAT)
             fit = self._fit(s.name, cls_)
             if fit is not None:
-                out["quantized" if _integer(cls_) else FLOAT] += max(0.0, fit(work.get(s.name, 1.0)))
+                out["quantized" if _integer(cls_) else FLOAT] += _kernel_us(
+                    fit, s, kept.get(s.name, (1.0, 1.0))
+                )
         return out
 
-    def predict_config(self, work: Mapping[str, float], classes: Mapping[str, str]) -> float:
-        """Predicted latency ratio to the baseline of a model with these per-layer work
+    def predict_config(self, kept: Mapping[str, Kept], classes: Mapping[str, str]) -> float:
+        """Predicted latency ratio to the baseline of a model with these per-layer kept
         fractions and precisions."""
-        parts = self.components(work, classes)
+        parts = self.components(kept, classes)
         layers = sum(self.scales[k] * v for k, v in parts.items()) / self.baseline_us
         return layers + self.transition * self.structure.transitions(classes) + self.overhead
 
-    def config(self, params: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
-        """Per-layer work fractions and precision classes of a point of the space."""
+    def predict_profile(self, profile: Profile) -> float:
+        """Predicted latency ratio of a profiled variant."""
+        return self.predict_config(profile.kept, profile.classes)
+
+    def config(self, params: Mapping[str, Any]) -> tuple[dict[str, Kept], dict[str, str]]:
+        """Per-layer kept fractions and precision classes of a point of the space."""
         ratios, classes = layout(self.space, self.structure, params)
-        return {s.name: self.structure.work(s, ratios) for s in self.structure.layers}, classes
+        return {s.name: self.structure.kept(s, ratios) for s in self.structure.layers}, classes
 
     def predict(self, params: Mapping[str, Any]) -> float:
         """Predicted latency ratio to the baseline (0.25: 4x faster) of a point of the space."""
         return self.predict_config(*self.config(params))
 
     # -- learning from trials --------------------------------------------------------------
-    def _refit(
-        self, measured: Sequence[tuple[Mapping[str, float], Mapping[str, str], float]]
-    ) -> LatencyModel:
+    def _refit(self, measured: Sequence[tuple[Mapping[str, Kept], Mapping[str, str], float]]) -> LatencyModel:
         """Least squares on relative errors for (s_float, s_quantized, transition, overhead)
         over the anchors, then, with ``measured`` trials, again over both with the trials'
         own overhead: the time outside the kernels is what a neighbour's load moves (5% to
@@ -830,10 +887,10 @@ class LatencyModel:
 
         def rows(configs, columns):
             out = []
-            for work, classes, ratio in configs:
+            for kept, classes, ratio in configs:
                 if not (ratio and math.isfinite(ratio) and ratio > 0):
                     continue
-                parts = self.components(work, classes)
+                parts = self.components(kept, classes)
                 out.append(
                     [
                         parts[FLOAT] / self.baseline_us / ratio,
@@ -890,12 +947,7 @@ class LatencyModel:
 
     def report_profiles(self, profiles: Iterable[Profile]) -> LatencyReport:
         """The same on profiled variants (in-sample for the ones it was fitted on)."""
-        return _report(
-            [
-                abs(self.predict_config(p.work, p.classes) - p.latency_ratio) / p.latency_ratio
-                for p in profiles
-            ]
-        )
+        return _report([abs(self.predict_profile(p) - p.latency_ratio) / p.latency_ratio for p in profiles])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -905,7 +957,7 @@ class LatencyModel:
             "transition": self.transition,
             "calibrated_on": self.calibrated_on,
             "fits": {
-                layer: {c: {"work": f.works, "us": f.us} for c, f in fits.items()}
+                layer: {c: {"kept": f.kept, "us": f.us} for c, f in fits.items()}
                 for layer, fits in self.fits.items()
             },
         }
@@ -1257,7 +1309,7 @@ def _factors(
             cls_ = classes.get(shape.name, FLOAT)
             changes = sum(_integer(classes.get(p, FLOAT)) != _integer(cls_) for p in shape.producers)
             table[combo] = (
-                model.layer_us(shape.name, structure.work(shape, ratios), cls_) + per_transition * changes
+                model.layer_us(shape.name, structure.kept(shape, ratios), cls_) + per_transition * changes
             )
         if involved:
             tables.append((tuple(involved), table))
@@ -1555,7 +1607,7 @@ class HardwarePlan:
                     {
                         "name": p.name,
                         "latency_ratio": p.latency_ratio,
-                        "predicted": self.latency_model.predict_config(p.work, p.classes),
+                        "predicted": self.latency_model.predict_profile(p),
                         "latency_ms": p.latency_ms,
                         "mapped_layers": p.mapped_layers,
                         "coverage": p.coverage,
