@@ -139,6 +139,9 @@ def test_finetune_settings_are_validated():
         Finetune(lr=0)
     with pytest.raises(ValueError, match="epochs must be >= 0"):
         Finetune(epochs=-1)
+    for value in (-1, 2.5, True, "300"):
+        with pytest.raises(ValueError, match="distill_min_steps must be an int >= 0"):
+            Finetune(distill_min_steps=value)
     # NaN passes every bound (it compares False); infinite epochs never end.
     for field in ("epochs", "lr", "distill_epochs", "recovery_epochs", "rewind_lr", "weight_decay"):
         for value in (math.nan, math.inf):
@@ -164,6 +167,19 @@ def test_student_policy_distills_then_prunes_then_quantizes(resnet, digits_loade
     assert "layer1.1.conv1" not in compressed.layers  # one block per stage
     report = evaluate({"kd-prune-int8": compressed}, test, latency=QUICK)
     assert set(report["kd-prune-int8"]["runtime_precision"]["Convolution"]) <= {"u8", "i8"}
+
+
+def test_a_student_is_distilled_for_at_least_its_minimum_steps(cnn, digits_loaders):
+    """On a small dataset an epoch is a few dozen steps: the floor, not the epochs, sets
+    the distillation's length; a larger epoch budget still wins."""
+    from autocompress.policies import Student
+
+    train, _, _ = digits_loaders
+    policy = Policy(student=Student(family="mnist_cnn", params={"width": 0.5}))
+    for epochs, floor, expected in ((0.1, 3 * len(train) + 1, 3 * len(train) + 1), (2.0, 5, 2 * len(train))):
+        finetune = Finetune(epochs=0, distill_epochs=epochs, distill_min_steps=floor)
+        compressed = apply_policy(cnn, policy, train, finetune=finetune)
+        assert compressed.history["distillation"]["steps"] == expected
 
 
 def test_student_family_must_fit_the_teacher(cnn, digits_loaders):
