@@ -6,7 +6,9 @@ torch in one long-lived process have aborted at exit on this machine.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import numpy as np
 from autocompress.evaluators.artifact import ExportedModel, Measurement
 from autocompress.evaluators.child import Infer, MeasureLatency, MeasureOrtLatency, run_jobs, unwrap
 from autocompress.evaluators.metrics import Metric, score
+from autocompress.evaluators.scratch import scratch_dir
 from autocompress.evaluators.target import LatencyConfig, Target
 
 
@@ -34,15 +37,16 @@ class Dataset:
         self.inputs = np.concatenate(inputs)
         self.targets = np.concatenate(targets)
         self._file: Path | None = None
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._cleanup: weakref.finalize | None = None
 
     def __getstate__(self) -> dict:  # shipped to Ray workers: the arrays, not this process's temp file
-        return {"inputs": self.inputs, "targets": self.targets, "_file": None, "_tmp": None}
+        return {"inputs": self.inputs, "targets": self.targets, "_file": None, "_cleanup": None}
 
     def inputs_file(self) -> Path:
         if self._file is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="autocompress-data-")
-            self._file = Path(self._tmp.name) / "inputs.npy"
+            folder = scratch_dir("autocompress-data-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+            self._file = folder / "inputs.npy"
             np.save(self._file, self.inputs)
         return self._file
 

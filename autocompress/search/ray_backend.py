@@ -38,6 +38,7 @@ from ray.tune.search import Searcher
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from autocompress.evaluators.child import ConvertToIR, run_jobs, unwrap
+from autocompress.evaluators.scratch import scratch_dir
 from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.policies import Policy
 from autocompress.search.atomic_fs import atomic_local_filesystem
@@ -408,7 +409,7 @@ def tune_trial(config: dict, work: TuneWork) -> None:
         last_check[0] = accuracy
         report(stage)
 
-    work_dir = Path(tempfile.mkdtemp(prefix="autocompress-trial-"))
+    work_dir = scratch_dir("autocompress-trial-")
     candidate = work_dir / "candidate"
 
     def on_exported(exported: Exported) -> None:

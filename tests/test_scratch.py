@@ -1,0 +1,77 @@
+"""Scratch folders a killed process leaves in the temp directory are removed by the next one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from autocompress.evaluators.runtime import Dataset
+from autocompress.evaluators.scratch import OWNER_FILE, scratch_dir, sweep
+
+MAKE_AND_WAIT = """
+import sys, time
+from autocompress.evaluators.scratch import scratch_dir
+print(scratch_dir(sys.argv[1]), flush=True)
+time.sleep(600)
+"""
+
+
+def _prefix() -> str:
+    return f"autocompress-scratchtest-{uuid.uuid4().hex[:8]}-"
+
+
+def test_a_killed_owners_folder_is_removed_and_a_living_owners_is_kept():
+    prefix = _prefix()
+    killed = subprocess.Popen(
+        [sys.executable, "-c", MAKE_AND_WAIT, prefix], stdout=subprocess.PIPE, text=True
+    )
+    living = subprocess.Popen(
+        [sys.executable, "-c", MAKE_AND_WAIT, prefix], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        orphan = Path(killed.stdout.readline().strip())
+        kept = Path(living.stdout.readline().strip())
+        (orphan / "model.onnx").write_bytes(b"x" * 1000)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        foreign = Path(tempfile.mkdtemp(prefix=prefix))  # no owner record: not ours to remove
+        mine = scratch_dir(prefix)
+        try:
+            assert not orphan.exists()
+            assert kept.is_dir() and foreign.is_dir() and mine.is_dir()
+            assert json.loads((mine / OWNER_FILE).read_text())["pid"] == os.getpid()
+        finally:
+            for folder in (kept, foreign, mine):
+                subprocess.run(["rm", "-rf", str(folder)], check=True)
+    finally:
+        living.kill()
+        living.wait(timeout=30)
+        killed.kill()
+
+
+def test_an_unreadable_owner_record_is_left_alone():
+    prefix = _prefix()
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        (folder / OWNER_FILE).write_text("{not json")
+        assert sweep(prefix) == []
+        (folder / OWNER_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+        assert sweep(prefix) == [] and folder.is_dir()
+    finally:
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+
+
+def test_a_datasets_inputs_file_goes_with_it():
+    data = Dataset([(np.zeros((4, 3), dtype=np.float32), np.arange(4))])
+    folder = data.inputs_file().parent
+    assert (folder / OWNER_FILE).is_file()
+    del data
+    assert not folder.exists()
