@@ -276,6 +276,32 @@ def test_after_a_failure_only_candidates_gentler_on_the_selection_data_are_confi
     assert [c.trial for c in confirm_in_order(candidates, verdicts({0}), tries=3)] == [0]
 
 
+def test_a_failed_student_does_not_keep_the_model_itself_from_its_confirmation():
+    """A student is distilled again for its confirmation: its failure says nothing of a
+    candidate without it (best first: the student at -0.4 pt fails; the same student at
+    0.4 pt is skipped; uniform INT8 at -0.2 pt is still tried)."""
+    from test_proposals import _measured_trial
+
+    from autocompress.policies import Policy, Student
+    from autocompress.search.confirm import confirm_in_order
+
+    student = Policy(student=Student("mobilenet_cat", {"width": 1.0, "blocks": 2}))
+    other = Policy(student=Student("mobilenet_cat", {"width": 0.5, "blocks": 2}))
+    kinds = [(student, -0.004), (student, 0.004), (other, 0.003), (None, -0.002)]
+    candidates = [
+        dataclasses.replace(_measured_trial(n, {"x": n}, drop, 0.5), policy=policy)
+        for n, (policy, drop) in enumerate(kinds)
+    ]
+    tried: list[int] = []
+
+    def confirm(record):
+        tried.append(record.number)
+        return _confirmation(record.number, 0.005 if record.number == 3 else 0.012)
+
+    done = confirm_in_order(candidates, confirm, tries=3)
+    assert tried == [0, 2, 3] and done[-1].passed
+
+
 # -- near ties in latency are re-timed side by side ----------------------------------------------
 def _candidate(
     number: int, onnx_path, tmp_path, low: float, ratio: float, high: float, target
