@@ -364,6 +364,9 @@ def test_a_latency_search_starts_from_the_hardware_aware_proposals(resnet, digit
     first = hardware["proposals"][0]["params"]
     assert {k: v for k, v in result.trials[0].params.items() if k in first} == first
     assert hardware["latency_model_on_trials"]["n"] in (0, 1)
+    # The last trial is predicted too, though no proposal followed it.
+    completed = sum(t.state == "COMPLETE" for t in result.trials)
+    assert hardware["latency_model_prequential"]["n"] == completed
     written = json.loads((tmp_path / "result.json").read_text())
     assert written["hardware"]["proposals"][0]["params"] == first
 

@@ -538,6 +538,8 @@ def _hardware_report(recalibration: proposals.Recalibration, records: list) -> d
     how well the model predicted each trial when refitted on the ones before it."""
     measured = [(t.params, t.measurements.latency_ratio) for t in records if t.measurements is not None]
     try:
+        # The backend observes a trial when it proposes the next one: none follows the last.
+        recalibration.observe(t for t in records if t.state == "COMPLETE")
         on_trials = recalibration.initial.latency_model.report(measured).to_dict()
         return {**recalibration.report(), "latency_model_on_trials": on_trials}
     except Exception as error:  # a report must never lose the result
