@@ -64,14 +64,14 @@ class Finetune:
     seed: int | None = 0
     distill_epochs: float = 3.0  # training of a policy's student by distillation
     distill_lr: float = 1e-2  # students start far from converged: a high lr pays off at short budgets
-    # ...and need a number of optimizer steps that a small dataset's epoch does not give: on
-    # MNIST-5k (47 batches an epoch) three students dropped 1.2-3.3 pt after one epoch and
-    # 0.0-0.1 pt after 300 steps (float, validation). Distillation runs at least this many
-    # steps when the loader has a length.
-    distill_min_steps: int = 0
     prune_steps: int = 1  # iterative pruning: reach the ratios in this many steps
     recovery_epochs: float = 0.0  # float fine-tuning after each pruning step
     rewind_lr: float | None = None  # learning-rate rewinding: recover at this (training) lr
+    # A student needs a number of optimizer steps that a small dataset's epoch does not give:
+    # on MNIST-5k (47 batches an epoch) three students dropped 1.2-3.3 pt after one epoch and
+    # 0.0-0.1 pt after 300 steps (float, validation). Distillation runs at least this many
+    # steps when the loader has a length. (Last, so positional arguments keep their places.)
+    distill_min_steps: int = 0
 
     def __post_init__(self) -> None:
         amounts = "epochs lr weight_decay distill_epochs distill_lr recovery_epochs rewind_lr".split()
