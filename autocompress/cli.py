@@ -23,7 +23,7 @@ from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.policies import LayerPolicy, LayerQuant, Policy, PolicyError, TensorQuant
 from autocompress.search.objectives import parse_objectives
 from autocompress.search.optuna_backend import PRUNERS
-from autocompress.search.settings import SAMPLERS, SEARCH_FINETUNE, STRATEGIES
+from autocompress.search.settings import SAMPLERS, SEARCH_FINETUNE, STRATEGIES, SearchSettings
 from autocompress.search.storage import RDB_SCHEMES, open_storage, storage_url
 from autocompress.search_spaces import PRESETS, SpaceError
 from autocompress.zoo import build_model, default_cache_dir, parse_model_spec, pretrained
@@ -332,7 +332,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--confirm-fraction",
         type=_number(float, minimum=0, below=1),
-        default=0.5,
+        default=SearchSettings.confirm_fraction,
         help="share of the validation data held back to confirm the best candidates on (0: none)",
     )
     parser.add_argument(

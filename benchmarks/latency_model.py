@@ -35,11 +35,8 @@ from autocompress.search.proposals import (
 from autocompress.search_spaces import SpaceError, build_space
 from autocompress.zoo import pretrained
 
-MODELS = {
-    "resnet20_w2": ("resnet20", {"width": 2}),
-    "mobilenet_cat": ("mobilenet_cat", {}),
-    "mnist_cnn": ("mnist_cnn", {}),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search import MODELS  # noqa: E402  (the search benchmark's models, by the same names)
 
 
 def load_profiles(folder: Path, structure: Structure) -> list[Profile]:

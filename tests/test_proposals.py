@@ -174,19 +174,19 @@ def test_a_layer_pruned_on_both_sides_is_charged_by_each_side():
     )
     example = torch.zeros(1, 1, 8, 8)
     structure = Structure.from_model(net, example)
-    first, middle, last = (s.name for s in structure.layers)
+    first, middle, last = structure.layers
     assert [s.both_sides for s in structure.layers] == [False, True, False]
     middle_us = {1.0: 100.0, 0.75: 100.0, 0.5: 25.0}  # the slow width: 24 channels
 
     def profile(kept: float) -> Profile:
-        layer_us = {first: 10.0 * kept, middle: middle_us[kept], last: 5.0 * kept}
+        layer_us = {first.name: 10.0 * kept, middle.name: middle_us[kept], last.name: 5.0 * kept}
         total = sum(layer_us.values())
         return Profile(
             name=f"keep{kept}",
             precision=FLOAT,
             ratio=1 - kept,
             layer_us=layer_us,
-            kept={first: (1.0, kept), middle: (kept, kept), last: (kept, 1.0)},
+            kept={first.name: (1.0, kept), middle.name: (kept, kept), last.name: (kept, 1.0)},
             classes=dict.fromkeys(layer_us, FLOAT),
             total_us=total,
             direct_us=total,

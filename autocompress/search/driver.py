@@ -66,7 +66,7 @@ def search(
     max_accuracy_drop: float = 0.01,
     relative_drop: bool = False,
     confidence: float | None = 0.9,
-    confirm_fraction: float = 0.5,
+    confirm_fraction: float = SearchSettings.confirm_fraction,
     top_k: int = 3,
     final_finetune: Finetune | None = FINAL_FINETUNE,
     hardware_proposals: bool = True,

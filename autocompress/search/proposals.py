@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import itertools
 import json
@@ -834,18 +833,13 @@ class LatencyModel:
             return max(near, key=lambda f: f(1.0))
         return fits.get(INT8) or fits.get(FLOAT)
 
-    def layer_us(self, layer: str, kept: Kept, cls_: str) -> float:
+    def layer_us(self, layer: LayerShape, kept: Kept, cls_: str) -> float:
         """The layer's microseconds with these kept input and output fractions, at this
         precision, with its factor."""
-        shape = self._shapes.get(layer)
-        fit = self._fit(layer, cls_)
-        if fit is None or shape is None:
+        fit = self._fit(layer.name, cls_)
+        if fit is None:
             return 0.0
-        return _kernel_us(fit, shape, kept) * self.scales["quantized" if _integer(cls_) else FLOAT]
-
-    @functools.cached_property
-    def _shapes(self) -> dict[str, LayerShape]:
-        return {s.name: s for s in self.structure.layers}
+        return _kernel_us(fit, layer, kept) * self.scales["quantized" if _integer(cls_) else FLOAT]
 
     def components(self, kept: Mapping[str, Kept], classes: Mapping[str, str]) -> dict[str, float]:
         """Microseconds of the float and of the quantized layers, before their factors."""
@@ -1313,7 +1307,7 @@ def _factors(
             cls_ = classes.get(shape.name, FLOAT)
             changes = sum(_integer(classes.get(p, FLOAT)) != _integer(cls_) for p in shape.producers)
             table[combo] = (
-                model.layer_us(shape.name, structure.kept(shape, ratios), cls_) + per_transition * changes
+                model.layer_us(shape, structure.kept(shape, ratios), cls_) + per_transition * changes
             )
         if involved:
             tables.append((tuple(involved), table))
