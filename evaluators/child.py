@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import selectors
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,8 +19,11 @@ import time
 import weakref
 from typing import IO, Any, ClassVar
 
+from autocompress.evaluators.scratch import scratch_dir
+
 _EVALUATORS_DIR = os.path.dirname(os.path.abspath(__file__))
 WORKER_FILE = os.path.join(_EVALUATORS_DIR, "runtime_worker.py")
+WORKER_PREFIX = "ov-worker-"
 
 # The worker is loaded from its file under its package name, with `autocompress` and
 # `autocompress.evaluators` registered as bare packages by directory: nothing on the user's
@@ -163,7 +167,12 @@ def run_jobs(
     if worker is not None:
         return worker.run(jobs, timeout=timeout)
     requests = [job.to_request() if isinstance(job, Job) else job for job in jobs]
-    with tempfile.TemporaryDirectory(prefix="ov-worker-", dir=workdir) as tmp:
+    # In the system's temp directory the folder records its owner, so that one left by a
+    # SIGKILLed process is swept by the next (17 had piled up in /tmp over two days).
+    tmp = str(
+        scratch_dir(WORKER_PREFIX) if workdir is None else tempfile.mkdtemp(prefix=WORKER_PREFIX, dir=workdir)
+    )
+    try:
         req, resp = os.path.join(tmp, "request.json"), os.path.join(tmp, "response.json")
         with open(req, "w", encoding="utf-8") as f:
             json.dump({"jobs": requests}, f)
@@ -187,6 +196,8 @@ def run_jobs(
             )
         with open(resp, encoding="utf-8") as f:
             results = json.load(f)["results"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if len(results) != len(requests):
         raise RuntimeError(f"OpenVINO worker returned {len(results)} results for {len(requests)} jobs")
     return results

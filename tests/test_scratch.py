@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -75,3 +76,19 @@ def test_a_datasets_inputs_file_goes_with_it():
     assert (folder / OWNER_FILE).is_file()
     del data
     assert not folder.exists()
+
+
+def test_a_worker_folder_left_by_a_killed_process_is_removed_by_the_next_run():
+    from autocompress.evaluators.child import WORKER_PREFIX, RuntimeInfo, run_jobs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=30)
+    orphan = Path(tempfile.mkdtemp(prefix=WORKER_PREFIX))
+    (orphan / "request.json").write_text("{}")
+    (orphan / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+    try:
+        (result,) = run_jobs([RuntimeInfo()])
+        assert "error" not in result
+        assert not orphan.exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(orphan)], check=True)
