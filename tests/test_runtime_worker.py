@@ -27,12 +27,13 @@ from autocompress.evaluators.child import (
     Infer,
     MeasureLatency,
     MeasureOrtLatency,
+    ProfileLayers,
     RuntimeInfo,
     RuntimeWorker,
     run_jobs,
     unwrap,
 )
-from autocompress.evaluators.runtime_worker import median_interval
+from autocompress.evaluators.runtime_worker import _per_inference_us, median_interval
 from autocompress.evaluators.target import LatencyConfig, Target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -526,3 +527,21 @@ def test_a_forgotten_worker_does_not_outlive_its_owner_and_a_copy_starts_its_own
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid), "the worker outlived its owner"
+
+
+def test_a_node_is_charged_per_inference_for_the_share_it_ran_in():
+    assert _per_inference_us([17.0, 18.0], 200) == pytest.approx(17.0 * 2 / 200)  # ran in 2 of 200
+    assert _per_inference_us([5.0] * 10 + [500.0] * 10, 20) == 5.0  # in all: the fast mean
+    assert _per_inference_us([], 10) == 0.0
+
+
+def test_profile_layers_counts_the_inferences_each_node_ran_in(models):
+    (profile,) = unwrap(
+        run_jobs([ProfileLayers([models["qdq_xml"]], F32, iterations=12, rounds=2, warmup_iterations=2)])[0]
+    )["models"]
+    assert profile["nodes"]
+    for node in profile["nodes"]:
+        assert 1 <= node["runs"] <= 12
+        if node["runs"] == 12:
+            assert node["mean_us"] <= node["median_us"] + 1e-9  # the fast half's mean
+    assert profile["total_us"] == pytest.approx(sum(n["mean_us"] for n in profile["nodes"]))

@@ -97,7 +97,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: profiles record kept input and output fractions per layer
+CACHE_VERSION = 3  # 2: kept input and output fractions per layer; 3: kernels charged per inference
 # Variants are timed against the baseline the way trials are (search.trial.TRIAL_LATENCY).
 VARIANT_LATENCY = LatencyConfig(warmup_iterations=5, rounds=5, min_iterations=5, min_seconds=0.1)
 # Drop budgets, in allowed drops. Without fine-tuning a drop is overstated many times over:
