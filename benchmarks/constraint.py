@@ -18,6 +18,7 @@ held is printed with a Wilson interval.
     python benchmarks/constraint.py                       # 2 models x 5 seeds, 8 trials each
     python benchmarks/constraint.py --seeds 3 --trials 6
     python benchmarks/constraint.py --trials 6 --variants confirm-0.3,confirm-0.5
+    python benchmarks/constraint.py --space joint --variants confirmed --models mnist_cnn
 """
 
 from __future__ import annotations
@@ -62,9 +63,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--space", default="compact")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"of: {', '.join(MODELS)}")
     parser.add_argument("--variants", default="point,confirmed", help=f"of: {', '.join(VARIANTS)}")
     args = parser.parse_args()
     variants = args.variants.split(",")
+    models = args.models.split(",")
+    if not models or not set(models) <= set(MODELS):
+        parser.error(f"--models: a comma-separated list of {', '.join(MODELS)}, got {args.models!r}")
     if not variants or not set(variants) <= set(VARIANTS):
         parser.error(f"--variants: a comma-separated list of {', '.join(VARIANTS)}, got {args.variants!r}")
 
@@ -74,13 +79,13 @@ def main() -> None:
     )
     print(f"# {platform.node()}: {model_name}; OpenVINO f32 hint, 1 thread, batch 1")
     print(
-        f"# {len(MODELS)} models x {args.seeds} seeds, {args.trials} trials, space {args.space}, max drop 1 pt"
+        f"# {len(models)} models x {args.seeds} seeds, {args.trials} trials, space {args.space}, max drop 1 pt"
     )
     data = load_dataset("mnist5k")
     train, val, test = make_loaders(data)
     rows = []
-    for label, kwargs in MODELS.items():
-        model = pretrained(ZOO[label], "mnist5k", **kwargs)
+    for label in models:
+        model = pretrained(ZOO[label], "mnist5k", **MODELS[label])
         for seed in range(args.seeds):
             for variant in variants:  # side by side: the same model, seed and machine state
                 options = VARIANTS[variant]
