@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -81,11 +80,13 @@ def test_a_datasets_inputs_file_goes_with_it():
 def test_a_worker_folder_left_by_a_killed_process_is_removed_by_the_next_run():
     from autocompress.evaluators.child import WORKER_PREFIX, RuntimeInfo, run_jobs
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait(timeout=30)
-    orphan = Path(tempfile.mkdtemp(prefix=WORKER_PREFIX))
+    killed = subprocess.Popen(
+        [sys.executable, "-c", MAKE_AND_WAIT, WORKER_PREFIX], stdout=subprocess.PIPE, text=True
+    )
+    orphan = Path(killed.stdout.readline().strip())
     (orphan / "request.json").write_text("{}")
-    (orphan / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
     try:
         (result,) = run_jobs([RuntimeInfo()])
         assert "error" not in result
