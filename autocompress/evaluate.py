@@ -133,10 +133,10 @@ def evaluate(
             if artifact.module is not None:
                 rows[name]["torch_accuracy"] = torch_accuracy(artifact)["accuracy"]
             rows[name].update(size(artifact))
-        for name, measured in OpenVINOLatency(target, latency).compare(exported, targets).items():
+        for name, measured in OpenVINOLatency(target, latency, data).compare(exported, targets).items():
             rows[name].update(_latency_fields(measured))
         if onnxruntime:
-            for name, measured in OnnxRuntimeLatency(target.threads, latency).compare(exported).items():
+            for name, measured in OnnxRuntimeLatency(target.threads, latency, data).compare(exported).items():
                 rows[name]["onnxruntime_latency_ms"] = measured["median_ms"]
         for name, row in rows.items():
             row["files"] = exported[name].to_dict() if workdir is not None else None

@@ -87,13 +87,22 @@ class OpenVINOAccuracy:
 
 
 class OpenVINOLatency:
-    """Median OpenVINO latency on ``target`` over alternating measurement rounds."""
+    """Median OpenVINO latency on ``target`` over alternating measurement rounds.
+
+    ``data`` (a Dataset or loader): each call gets the next batch of its inputs, since latency
+    can depend on the data (see runtime_worker.TIMING_SAMPLES); None: seeded random inputs."""
 
     name = "latency"
 
-    def __init__(self, target: Target = Target(), config: LatencyConfig = LatencyConfig()):
+    def __init__(
+        self,
+        target: Target = Target(),
+        config: LatencyConfig = LatencyConfig(),
+        data: Dataset | Iterable | None = None,
+    ):
         self.target = target
         self.config = config
+        self.data = data if data is None or isinstance(data, Dataset) else Dataset(data)
 
     def __call__(self, model: ExportedModel) -> Measurement:
         return self.compare({"model": model})["model"]
@@ -111,18 +120,26 @@ class OpenVINOLatency:
             xml_paths=[str(models[n].ir_path) for n in names],
             target=[targets.get(n, self.target).to_dict() for n in names],
             config=self.config.to_dict(),
+            inputs_npy=str(self.data.inputs_file()) if self.data is not None else None,
         )
         return _per_model(names, unwrap(run_jobs([job])[0]))
 
 
 class OnnxRuntimeLatency:
-    """Median ONNX Runtime (CPU) latency of the ONNX file, same protocol as OpenVINOLatency."""
+    """Median ONNX Runtime (CPU) latency of the ONNX file, same protocol (and ``data``) as
+    OpenVINOLatency."""
 
     name = "onnxruntime"
 
-    def __init__(self, threads: int | None = None, config: LatencyConfig = LatencyConfig()):
+    def __init__(
+        self,
+        threads: int | None = None,
+        config: LatencyConfig = LatencyConfig(),
+        data: Dataset | Iterable | None = None,
+    ):
         self.threads = threads
         self.config = config
+        self.data = data if data is None or isinstance(data, Dataset) else Dataset(data)
 
     def __call__(self, model: ExportedModel) -> Measurement:
         return self.compare({"model": model})["model"]
@@ -130,7 +147,10 @@ class OnnxRuntimeLatency:
     def compare(self, models: Mapping[str, ExportedModel]) -> dict[str, Measurement]:
         names = list(models)
         job = MeasureOrtLatency(
-            [str(models[n].onnx_path) for n in names], self.threads, self.config.to_dict()
+            [str(models[n].onnx_path) for n in names],
+            self.threads,
+            self.config.to_dict(),
+            str(self.data.inputs_file()) if self.data is not None else None,
         )
         return _per_model(names, unwrap(run_jobs([job])[0]))
 

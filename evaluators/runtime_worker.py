@@ -145,16 +145,50 @@ def _runtime_precision(compiled) -> dict[str, dict[str, int]]:
     return summary
 
 
-def _fixed_input(shape: list[int], seed: int, inputs_npy: str | None) -> np.ndarray:
+# A timed model cycles through this many different input batches. Latency depends on the
+# input here: two INT8 MNIST CNNs (float first conv; an INT8 classifier, or a float one) took
+# 50 and 42 us on the same standard-normal input (the search had the first 15% slower), and
+# 51 and 50 us cycling through 16 digits; single digits moved the second between 42 and 48 us.
+TIMING_SAMPLES = 16
+TIMING_INPUT_BYTES = 64 << 20  # fewer batches when they would take more memory than this
+
+
+def _timing_inputs(shape: list[int], seed: int, inputs_npy: str | None) -> np.ndarray:
+    """(k, *shape): the batches a timed model cycles through: consecutive batches of the rows
+    of ``inputs_npy`` (the user's data; repeated when there are too few), else seeded
+    standard-normal ones."""
+    batch_bytes = 4 * math.prod(shape)
+    count = max(1, min(TIMING_SAMPLES, TIMING_INPUT_BYTES // max(1, batch_bytes)))
     if inputs_npy is None:
-        return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    data = np.load(inputs_npy).astype(np.float32, copy=False)
+        return np.random.default_rng(seed).standard_normal([count, *shape]).astype(np.float32)
+    data = np.load(inputs_npy, mmap_mode="r")
     if list(data.shape[1:]) != list(shape[1:]):
         raise ValueError(
             f"inputs {inputs_npy} have sample shape {list(data.shape[1:])}, model expects {shape[1:]}"
         )
-    reps = -(-shape[0] // data.shape[0])
-    return np.ascontiguousarray(np.concatenate([data] * reps)[: shape[0]] if reps > 1 else data[: shape[0]])
+    if len(data) == 0:
+        raise ValueError(f"{inputs_npy} holds no samples")
+    count = min(count, max(1, len(data) // shape[0]))
+    rows = np.arange(count * shape[0]) % len(data)
+    return np.ascontiguousarray(data[rows], dtype=np.float32).reshape(count, *shape)
+
+
+def _cycling(request: Any, inputs: np.ndarray) -> tuple[Any, Any]:
+    """A call that copies the next of ``inputs`` into the request's input and runs it, as a
+    deployed model is fed new data each call (the copy is part of every model's time alike),
+    and what must stay alive while it is used."""
+    ov = _ov()
+    buffer = np.array(inputs[0])
+    tensor = ov.Tensor(buffer)  # shares buffer's memory
+    request.set_input_tensor(tensor)
+    position = [0]
+
+    def run() -> None:
+        position[0] = (position[0] + 1) % len(inputs)
+        np.copyto(buffer, inputs[position[0]])
+        request.infer()
+
+    return run, (buffer, tensor)
 
 
 def _timed_round(run, min_iterations: int, min_seconds: float) -> tuple[float, int]:
@@ -316,10 +350,10 @@ def measure_latency(
     """Latency of one or more IRs, measured in alternating rounds (see LatencyConfig).
 
     Every model is compiled with its target's ov_config() on its device at its batch and driven through one
-    infer request with a fixed input (seeded random, or the first rows of inputs_npy). ``target`` is one target
+    infer request, fed a new input each call (cycling through batches of inputs_npy, else seeded random ones:
+    see TIMING_SAMPLES). ``target`` is one target
     for all models or a list with one per model (e.g. the same IR at f32 and at bf16, compared fairly).
     """
-    ov = _ov()
     if isinstance(xml_paths, str) or not xml_paths:
         raise ValueError("xml_paths must be a non-empty list of paths")
     targets = target if isinstance(target, list) else [target] * len(xml_paths)
@@ -335,11 +369,9 @@ def measure_latency(
         compiled, shape = _compiled(path, tgt.batch, tgt)
         compile_s = time.perf_counter() - t0
         request = compiled.create_infer_request()
-        x = _fixed_input(shape, cfg.seed, inputs_npy)
-        tensor = ov.Tensor(x)  # shares x's memory: keep x alive
-        request.set_input_tensor(tensor)
-        keep.append((compiled, x, tensor))
-        runs.append(request.infer)
+        run, alive = _cycling(request, _timing_inputs(shape, cfg.seed, inputs_npy))
+        keep.append((compiled, alive))
+        runs.append(run)
         info.append(
             {
                 "xml": path,
@@ -423,19 +455,17 @@ def profile_layers(
                     if key in rt
                 }
             request = compiled.create_infer_request()
-            x = _fixed_input(shape, 0, inputs_npy)
-            tensor = ov.Tensor(x)  # shares x's memory: keep x alive
-            request.set_input_tensor(tensor)
+            run, alive = _cycling(request, _timing_inputs(shape, 0, inputs_npy))
             for _ in range(int(warmup_iterations)):
-                request.infer()
+                run()
             for _ in range(per_pass):
-                request.infer()
+                run()
                 for info in request.get_profiling_info():
                     if info.status != info.Status.EXECUTED:
                         continue
                     times[index].setdefault(info.node_name, []).append(info.real_time.total_seconds() * 1e6)
                     meta[index].setdefault(info.node_name, (info.node_type, info.exec_type))
-            del request, compiled, tensor, x
+            del request, compiled, run, alive
     out = []
     total_runs = per_pass * rounds
     for index, path in enumerate(xml_paths):
@@ -458,6 +488,17 @@ def profile_layers(
             )
         out.append({"xml": path, "nodes": nodes, "total_us": sum(n["mean_us"] for n in nodes)})
     return {"models": out, "target": tgt.to_dict(), "iterations": total_runs, "rounds": rounds}
+
+
+def _cycling_session(session: Any, feeds: list[dict[str, np.ndarray]]) -> Any:
+    """An ONNX Runtime session run on the next of ``feeds`` each call."""
+    position = [0]
+
+    def run() -> None:
+        position[0] = (position[0] + 1) % len(feeds)
+        session.run(None, feeds[position[0]])
+
+    return run
 
 
 def measure_ort_latency(
@@ -484,8 +525,8 @@ def measure_ort_latency(
         inp = sess.get_inputs()[0]
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
         shape[0] = int(batch)
-        feed = {inp.name: _fixed_input(shape, cfg.seed, inputs_npy)}
-        runs.append(lambda sess=sess, feed=feed: sess.run(None, feed))
+        feeds = [{inp.name: x} for x in _timing_inputs(shape, cfg.seed, inputs_npy)]
+        runs.append(_cycling_session(sess, feeds))
         info.append({"onnx": path, "input_shape": shape, "session_seconds": create_s})
     per_round, iterations = _alternating_rounds(runs, cfg)
     stats, ratios = _summaries(per_round, iterations)

@@ -20,6 +20,7 @@ from autocompress.search.driver import resolution_warning, split_validation
 from autocompress.search.objectives import AccuracyConstraint
 from autocompress.search.result import SearchResult, TrialRecord
 from autocompress.search.settings import SearchSettings
+from autocompress.search.trial import Latency, LatencyCache
 
 
 def outputs(targets: np.ndarray, wrong: np.ndarray, classes: int = 10) -> np.ndarray:
@@ -332,7 +333,7 @@ def test_near_tied_candidates_are_re_timed_side_by_side_and_re_ranked(tmp_path):
     from autocompress.export import export_onnx
     from autocompress.search.confirm import remeasure_ties
     from autocompress.search.objectives import parse_objectives
-    from autocompress.search.trial import LatencyCache, LocalMeasure
+    from autocompress.search.trial import LocalMeasure
 
     target = Target(threads=1, precision_hint="f32")
     big = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512))
@@ -412,3 +413,17 @@ def test_the_confirmation_considers_every_trial_within_the_allowed_drop_as_measu
     )  # fmt: skip
     assert [t.number for t in ranked(result, 1.0)] == [1, 3]
     assert [t.number for t in ranked(result, 1.0, within=0.01)] == [0, 1, 3]
+
+
+def test_a_latency_timed_by_another_protocol_is_timed_again(tmp_path):
+    cache = LatencyCache(tmp_path)
+    timed = Latency(0.05, 0.25, None, 0.24, 0.26, 0.9)
+    cache.put("abc", timed)
+    assert cache.get("abc") == timed
+    entry = tmp_path / "abc.json"
+    old = json.loads(entry.read_text())
+    del old["protocol"]  # as the cache of a search timed on one random input wrote it
+    entry.write_text(json.dumps(old))
+    assert cache.get("abc") is None
+    entry.write_text("[1, 2]")  # damaged
+    assert cache.get("abc") is None

@@ -33,7 +33,12 @@ from autocompress.evaluators.child import (
     run_jobs,
     unwrap,
 )
-from autocompress.evaluators.runtime_worker import _per_inference_us, median_interval
+from autocompress.evaluators.runtime_worker import (
+    TIMING_SAMPLES,
+    _per_inference_us,
+    _timing_inputs,
+    median_interval,
+)
 from autocompress.evaluators.target import LatencyConfig, Target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -299,6 +304,30 @@ def test_measure_latency_batch_and_inputs(models, tmp_path):
     assert res["models"][0]["input_shape"] == [4, 1, 28, 28] and "ratios_to_first" not in res
 
 
+def test_timed_models_cycle_through_batches_of_the_data(tmp_path):
+    data = np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1)
+    np.save(tmp_path / "x.npy", data)
+    batches = _timing_inputs([4, 1, 1, 1], 0, str(tmp_path / "x.npy"))
+    assert batches.shape == (
+        10,
+        4,
+        1,
+        1,
+        1,
+    )  # as many whole batches as the data hold (at most TIMING_SAMPLES)
+    assert batches.reshape(-1).tolist() == list(range(40))  # consecutive rows, each once
+    few = _timing_inputs([3, 1, 1, 1], 0, str(tmp_path / "x.npy"))
+    assert len(few) == 13 and len({float(b.sum()) for b in few}) == 13
+    one = np.ones((2, 1, 1, 1), np.float32)
+    np.save(tmp_path / "one.npy", one)
+    assert _timing_inputs([4, 1, 1, 1], 0, str(tmp_path / "one.npy")).shape == (1, 4, 1, 1, 1)  # rows repeat
+    drawn = _timing_inputs([1, 3, 8, 8], 5, None)
+    assert drawn.shape == (TIMING_SAMPLES, 1, 3, 8, 8) and not np.allclose(drawn[0], drawn[1])
+    assert _timing_inputs([1 << 21, 3, 8, 8], 5, None).shape[0] == 1  # a batch near the memory cap: one
+    with pytest.raises(ValueError, match=r"sample shape \[1, 1, 1\], model expects \[1, 28, 28\]"):
+        _timing_inputs([1, 1, 28, 28], 0, str(tmp_path / "x.npy"))
+
+
 def test_ort_latency(models):
     res = unwrap(
         run_jobs(
@@ -307,6 +336,20 @@ def test_ort_latency(models):
     )
     assert [m["median_ms"] > 0 for m in res["models"]] == [True, True]
     assert len(res["models"][1]["rounds_ms"]) == 3 and res["ratios_to_first"][0] == pytest.approx(1.0)
+
+
+def test_ort_latency_on_the_data(models, tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((5, 1, 28, 28)).astype(np.float32))
+    res = unwrap(
+        run_jobs(
+            [
+                MeasureOrtLatency(
+                    [models["fp32_onnx"]], threads=1, config=FAST, inputs_npy=str(tmp_path / "x.npy")
+                )
+            ]
+        )[0]
+    )
+    assert res["models"][0]["median_ms"] > 0 and res["models"][0]["input_shape"] == [1, 1, 28, 28]
 
 
 def test_job_error_does_not_stop_later_jobs(tmp_path):

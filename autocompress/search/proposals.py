@@ -97,7 +97,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # 2: kept input and output fractions per layer; 3: kernels charged per inference
+# 2: kept input and output fractions per layer; 3: kernels charged per inference; 4: timed on the data
+CACHE_VERSION = 4
 # Variants are timed against the baseline the way trials are (search.trial.TRIAL_LATENCY).
 VARIANT_LATENCY = LatencyConfig(warmup_iterations=5, rounds=5, min_iterations=5, min_seconds=0.1)
 # Drop budgets, in allowed drops. Without fine-tuning a drop is overstated many times over:
@@ -607,8 +608,10 @@ def profile_variants(
         # precisions as the converted IRs the trials measure (checked for FP32 and INT8), and
         # conversion would cost 0.5-1.3 s a variant.
         paths = [str(p) for _, p, *_ in exported]
-        jobs = [ProfileLayers(paths, target.to_dict(), iterations, rounds=3)]
-        jobs.append(MeasureLatency(paths, target.to_dict(), latency.to_dict()))
+        inputs = str(tmp / "inputs.npy")  # timed on the data, as the trials are
+        np.save(inputs, np.concatenate([_inputs_of(batch) for batch in calibration]))
+        jobs = [ProfileLayers(paths, target.to_dict(), iterations, rounds=3, inputs_npy=inputs)]
+        jobs.append(MeasureLatency(paths, target.to_dict(), latency.to_dict(), inputs))
         layer_profiles, timing = (unwrap(r) for r in run_jobs(jobs, timeout=600, workdir=workdir))
         layer_profiles = layer_profiles["models"]
         for index, (v, _, keys_of, kept, classes) in enumerate(exported):
@@ -640,6 +643,12 @@ def profile_variants(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {v.name: profiles[v.name] for v in variants}
+
+
+def _inputs_of(batch: Any) -> np.ndarray:
+    """A loader batch's inputs as float32 numpy."""
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)).astype(np.float32)
 
 
 def _compress(

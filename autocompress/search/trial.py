@@ -290,7 +290,7 @@ def measure_candidate(
     ]
     if latency:
         paths = [against, str(ir_path)] if against else [str(ir_path)]
-        jobs.append(MeasureLatency(paths, target.to_dict(), config.to_dict()))
+        jobs.append(MeasureLatency(paths, target.to_dict(), config.to_dict(), str(inputs_file)))
     results = [unwrap(r) for r in run_jobs(jobs, worker=worker)]
     logits = np.load(logits_path)
     logits_path.unlink()
@@ -314,7 +314,7 @@ def compare_irs(
         jobs: list = [
             Infer(p, str(inputs_file), f"{tmp}/{i}.npy", target.to_dict()) for i, p in enumerate(ir_paths)
         ]
-        jobs.append(MeasureLatency(list(ir_paths), target.to_dict(), config.to_dict()))
+        jobs.append(MeasureLatency(list(ir_paths), target.to_dict(), config.to_dict(), str(inputs_file)))
         results = [unwrap(r) for r in run_jobs(jobs, worker=worker)]
         logits = [np.load(f"{tmp}/{i}.npy") for i in range(len(ir_paths))]
     return logits, results[-1]
@@ -353,7 +353,10 @@ class LocalMeasure:
 
 class LatencyCache:
     """Latency per graph fingerprint, one JSON file per fingerprint in ``directory``
-    (written atomically, so trials on several processes or nodes can share it)."""
+    (written atomically, so trials on several processes or nodes can share it). An entry
+    timed by another protocol (``PROTOCOL``) is timed again."""
+
+    PROTOCOL = 2  # 2: timed on the search's data, a new input each call (1: one random input)
 
     def __init__(self, directory: str | Path | None) -> None:
         self.directory = Path(directory) if directory else None
@@ -363,8 +366,11 @@ class LatencyCache:
         if path is None or not path.exists():
             return None
         try:
-            return Latency(**json.loads(path.read_text()))
-        except (ValueError, TypeError):  # a damaged entry is measured again
+            stored = json.loads(path.read_text())
+            if stored.pop("protocol", None) != self.PROTOCOL:
+                return None
+            return Latency(**stored)
+        except (ValueError, TypeError, AttributeError):  # a damaged entry is measured again
             return None
 
     def put(self, fingerprint: str, latency: Latency) -> None:
@@ -372,7 +378,7 @@ class LatencyCache:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         staging = self.directory / f".{fingerprint}.{os.getpid()}.tmp"
-        staging.write_text(json.dumps(dataclasses.asdict(latency)))
+        staging.write_text(json.dumps({"protocol": self.PROTOCOL, **dataclasses.asdict(latency)}))
         staging.replace(self.directory / f"{fingerprint}.json")
 
 
