@@ -415,6 +415,29 @@ def test_the_confirmation_considers_every_trial_within_the_allowed_drop_as_measu
     assert [t.number for t in ranked(result, 1.0, within=0.01)] == [0, 1, 3]
 
 
+def test_a_student_is_a_candidate_when_its_drop_may_be_within_the_allowed_one():
+    """A student is distilled anew at the final budget for its confirmation: it is a candidate
+    when the lower bound of its drop is within the allowed one; a model compressed from the
+    trained one still needs its measured drop within."""
+    from test_proposals import _measured_trial
+
+    from autocompress.policies import Policy, Student
+    from autocompress.search.confirm import ranked
+
+    student = Policy(student=Student("mnist_cnn", {"width": 0.5}))
+    rows = [(student, 0.012, 0.2), (None, 0.012, 0.25), (student, 0.015, 0.3), (None, 0.004, 0.5)]
+    trials = [  # bounds 0.4 pt either side of the measured drop
+        dataclasses.replace(_measured_trial(n, {"x": n}, drop, ratio), policy=policy)
+        for n, (policy, drop, ratio) in enumerate(rows)
+    ]
+    result = SearchResult(
+        study_name="s", storage="", objectives=[{"name": "latency", "direction": "minimize"}],
+        constraint="", baseline={"accuracy": 0.95}, trials=trials, best=trials[3], pareto=[trials[3]],
+        feasible=True, message="", workdir="",
+    )  # fmt: skip
+    assert [t.number for t in ranked(result, 1.0, within=0.01)] == [0, 3]
+
+
 def test_a_latency_timed_by_another_protocol_is_timed_again(tmp_path):
     cache = LatencyCache(tmp_path)
     timed = Latency(0.05, 0.25, None, 0.24, 0.26, 0.9)

@@ -7,7 +7,8 @@ first, are fine-tuned again at the final budget and scored on the confirmation s
 back from the search), paired with the baseline on the same samples; the first whose drop
 keeps the constraint there (at the search's confidence) is delivered. The candidates are
 the trials whose measured drop on the selection data is within the allowed one (not its
-bound: the confirmation is the guarantee, see ``ranked``). After a candidate
+bound: the confirmation is the guarantee, see ``ranked``; for a student, the lower bound of
+its drop, see ``_selection_drop``). After a candidate
 fails, the next one tried of the same architecture (the model itself, or the same
 student) must have dropped less on the selection data than every failed one: a slower
 candidate that was at least as close to the floor would most likely fail too, and trying
@@ -93,7 +94,8 @@ def ranked(
     bound too judges the short per-trial fine-tune twice. Measured on the wide ResNet-20
     (90%, 700 selection images): a distilled student at 10.5x with a 0.57 pt drop (bound
     1.29) never reached the confirmation, while the same policy in another run confirmed at
-    -1.67 pt and held on test at 0.20 pt."""
+    -1.67 pt and held on test at 0.20 pt. A student is judged by the lower bound of its drop
+    (``_selection_drop``)."""
     sign = 1 if not result.objectives or result.objectives[0]["direction"] == "minimize" else -1
 
     def by_objective(t: TrialRecord) -> tuple[float, int]:
@@ -108,7 +110,7 @@ def ranked(
             (
                 t
                 for t in result.trials
-                if t.state == "COMPLETE" and t.measurements is not None and t.measurements.drop.drop <= within
+                if t.state == "COMPLETE" and t.measurements is not None and _selection_drop(t) <= within
             ),
             key=by_objective,
         )
@@ -122,6 +124,19 @@ def ranked(
             seen.add(key)
             out.append(record)
     return out
+
+
+def _selection_drop(record: TrialRecord) -> float:
+    """The drop a trial is a confirmation candidate by: measured, or for a student the lower
+    bound of its interval. A student's confirmation distils it anew at the final budget
+    (1000 steps against the trial's 300), which closes much of its gap: over 19 students
+    confirmed in saved benchmark runs, the drop on the held-back data was 0.37 pt below the
+    trial's on the selection data on average (0.39 -> 0.02 pt), and one MNIST student
+    measured 1.2 pt in its trial (no candidate) while the same student confirmed and held
+    at 0.1-0.3 pt in five other searches. A model compressed from the trained one gains
+    little from a longer fine-tune, and its measured drop stays the rule."""
+    drop = record.measurements.drop
+    return drop.low if _architecture(record) else drop.drop
 
 
 def best_not_compressing(result: SearchResult, baseline_value: float | None) -> TrialRecord | None:
