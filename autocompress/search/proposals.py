@@ -608,8 +608,11 @@ def profile_variants(
         # precisions as the converted IRs the trials measure (checked for FP32 and INT8), and
         # conversion would cost 0.5-1.3 s a variant.
         paths = [str(p) for _, p, *_ in exported]
-        inputs = str(tmp / "inputs.npy")  # timed on the data, as the trials are
-        np.save(inputs, np.concatenate([_inputs_of(batch) for batch in calibration]))
+        data = np.concatenate([_inputs_of(batch) for batch in calibration])
+        inputs = None  # timed on the data, as the trials are, when it has the exported shape
+        if tuple(data.shape[1:]) == tuple(shape[1:]):
+            inputs = str(tmp / "inputs.npy")
+            np.save(inputs, data)
         jobs = [ProfileLayers(paths, target.to_dict(), iterations, rounds=3, inputs_npy=inputs)]
         jobs.append(MeasureLatency(paths, target.to_dict(), latency.to_dict(), inputs))
         layer_profiles, timing = (unwrap(r) for r in run_jobs(jobs, timeout=600, workdir=workdir))
