@@ -101,9 +101,18 @@ def test_every_layer_maps_to_its_kernels(hardware):
     hardware_plan, _, _ = hardware
     structure = hardware_plan.latency_model.structure
     names = {p.name: p for p in hardware_plan.profiles}
-    assert {"fp32", "int8", "int8-alternate", "prune0.5", "prune0.5-int8", "w4a8", "w6a8", "w8a6"} <= set(
-        names
-    )
+    assert {
+        "fp32",
+        "int8",
+        "int8-alternate",
+        "int8-ends",
+        "prune0.5",
+        "prune0.5-int8",
+        "w4a8",
+        "w6a8",
+    } <= set(names)
+    ends = {layer for layer, cls_ in names["int8-ends"].classes.items() if cls_ == "float"}
+    assert ends == {structure.layers[0].name, structure.layers[-1].name}
     assert names["fp32"].latency_ratio == 1.0
     for profile in hardware_plan.profiles:
         assert profile.mapped_layers == len(structure.layers), profile.name

@@ -378,14 +378,21 @@ class Variant:
 
 
 def uniform_variants(space: SearchSpace, prune_ratios: Sequence[float] = (0.25, 0.5, 0.75)) -> list[Variant]:
-    """FP32 (the baseline, first), INT8, INT8 with every other layer in float (when the space
-    sets precision per layer), each pruning ratio in float and in INT8, one variant per
-    sub-8-bit value the space searches (W<v>A8, W8A<v>: the evidence ``fit_space`` needs),
+    """FP32 (the baseline, first), INT8, INT8 with every other layer in float and with the
+    first and last in float (when the space sets precision per layer), each pruning ratio
+    in float and in INT8, one variant per sub-8-bit value the space searches (W<v>A8,
+    W8A<v>: the evidence ``fit_space`` needs),
     and weights-only and activations-only INT8 when the space can leave either side float."""
     variants = [Variant("fp32"), Variant("int8", 0.0, 8, 8)]
     if any(d.knob in ("weight_bits", "activation_bits", "keep_float") and d.layers for d in space.searched):
         # Every other layer in float: what a precision change between layers costs.
         variants.append(Variant("int8-alternate", 0.0, 8, 8, float_layers=tuple(space.layers[1::2])))
+        if len(space.layers) > 2:
+            # The first and last layers in float, the rest INT8: the configuration an engineer
+            # tries first and the keep-float sensitivities often propose. Its few conversions
+            # show against fast INT8 layers, where every other layer in float buries them.
+            ends = (space.layers[0], space.layers[-1])
+            variants.append(Variant("int8-ends", 0.0, 8, 8, float_layers=ends))
     for ratio in prune_ratios:
         variants += [Variant(f"prune{ratio:g}", ratio), Variant(f"prune{ratio:g}-int8", ratio, 8, 8)]
     offered = {
