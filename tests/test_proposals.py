@@ -7,6 +7,7 @@ import itertools
 import json
 import time
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -478,3 +479,12 @@ def test_a_layer_fit_never_predicts_fewer_channels_slower():
     fit = LayerFit.through([(0.0625, 2.0), (0.25, 3.0), (0.5625, 7.0), (1.0, 6.0), (1.0, 6.4)])
     assert list(fit.us) == sorted(fit.us) and fit(0.5625) == pytest.approx((7.0 + 6.0 + 6.4) / 3)
     assert fit(0.25) == 3.0  # points that were in order stay as measured
+
+
+def test_profiles_are_timed_on_the_calibration_inputs_only_when_they_are_arrays():
+    from autocompress.search.proposals import _inputs_of
+
+    images = _inputs_of([(torch.ones(2, 1, 3, 3), torch.zeros(2)), (torch.zeros(1, 1, 3, 3), torch.ones(1))])
+    assert images.shape == (3, 1, 3, 3) and images.dtype == np.float32 and images[:2].all()
+    assert _inputs_of([({"input_ids": torch.ones(2, 4)}, torch.zeros(2))]) is None  # a dict: random inputs
+    assert _inputs_of([]) is None

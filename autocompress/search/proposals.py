@@ -615,9 +615,9 @@ def profile_variants(
         # precisions as the converted IRs the trials measure (checked for FP32 and INT8), and
         # conversion would cost 0.5-1.3 s a variant.
         paths = [str(p) for _, p, *_ in exported]
-        data = np.concatenate([_inputs_of(batch) for batch in calibration])
-        inputs = None  # timed on the data, as the trials are, when it has the exported shape
-        if tuple(data.shape[1:]) == tuple(shape[1:]):
+        data = _inputs_of(calibration)
+        inputs = None  # timed on the data, as the trials are, when it is one array of the exported shape
+        if data is not None and tuple(data.shape[1:]) == tuple(shape[1:]):
             inputs = str(tmp / "inputs.npy")
             np.save(inputs, data)
         jobs = [ProfileLayers(paths, target.to_dict(), iterations, rounds=3, inputs_npy=inputs)]
@@ -655,10 +655,18 @@ def profile_variants(
     return {v.name: profiles[v.name] for v in variants}
 
 
-def _inputs_of(batch: Any) -> np.ndarray:
-    """A loader batch's inputs as float32 numpy."""
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    return (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)).astype(np.float32)
+def _inputs_of(batches: Sequence[Any]) -> np.ndarray | None:
+    """The loader batches' inputs as one float32 array (the first of a tuple batch), or None
+    when they are not tensors or arrays (a dict of inputs, say)."""
+    arrays = []
+    for batch in batches:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.number):
+            return None
+        arrays.append(x.astype(np.float32))
+    return np.concatenate(arrays) if arrays else None
 
 
 def _compress(
