@@ -102,7 +102,7 @@ class OpenVINOLatency:
     ):
         self.target = target
         self.config = config
-        self.data = data if data is None or isinstance(data, Dataset) else Dataset(data)
+        self.data = _optional_dataset(data)
 
     def __call__(self, model: ExportedModel) -> Measurement:
         return self.compare({"model": model})["model"]
@@ -120,7 +120,7 @@ class OpenVINOLatency:
             xml_paths=[str(models[n].ir_path) for n in names],
             target=[targets.get(n, self.target).to_dict() for n in names],
             config=self.config.to_dict(),
-            inputs_npy=str(self.data.inputs_file()) if self.data is not None else None,
+            inputs_npy=_inputs_file(self.data),
         )
         return _per_model(names, unwrap(run_jobs([job])[0]))
 
@@ -139,7 +139,7 @@ class OnnxRuntimeLatency:
     ):
         self.threads = threads
         self.config = config
-        self.data = data if data is None or isinstance(data, Dataset) else Dataset(data)
+        self.data = _optional_dataset(data)
 
     def __call__(self, model: ExportedModel) -> Measurement:
         return self.compare({"model": model})["model"]
@@ -150,9 +150,18 @@ class OnnxRuntimeLatency:
             [str(models[n].onnx_path) for n in names],
             self.threads,
             self.config.to_dict(),
-            str(self.data.inputs_file()) if self.data is not None else None,
+            _inputs_file(self.data),
         )
         return _per_model(names, unwrap(run_jobs([job])[0]))
+
+
+def _optional_dataset(data: Dataset | Iterable | None) -> Dataset | None:
+    return data if data is None or isinstance(data, Dataset) else Dataset(data)
+
+
+def _inputs_file(data: Dataset | None) -> str | None:
+    """Where a timing job reads its inputs (None: seeded random ones)."""
+    return str(data.inputs_file()) if data is not None else None
 
 
 def _per_model(names: list[str], result: dict[str, Any]) -> dict[str, Measurement]:

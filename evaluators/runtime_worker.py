@@ -17,6 +17,7 @@ All functions take and return plain, JSON-friendly data.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -177,15 +178,13 @@ def _cycling(request: Any, inputs: np.ndarray) -> tuple[Any, Any]:
     """A call that copies the next of ``inputs`` into the request's input and runs it, as a
     deployed model is fed new data each call (the copy is part of every model's time alike),
     and what must stay alive while it is used."""
-    ov = _ov()
     buffer = np.array(inputs[0])
-    tensor = ov.Tensor(buffer)  # shares buffer's memory
+    tensor = _ov().Tensor(buffer)  # shares buffer's memory
     request.set_input_tensor(tensor)
-    position = [0]
+    batches = itertools.cycle(inputs)
 
     def run() -> None:
-        position[0] = (position[0] + 1) % len(inputs)
-        np.copyto(buffer, inputs[position[0]])
+        np.copyto(buffer, next(batches))
         request.infer()
 
     return run, (buffer, tensor)
@@ -490,17 +489,6 @@ def profile_layers(
     return {"models": out, "target": tgt.to_dict(), "iterations": total_runs, "rounds": rounds}
 
 
-def _cycling_session(session: Any, feeds: list[dict[str, np.ndarray]]) -> Any:
-    """An ONNX Runtime session run on the next of ``feeds`` each call."""
-    position = [0]
-
-    def run() -> None:
-        position[0] = (position[0] + 1) % len(feeds)
-        session.run(None, feeds[position[0]])
-
-    return run
-
-
 def measure_ort_latency(
     onnx_paths: list[str],
     threads: int | None = None,
@@ -525,8 +513,8 @@ def measure_ort_latency(
         inp = sess.get_inputs()[0]
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
         shape[0] = int(batch)
-        feeds = [{inp.name: x} for x in _timing_inputs(shape, cfg.seed, inputs_npy)]
-        runs.append(_cycling_session(sess, feeds))
+        feeds = itertools.cycle([{inp.name: x} for x in _timing_inputs(shape, cfg.seed, inputs_npy)])
+        runs.append(lambda sess=sess, feeds=feeds: sess.run(None, next(feeds)))
         info.append({"onnx": path, "input_shape": shape, "session_seconds": create_s})
     per_round, iterations = _alternating_rounds(runs, cfg)
     stats, ratios = _summaries(per_round, iterations)

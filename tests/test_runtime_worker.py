@@ -308,13 +308,8 @@ def test_timed_models_cycle_through_batches_of_the_data(tmp_path):
     data = np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1)
     np.save(tmp_path / "x.npy", data)
     batches = _timing_inputs([4, 1, 1, 1], 0, str(tmp_path / "x.npy"))
-    assert batches.shape == (
-        10,
-        4,
-        1,
-        1,
-        1,
-    )  # as many whole batches as the data hold (at most TIMING_SAMPLES)
+    # as many whole batches as the data hold (at most TIMING_SAMPLES)
+    assert batches.shape == (10, 4, 1, 1, 1)
     assert batches.reshape(-1).tolist() == list(range(40))  # consecutive rows, each once
     few = _timing_inputs([3, 1, 1, 1], 0, str(tmp_path / "x.npy"))
     assert len(few) == 13 and len({float(b.sum()) for b in few}) == 13
