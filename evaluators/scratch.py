@@ -25,8 +25,15 @@ def scratch_dir(prefix: str) -> Path:
     done. Folders of the same prefix whose owner died on this host are removed first."""
     sweep(prefix)
     path = Path(tempfile.mkdtemp(prefix=prefix))
-    (path / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    claim(path)
     return path
+
+
+def claim(path: Path) -> None:
+    """Record this process as the owner of ``path``: again after copying another folder's
+    contents into it (a restored checkpoint brings its dead maker's record, and the next
+    sweep would remove the folder under the process using it)."""
+    (path / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
 
 
 def sweep(prefix: str) -> list[Path]:

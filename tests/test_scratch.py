@@ -93,3 +93,34 @@ def test_a_worker_folder_left_by_a_killed_process_is_removed_by_the_next_run():
         assert not orphan.exists()
     finally:
         subprocess.run(["rm", "-rf", str(orphan)], check=True)
+
+
+def test_a_trial_folder_restored_from_a_dead_workers_checkpoint_is_not_swept_under_its_new_owner(tmp_path):
+    """A Ray trial restored from its checkpoint copies the first worker's folder, owner
+    record included, into its own: it must claim it again, or the next trial to start sweeps
+    it mid-measurement (seen once in CI: the restored trial's model.xml vanished)."""
+    import shutil
+
+    from autocompress.search.ray_backend import STAGE_FILE, _restore
+
+    prefix = _prefix()
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    saved = tmp_path / "checkpoint"  # the first worker's folder, as its checkpoint holds it
+    saved.mkdir()
+    (saved / STAGE_FILE).write_text(json.dumps({"stage": "exported"}))
+    work = scratch_dir(prefix)
+    record = json.loads((work / OWNER_FILE).read_text())
+    (saved / OWNER_FILE).write_text(json.dumps({**record, "pid": killed.pid}))
+
+    class Checkpoint:  # as tune.Checkpoint.to_directory: the saved folder's files copied in
+        def to_directory(self, path: str) -> None:
+            shutil.copytree(saved, path, dirs_exist_ok=True)
+
+    try:
+        assert _restore(Checkpoint(), work) == {"stage": "exported"}
+        sweep(prefix)  # another trial starting
+        assert work.is_dir() and json.loads((work / OWNER_FILE).read_text())["pid"] == os.getpid()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

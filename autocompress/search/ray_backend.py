@@ -38,7 +38,7 @@ from ray.tune.search import Searcher
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from autocompress.evaluators.child import ConvertToIR, run_jobs, unwrap
-from autocompress.evaluators.scratch import scratch_dir
+from autocompress.evaluators.scratch import claim, scratch_dir
 from autocompress.evaluators.target import LatencyConfig, Target
 from autocompress.policies import Policy
 from autocompress.search.atomic_fs import atomic_local_filesystem
@@ -493,6 +493,7 @@ def _restore(checkpoint, work: Path) -> dict | None:
     if checkpoint is None:
         return None
     checkpoint.to_directory(str(work))
+    claim(work)  # the checkpoint holds its first worker's owner record
     return json.loads((work / STAGE_FILE).read_text())
 
 
