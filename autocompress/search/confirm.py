@@ -129,9 +129,9 @@ def ranked(
 def _selection_drop(record: TrialRecord) -> float:
     """The drop a trial is a confirmation candidate by: measured, or for a student the lower
     bound of its interval. A student's confirmation distils it anew at the final budget
-    (1000 steps against the trial's 300), which closes much of its gap: over 19 students
-    confirmed in saved benchmark runs, the drop on the held-back data was 0.37 pt below the
-    trial's on the selection data on average (0.39 -> 0.02 pt), and one MNIST student
+    (3000 steps against the trial's 300), which closes much of its gap: over 19 students
+    confirmed at 1000 steps in saved benchmark runs, the drop on the held-back data was
+    already 0.37 pt below the trial's on the selection data on average (0.39 -> 0.02 pt), and one MNIST student
     measured 1.2 pt in its trial (no candidate) while the same student confirmed and held
     at 0.1-0.3 pt in five other searches. A model compressed from the trained one gains
     little from a longer fine-tune, and its measured drop stays the rule."""
