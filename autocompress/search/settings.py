@@ -37,7 +37,7 @@ SEARCH_FINETUNE = Finetune(
 # depthwise net's half-width two-block student dropped -0.60/-0.10 pt instead of
 # 1.00/1.20 on validation (test 0.10/0.80 instead of 0.90/1.30), the MNIST CNN's half-width
 # student -0.8 to -1.2 pt instead of -0.2 to -0.5 (test -0.2 to 0.0 instead of 0.0 to 0.7),
-# at 2.8x the time (41 -> 116 s, 46 -> 137 s on 2 cores).
+# at 2.8-3.1x the time (41-42 -> 116-119 s and 46 -> 137-143 s on 2 cores).
 FINAL_FINETUNE = Finetune(
     epochs=1.0, lr=1e-4, recovery_epochs=2.0, rewind_lr=1e-3, distill_epochs=3.0, distill_min_steps=3000
 )
