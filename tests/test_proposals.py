@@ -159,12 +159,25 @@ def test_latency_model_predicts_variants_it_was_not_fitted_on(hardware, resnet, 
     assert model.predict(hardware_plan.proposals[-1].params) == pytest.approx(
         model.predict_profile(profiles["proposal"])
     )
-    # Pruning and INT8 must both show in the prediction.
+    # Pruning and INT8 must both show in the layers' sum (what the integer program adds up).
     structure = model.structure
     full = {s.name: (1.0, 1.0) for s in structure.layers}
-    assert model.predict_config(full, dict.fromkeys(full, INT8)) < model.predict_config(full, {})
-    assert model.predict_config(profiles["prune0.375-int8"].kept, dict.fromkeys(full, INT8)) < (
-        model.predict_config(full, dict.fromkeys(full, INT8))
+    int8 = dict.fromkeys(full, INT8)
+    assert model.predict_config(full, int8, recall=False) < model.predict_config(full, {}, recall=False)
+    halved = {
+        s.name: structure.kept(s, dict.fromkeys(structure.group_channels, 0.5)) for s in structure.layers
+    }
+    assert model.predict_config(halved, int8, recall=False) < model.predict_config(full, int8, recall=False)
+    # Between profiled widths a kernel costs as the wider one: never more than unpruned.
+    assert model.predict_config(profiles["prune0.375-int8"].kept, int8, recall=False) <= (
+        model.predict_config(full, int8, recall=False)
+    )
+    # A configuration profiled before is predicted by its measurement; one never measured by its layers.
+    assert model.predict_config(full, int8) == pytest.approx(
+        next(p.latency_ratio for p in hardware_plan.profiles if p.name == "int8")
+    )
+    assert model.predict_config(profiles["prune0.375-int8"].kept, int8) == model.predict_profile(
+        profiles["prune0.375-int8"]
     )
 
 
@@ -261,12 +274,16 @@ def test_the_integer_program_finds_the_brute_force_optimum(hardware):
             point.update(zip(free_groups, ratios))
             for layer, bits in zip(free_layers, precisions):
                 point.update({f"weight_bits:{layer}": bits, f"activation_bits:{layer}": bits})
-            candidates.append((sens.predict(*layout(small, structure, point)), model.predict(point)))
+            # the program minimises the layers' sum (a measured configuration's recall is no sum)
+            candidates.append(
+                (sens.predict(*layout(small, structure, point)), model.predict(point, recall=False))
+            )
     for budget in (0.0, 0.003, 0.01, 0.05):
         best = min(latency for drop, latency in candidates if drop <= budget + 1e-12)
         (proposal,) = propose(small, model, sens, max_drop=budget or 1e-9, multiples=(1.0,))
         assert proposal.predicted_drop <= budget + 1e-9
-        assert proposal.predicted_latency_ratio == pytest.approx(best, rel=1e-9), budget
+        assert model.predict(proposal.params, recall=False) == pytest.approx(best, rel=1e-9), budget
+        assert proposal.predicted_latency_ratio == model.predict(proposal.params)
     # The layers no decision sets (INT8 at the reference) spend the budget too.
     costly = Sensitivities(0.9, 100, pruning, {s.name: 0.004 for s in structure.layers})
     assert propose(small, model, costly, max_drop=0.01, multiples=(1.0,)) == []
