@@ -41,6 +41,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -192,10 +193,14 @@ class Structure:
         first conv's output moves 392 times the elements of one at the classifier. On the 282
         replayed trials of ``LayerFit``, weighting the edges took the share within +-10%
         from 84% to 85% (85% to 87% with ``predict_config``'s recall)."""
+        mean = self._mean_input_elements
+        return layer.input_elements / mean if mean and layer.input_elements > 0 else 1.0
+
+    @functools.cached_property
+    def _mean_input_elements(self) -> float | None:
+        """None unless every layer's input elements are known."""
         known = [s.input_elements for s in self.layers if s.input_elements > 0]
-        if layer.input_elements <= 0 or len(known) < len(self.layers):
-            return 1.0
-        return layer.input_elements * len(known) / sum(known)
+        return sum(known) / len(known) if known and len(known) == len(self.layers) else None
 
     def transitions(self, classes: Mapping[str, str]) -> tuple[float, float]:
         """Producer -> layer edges from float to quantized (a quantize step) and from
@@ -741,9 +746,9 @@ class LayerFit:
     (on the zoo ResNet-20 a line through the profiled widths missed held-out points by
     13-15%, median). Not interpolated either: kernels work in blocks of channels, and a
     partly filled block costs a full one (on an AMX Xeon the wide ResNet's INT8 convs took
-    as long with 24 of 32 channels as with 32, 13.6 and 14.2 us, and 3.3 us with 16). On 282 replayed trials
-    of 33 saved searches, each predicted before its refit, the step took the share within
-    +-10% from 80% (linear interpolation) to 84%, the median error from 4.3% to 4.0%.
+    13.6 us with 24 of 32 channels, 14.2 us with 32 and 3.3 us with 16). On 282 replayed
+    trials of 33 saved searches, each predicted before its refit, the step took the share
+    within +-10% from 80% (linear interpolation) to 84%, the median error from 4.3% to 4.0%.
 
     ``kept``: the fraction on the side(s) that pruning changes: the output for a first layer
     or a depthwise conv, the input for a last one, and for a layer pruned on both sides the
@@ -835,9 +840,9 @@ class LatencyModel:
     baseline_us is the baseline's measured latency, a precision change is a producer -> layer
     edge with one side on integer kernels and the other not (weighted by the elements it
     converts, ``Structure.edge_weight``), and ``overhead`` the time outside the kernels as a
-    share of baseline_us. The profiles give each layer's cost and how it
-    scales; the factors, the transition costs and the overhead are then fitted to the MEASURED latency ratios
-    (profiling off) of the profiled variants, the ``anchors``, and of every trial passed to
+    share of baseline_us. The profiles give each layer's cost and how it scales; the
+    factors, the transition costs and the overhead are then fitted to the MEASURED latency
+    ratios (profiling off) of the profiled variants, the ``anchors``, and of every trial passed to
     ``calibrate``: per-node profiling times carry the profiler's own overhead and a
     neighbour's load, the measured ratios are what the search optimises.
     """
@@ -995,11 +1000,11 @@ class LatencyModel:
     def _refit(self, measured: Sequence[tuple[Mapping[str, Kept], Mapping[str, str], float]]) -> LatencyModel:
         """Least squares on relative errors for (s_float, s_quantized, t_int, t_float,
         overhead) over the anchors, then, with ``measured`` trials, again over both with the
-        trials' own overhead: the time outside the kernels is what a neighbour's load moves (5% to
-        45% of the baseline's latency here within an hour), so the search's trials, not the
-        profiling session, say what it is now. Each parameter is pulled (about one
-        measurement's worth) towards (1, 1, 0, 0, the profiles' overhead): a component nothing
-        exercised stays as profiled, and a few measurements cannot swing it."""
+        trials' own overhead: the time outside the kernels is what a neighbour's load moves
+        (5% to 45% of the baseline's latency here within an hour), so the search's trials,
+        not the profiling session, say what it is now. Each parameter is pulled (about one
+        measurement's worth) towards (1, 1, 0, 0, the profiles' overhead): a component
+        nothing exercised stays as profiled, and a few measurements cannot swing it."""
 
         def rows(configs, columns):
             out = []
