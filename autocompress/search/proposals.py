@@ -52,7 +52,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,19 +202,21 @@ class Structure:
         known = [s.input_elements for s in self.layers if s.input_elements > 0]
         return sum(known) / len(known) if known and len(known) == len(self.layers) else None
 
-    def transitions(self, classes: Mapping[str, str]) -> tuple[float, float]:
-        """Producer -> layer edges from float to quantized (a quantize step) and from
-        quantized to float (a dequantize step), each weighted by the elements it converts
+    def changes_at(self, layer: LayerShape, classes: Mapping[str, str]) -> tuple[float, float]:
+        """Precision changes on the edges into this layer: (float -> quantized, a quantize
+        step; quantized -> float, a dequantize step), weighted by the elements they convert
         (``edge_weight``)."""
-        quantized = {name: _integer(c) for name, c in classes.items()}
+        integer = _integer(classes.get(layer.name, FLOAT))
+        changed = sum(_integer(classes.get(p, FLOAT)) != integer for p in layer.producers)
+        weighted = self.edge_weight(layer) * changed if changed else 0.0
+        return (weighted, 0.0) if integer else (0.0, weighted)
+
+    def transitions(self, classes: Mapping[str, str]) -> tuple[float, float]:
+        """The model's precision changes (``changes_at``, summed over its layers)."""
         to_integer = to_float = 0.0
         for s in self.layers:
-            for p in s.producers:
-                if quantized.get(s.name, False) != quantized.get(p, False):
-                    if quantized.get(s.name, False):
-                        to_integer += self.edge_weight(s)
-                    else:
-                        to_float += self.edge_weight(s)
+            q, d = self.changes_at(s, classes)
+            to_integer, to_float = to_integer + q, to_float + d
         return to_integer, to_float
 
     def removed(self, group: str, ratio: float) -> int:
@@ -313,6 +315,27 @@ def _producers(model: nn.Module) -> dict[str, tuple[str, ...]]:
     return found
 
 
+def _on_layer_calls(
+    module: nn.Module, example_input: torch.Tensor, on_call: Callable[[str, tuple[Any, ...]], None]
+) -> None:
+    """One forward pass of the example in eval mode, calling ``on_call(layer name, its
+    positional inputs)`` before every compressible layer runs (repeats included); the
+    module's train/eval mode is restored after."""
+    handles = [
+        m.register_forward_pre_hook(lambda _m, args, name=name: on_call(name, args))
+        for name, m in module.named_modules()
+        if isinstance(m, COMPRESSIBLE)
+    ]
+    was_training = module.training
+    try:
+        with torch.no_grad():
+            module.eval()(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+        module.train(was_training)
+
+
 def _input_elements(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     """Compressible layer -> the elements of its (first) input for one sample, from one
     forward pass on the example."""
@@ -324,19 +347,7 @@ def _input_elements(model: nn.Module, example_input: torch.Tensor) -> dict[str, 
         if first is not None:
             sizes.setdefault(name, max(1, first.numel() // max(1, batch)))
 
-    handles = [
-        m.register_forward_pre_hook(lambda _m, args, name=name: record(name, args))
-        for name, m in model.named_modules()
-        if isinstance(m, COMPRESSIBLE)
-    ]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    _on_layer_calls(model, example_input, record)
     return sizes
 
 
@@ -521,17 +532,7 @@ def _key(*parts: Any) -> str:
 def _call_order(module: nn.Module, example_input: torch.Tensor) -> list[str]:
     """Compressible layers in the order a forward pass calls them (repeats included)."""
     calls: list[str] = []
-    handles = [
-        m.register_forward_pre_hook(lambda _m, _x, name=name: calls.append(name))
-        for name, m in module.named_modules()
-        if isinstance(m, COMPRESSIBLE)
-    ]
-    try:
-        with torch.no_grad():
-            module.eval()(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _on_layer_calls(module, example_input, lambda name, _args: calls.append(name))
     return calls
 
 
@@ -952,7 +953,7 @@ class LatencyModel:
                 )
         return out
 
-    def _key(self, kept: Mapping[str, Kept], classes: Mapping[str, str]) -> tuple:
+    def _config_key(self, kept: Mapping[str, Kept], classes: Mapping[str, str]) -> tuple:
         return tuple(
             (*(round(k, 6) for k in kept.get(s.name, (1.0, 1.0))), classes.get(s.name, FLOAT))
             for s in self.structure.layers
@@ -962,7 +963,7 @@ class LatencyModel:
         memory: dict[tuple, list[float]] = {}
         for kept, classes, ratio in measured:
             if ratio and math.isfinite(ratio) and ratio > 0:
-                memory.setdefault(self._key(kept, classes), []).append(float(ratio))
+                memory.setdefault(self._config_key(kept, classes), []).append(float(ratio))
         return {key: tuple(ratios) for key, ratios in memory.items()}
 
     def predict_config(
@@ -975,7 +976,7 @@ class LatencyModel:
         sum missed such repeats by up to 12% after a few trials had moved the factors (on
         the 282 replayed trials of ``LayerFit``, recalling took the share within +-10% from
         84% to 85%, 85% to 87% with the weighted edges)."""
-        if recall and (seen := self.memory.get(self._key(kept, classes))):
+        if recall and (seen := self.memory.get(self._config_key(kept, classes))):
             return float(statistics.median(seen))
         parts = self.components(kept, classes)
         layers = sum(self.scales[k] * v for k, v in parts.items()) / self.baseline_us
@@ -1435,11 +1436,11 @@ def _factors(
                 ratios.update(dict.fromkeys(c.groups, c.ratios[option]) if c.groups else {})
                 classes.update(c.classes[option] if c.classes else {})
             cls_ = classes.get(shape.name, FLOAT)
-            changes = structure.edge_weight(shape) * sum(
-                _integer(classes.get(p, FLOAT)) != _integer(cls_) for p in shape.producers
-            )
-            table[combo] = model.layer_us(shape, structure.kept(shape, ratios), cls_) + changes * (
-                to_integer_us if _integer(cls_) else to_float_us
+            to_integer, to_float = structure.changes_at(shape, classes)
+            table[combo] = (
+                model.layer_us(shape, structure.kept(shape, ratios), cls_)
+                + to_integer * to_integer_us
+                + to_float * to_float_us
             )
         if involved:
             tables.append((tuple(involved), table))
