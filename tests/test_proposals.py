@@ -156,7 +156,8 @@ def test_latency_model_predicts_variants_it_was_not_fitted_on(hardware, resnet, 
         # Re-measuring one model varies 2-16% on an idle machine and up to 30% with others'
         # tests running on its 2 cores (seen here); the model must stay within 30%.
         assert abs(predicted - measured) / measured < 0.30, (name, predicted, measured)
-    assert model.predict(hardware_plan.proposals[-1].params) == pytest.approx(
+    # (recall=False: the proposal may be a profiled configuration, then predicted by its measurement)
+    assert model.predict(hardware_plan.proposals[-1].params, recall=False) == pytest.approx(
         model.predict_profile(profiles["proposal"])
     )
     # Pruning and INT8 must both show in the layers' sum (what the integer program adds up).
