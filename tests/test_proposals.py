@@ -253,6 +253,15 @@ def test_proposals_are_distinct_valid_points_within_their_budgets(hardware):
     assert latencies == sorted(latencies, reverse=True)  # a larger budget is never slower
 
 
+def _precision(space, layer, integer):
+    """The values that make ``layer`` INT8 or float, however the space sets that (bits that
+    may be float, or bits and keep_float when fit_space left one-sided float out)."""
+    if f"keep_float:{layer}" in space.names():
+        return {f"weight_bits:{layer}": 8, f"activation_bits:{layer}": 8, f"keep_float:{layer}": not integer}
+    bits = 8 if integer else None
+    return {f"weight_bits:{layer}": bits, f"activation_bits:{layer}": bits}
+
+
 def test_the_integer_program_finds_the_brute_force_optimum(hardware):
     hardware_plan, _, _ = hardware
     space = hardware_plan.space
@@ -261,7 +270,7 @@ def test_the_integer_program_finds_the_brute_force_optimum(hardware):
     # group) and two layers, one of them the other's consumer: products and precision changes.
     free_groups = ["pruning_ratio:conv1", "pruning_ratio:layer1.0.conv1"]
     free_layers = ["layer1.0.conv1", "layer1.0.conv2"]
-    free = free_groups + [f"{k}:{layer}" for layer in free_layers for k in ("weight_bits", "activation_bits")]
+    free = free_groups + [name for layer in free_layers for name in _precision(space, layer, True)]
     small = space.fix(**{n: v for n, v in reference.items() if n not in free})
     model = LatencyModel.fit(list(hardware_plan.profiles), hardware_plan.latency_model.structure, small)
     structure = model.structure
@@ -270,11 +279,11 @@ def test_the_integer_program_finds_the_brute_force_optimum(hardware):
     sens = Sensitivities(0.9, 100, pruning, dict.fromkeys(free_layers, 0.004))
     candidates = []  # (predicted drop, predicted latency) of every point the program chooses among
     for ratios in itertools.product([i * 0.125 for i in range(7)], repeat=len(free_groups)):
-        for precisions in itertools.product((8, None), repeat=len(free_layers)):
+        for precisions in itertools.product((True, False), repeat=len(free_layers)):
             point = {n: v for n, v in reference.items() if n in small.names()}
             point.update(zip(free_groups, ratios))
-            for layer, bits in zip(free_layers, precisions):
-                point.update({f"weight_bits:{layer}": bits, f"activation_bits:{layer}": bits})
+            for layer, integer in zip(free_layers, precisions):
+                point.update(_precision(space, layer, integer))
             # the program minimises the layers' sum (a measured configuration's recall is no sum)
             candidates.append(
                 (sens.predict(*layout(small, structure, point)), model.predict(point, recall=False))
@@ -302,6 +311,24 @@ def test_fit_space_leaves_out_only_bit_widths_measured_no_faster(space, hardware
         fitted.policy(point)
     assert fit_space(space, {INT8: 0.5, "w4a8": 0.9}, "size")[0] is space
     assert fit_space(space, {INT8: 0.5, "w4a8": 0.9}, ["latency", "size"])[0] is space
+
+    # One side float measured no faster than FP32: a layer is quantized on both sides or kept float.
+    one_sided = {INT8: 0.5, FLOAT: 1.0, "w8af": 1.0, "wfa8": 1.3}
+    tied, reasons = fit_space(space, one_sided, "latency")
+    assert any("float on one side of a layer left out" in r and "1.300" in r for r in reasons)
+    bits = [d for d in tied.searched if d.knob in ("weight_bits", "activation_bits")]
+    assert bits and all(None not in d.choices for d in bits)
+    assert {d.layers for d in tied.searched if d.knob == "keep_float"} == {d.layers for d in bits}
+    for point in tied.start_points:
+        assert not any(point[d.name] for d in tied.searched if d.knob == "keep_float")  # INT8 starts
+        tied.policy(point)
+    layer = space.layers[0]
+    floated = tied.policy({**tied.start_points[0], f"keep_float:{layer}": True})
+    assert floated.for_layer(layer).quantization is None
+    faster = fit_space(space, {**one_sided, "wfa8": 0.9}, "latency")[0]
+    assert not any(d.knob == "keep_float" for d in faster.dimensions)  # measured faster: kept as is
+    unprofiled, reasons = fit_space(space, {INT8: 0.5, FLOAT: 1.0}, "latency")
+    assert unprofiled is space and any("not both profiled" in r for r in reasons)
 
     # On the real profiles, a value is gone exactly when its variant measured no faster than INT8.
     hardware_plan, _, _ = hardware

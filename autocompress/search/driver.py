@@ -314,7 +314,7 @@ def run_search(
         space = build_space(model, settings.space, example_input=example)
         hardware = _hardware_plan(settings, space, model, data.train, val, example, metric, accelerator)
         if hardware is not None:  # the predicted fastest policies first, then the engineer's start points
-            points = [*hardware.points, *space.start_points]
+            points = [*hardware.points, *hardware.space.start_points]  # (fitted to the fitted space)
             unique = [p for i, p in enumerate(points) if p not in points[:i]]
             space = dataclasses.replace(hardware.space, start_points=tuple(unique))
         settings = dataclasses.replace(settings, space=space.to_dict())

@@ -1580,13 +1580,18 @@ def _latency_only(objectives: Any) -> bool:
 def fit_space(
     space: SearchSpace, evidence: Mapping[str, float], objectives: Any
 ) -> tuple[SearchSpace, tuple[str, ...]]:
-    """For latency (or throughput) objectives, the space without the bit-widths that measured
-    no faster on the target than INT8, the value they would replace, and why.
+    """For latency (or throughput) objectives, the space without the precisions that measured
+    no faster on the target than what they would replace, and why.
 
     ``evidence``: measured latency ratio to FP32 per precision class at full width ("int8",
-    "w4a8" for 4-bit weights with 8-bit activations, "w8a6", ...). A value stays when its
-    variant was at least 3% faster than INT8, or when it was not profiled (said so). Start
-    points that used a removed value take the knob's start instead; fixed values stay.
+    "w4a8" for 4-bit weights with 8-bit activations, "w8a6", "w8af" for INT8 weights with
+    float activations, "wfa8", ...). A sub-8-bit value stays when its variant was at least
+    3% faster than INT8, or when it was not profiled (said so). A layer quantized on one
+    side only computes in float with fake-quantize steps added (on this project's machines
+    WFA8 measured 1.05-1.53x FP32, W8AF 1.00x): when both measured no faster than FP32, a
+    layer's weight and activation bits lose their float choice and a ``keep_float``
+    dimension sets the whole layer float instead. Start points that used a removed value
+    take the knob's start instead; fixed values stay.
     """
     if not _latency_only(objectives):
         return space, (f"objectives {objectives!r} are not latency only: the space is kept as given",)
@@ -1620,8 +1625,6 @@ def fit_space(
                 )
             else:
                 reasons.append(f"{knob} {v} kept: {speed}")
-    if not removed:
-        return space, tuple(reasons)
     dims = []
     for dim in space.dimensions:
         gone = removed.get(dim.knob, set())
@@ -1629,7 +1632,45 @@ def fit_space(
             dims.append(dim)
             continue
         dims.append(dataclasses.replace(dim, choices=tuple(c for c in dim.choices if c not in gone)))
-    by_name = {d.name: d for d in dims}
+    pairs = _one_sided_pairs(space, dims)
+    if pairs:
+        one_sided = {c: evidence.get(c) for c in ("w8af", "wfa8")}
+        fp32 = evidence.get(FLOAT)
+        if fp32 is None or None in one_sided.values():
+            reasons.append("a layer may stay float on one side: W8AF and WFA8 were not both profiled")
+            pairs = {}
+        else:
+            speed = ", ".join(f"{c.upper()} measured {r:.3f} of FP32 latency" for c, r in one_sided.items())
+            if all(r >= fp32 * (1 - NO_FASTER) for r in one_sided.values()):
+                reasons.append(
+                    f"float on one side of a layer left out: {speed}; no faster than FP32 on this "
+                    "target, it can only cost accuracy: a layer is quantized on both sides or kept "
+                    "float (keep_float)"
+                )
+            else:
+                reasons.append(f"a layer may stay float on one side: {speed}")
+                pairs = {}
+    if not removed and not pairs:
+        return space, tuple(reasons)
+    keeps = {
+        d.name: Dimension("keep_float", layers=d.layers, choices=(False, True))
+        for d in dims
+        if d.name in pairs
+    }
+    tied = []
+    for dim in dims:
+        if dim.name in pairs:  # a layer's weight bits: its activation bits and keep_float follow
+            activation = next(d for d in dims if d.name == pairs[dim.name])
+            tied += [
+                dataclasses.replace(dim, choices=tuple(c for c in dim.choices if c is not None)),
+                dataclasses.replace(
+                    activation, choices=tuple(c for c in activation.choices if c is not None)
+                ),
+                keeps[dim.name],
+            ]
+        elif dim.name not in pairs.values():
+            tied.append(dim)
+    by_name = {d.name: d for d in tied}
     points = []
     for point in space.start_points:
         fitted = {
@@ -1640,9 +1681,34 @@ def fit_space(
             )
             for k, v in point.items()
         }
+        for weights, activations in pairs.items():  # float on either side: the layer stays float
+            fitted[keeps[weights].name] = None in (point[weights], point[activations])
         if fitted not in points:
             points.append(fitted)
-    return dataclasses.replace(space, dimensions=tuple(dims), start_points=tuple(points)), tuple(reasons)
+    return dataclasses.replace(space, dimensions=tuple(tied), start_points=tuple(points)), tuple(reasons)
+
+
+def _one_sided_pairs(space: SearchSpace, dims: Sequence[Dimension]) -> dict[str, str]:
+    """{weight_bits dimension: activation_bits dimension} for the searched pairs that set the
+    same layers, both offer float and a bit-width, and no keep_float dimension touches."""
+    searched = [d for d in dims if d.name not in space.fixed and d.choices is not None]
+    keep_float = [d for d in dims if d.knob == "keep_float"]
+
+    def open_(dim: Dimension) -> bool:
+        return None in dim.choices and len(dim.choices) > 1
+
+    pairs = {}
+    for weights in (d for d in searched if d.knob == "weight_bits" and open_(d)):
+        activations = next(
+            (d for d in searched if d.knob == "activation_bits" and d.layers == weights.layers and open_(d)),
+            None,
+        )
+        touched = any(
+            k.is_global or weights.is_global or set(k.layers) & set(weights.layers) for k in keep_float
+        )
+        if activations is not None and not touched:
+            pairs[weights.name] = activations.name
+    return pairs
 
 
 # ============================================================================ the plan
