@@ -3,6 +3,7 @@ the half-width ResNet-20 trained on digits, profiled by OpenVINO on this machine
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -36,6 +37,7 @@ from autocompress.search.proposals import (
     plan,
     profile_variants,
     propose,
+    student_points,
 )
 from autocompress.search.result import TrialRecord
 from autocompress.search.trial import Measurements
@@ -388,6 +390,7 @@ def test_a_second_plan_reads_the_cache(hardware, resnet, space, digits_loaders):
     assert [p.latency_ms for p in again.profiles] == [p.latency_ms for p in hardware_plan.profiles]
     assert again.sensitivities == hardware_plan.sensitivities
     assert again.points == hardware_plan.points
+    assert again.students == hardware_plan.students
 
 
 def test_profile_job_rejects_bad_requests():
@@ -457,6 +460,8 @@ def _measured_trial(number, params, drop, latency_ratio, user_attrs=None):
 
 def test_recalibration_predicts_each_trial_before_it_learns_from_it(hardware):
     hardware_plan, _, _ = hardware
+    # The model's own points only (the student steps: the next test).
+    hardware_plan = dataclasses.replace(hardware_plan, students=())
     recalibration = Recalibration(hardware_plan)
     trials = [
         _measured_trial(
@@ -486,6 +491,58 @@ def test_recalibration_predicts_each_trial_before_it_learns_from_it(hardware):
     report = json.loads(json.dumps(recalibration.report()))
     assert report["latency_model_prequential"]["n"] == len(trials)
     assert report["recalibrated_proposals"] == 2
+
+
+def test_students_are_timed_and_stepped_through_by_bisection_on_their_latency(hardware):
+    """Every offered student shape at each pruning ratio is timed untrained; the search then
+    bisects through those faster than its best feasible trial: a failed student rules out
+    the faster ones, a feasible one moves the bar."""
+    hardware_plan, _, _ = hardware
+    students = hardware_plan.students
+    space = hardware_plan.space
+    assert len(students) == len(student_points(space)) >= 6
+    for timing in students:
+        assert timing.params["student"] is True and space.policy(timing.params).student is not None
+        assert 0 < timing.latency_ratio < 2
+    ratios = sorted(t.latency_ratio for t in students)
+    assert ratios[0] < 0.7 * ratios[-1]  # the shapes differ in latency, as measured
+    said = " ".join(hardware_plan.reasons)
+    assert f"{len(students)} students timed untrained" in said
+    assert len(hardware_plan.to_dict()["students"]) == len(students)
+
+    recalibration = Recalibration(hardware_plan)
+    bar = ratios[-1]  # a feasible trial as slow as the slowest student
+    recalibration.observe([_measured_trial(0, space.start_points[0], drop=0.0, latency_ratio=bar)])
+    open_ = [t for t in students if t.latency_ratio < bar * (1 - NO_FASTER)]
+    step = recalibration.student_step([space.start_points[0]])
+    assert step is not None and step in open_
+    faster = [t for t in open_ if t.latency_ratio < step.latency_ratio]
+    slower = [t for t in open_ if t.latency_ratio > step.latency_ratio]
+    assert abs(len(faster) - len(slower)) <= 1  # the middle one
+    # It failed: only slower students are left.
+    after_failure = recalibration.student_step([step.params], failed=[step.params])
+    assert after_failure is None or step.latency_ratio < after_failure.latency_ratio < bar
+    # It held: the bar moves to it, and only faster students are left.
+    recalibration.observe([_measured_trial(1, step.params, drop=0.0, latency_ratio=step.latency_ratio)])
+    after_success = recalibration.student_step([step.params])
+    assert after_success is None or after_success.latency_ratio < step.latency_ratio * (1 - NO_FASTER)
+    # next_point takes a student step when it is faster than the model's own proposal.
+    point = recalibration.next_point([space.start_points[0], step.params])
+    own = propose(
+        space,
+        recalibration.plan.latency_model,
+        recalibration.plan.sensitivities,
+        max_drop=hardware_plan.max_drop,
+        multiples=(1.0, 0.5),
+        drop_scale=recalibration.plan.drop_scale,
+        exclude=[space.start_points[0], step.params],
+    )
+    if after_success is not None and (
+        not own or after_success.latency_ratio < own[0].predicted_latency_ratio
+    ):
+        assert point == after_success.params and recalibration.student_steps == 1
+    else:
+        assert point is None or point == own[0].params
 
 
 def test_the_optuna_search_queues_recalibrated_proposals_between_sampled_trials(hardware):

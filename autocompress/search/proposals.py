@@ -713,6 +713,122 @@ def profile_variants(
     return {v.name: profiles[v.name] for v in variants}
 
 
+# Students: the predictors see the model's own layers only, so each offered student is timed
+# as a whole instead (latency does not depend on the weights: no distillation needed).
+STUDENT_PRUNE_RATIOS = (0.0, 0.25, 0.5)
+STUDENT_KNOBS = ("student_width", "student_blocks")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentTiming:
+    """A student point of the space (the student start's precision, every group pruned at
+    ``ratio``) and its latency ratio to the baseline, measured on the target untrained."""
+
+    params: dict[str, Any]
+    ratio: float
+    latency_ratio: float
+
+    @property
+    def label(self) -> str:
+        shape = " ".join(f"{k.split('_')[1][0]}{self.params[k]:g}" for k in STUDENT_KNOBS if k in self.params)
+        return f"{shape} pruned {self.ratio:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"student": self.label, "latency_ratio": self.latency_ratio}
+
+
+def student_points(
+    space: SearchSpace, prune_ratios: Sequence[float] = STUDENT_PRUNE_RATIOS
+) -> list[tuple[dict[str, Any], float]]:
+    """(point, pruning ratio) for every offered student shape at each ratio: the space's
+    student start point (its precision, usually uniform INT8) with the shape's width and
+    depth and every searched pruning ratio set to the ratio (clipped into the dimension's
+    range). [] when the space starts no student."""
+    start = next((p for p in space.start_points if p.get("student") is True), None)
+    if start is None:
+        return []
+    searched = {d.name: d for d in space.searched}
+    shapes = [searched[k].choices for k in STUDENT_KNOBS if k in searched and searched[k].choices]
+    names = [k for k in STUDENT_KNOBS if k in searched and searched[k].choices]
+    ratio_dims = [d for d in space.searched if d.knob == "pruning_ratio" and d.choices is None]
+    out: list[tuple[dict[str, Any], float]] = []
+    for shape in itertools.product(*shapes):
+        for ratio in prune_ratios if ratio_dims else (0.0,):
+            point = {**start, **dict(zip(names, shape))}
+            point.update({d.name: min(max(ratio, d.low), d.high) for d in ratio_dims})
+            if all(point != p for p, _ in out):
+                out.append((point, ratio))
+    return out
+
+
+def time_students(
+    model: nn.Module,
+    space: SearchSpace,
+    points: Sequence[tuple[dict[str, Any], float]],
+    *,
+    calibration: Sequence[Any],
+    example_input: torch.Tensor,
+    target: Target = Target(),
+    workdir: str | Path,
+    latency: LatencyConfig = VARIANT_LATENCY,
+) -> tuple[StudentTiming, ...]:
+    """Build each student point without training, export it, and time it against the
+    baseline in alternating rounds (the way trials are timed). A point that cannot be built
+    is left out. Cached in ``workdir``/students.json by model, points, target and settings."""
+    if not points:
+        return ()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    shape = (target.batch, *example_input.shape[1:])
+    policies = [space.policy(p).to_dict() for p, _ in points]
+    key = _key(CACHE_VERSION, _model_fingerprint(model), policies, target.to_dict(), shape, latency.to_dict())
+    cache = workdir / "students.json"
+    if cache.is_file():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            data = json.loads(cache.read_text())
+            if data.get("key") == key:
+                return tuple(
+                    StudentTiming(dict(t["params"]), float(t["ratio"]), float(t["latency_ratio"]))
+                    for t in data["timings"]
+                )
+    tmp = Path(tempfile.mkdtemp(prefix="students-", dir=workdir))
+    try:
+        baseline = tmp / "baseline.onnx"
+        export_onnx(model, shape, baseline)
+        paths, built = [str(baseline)], []
+        for index, (point, ratio) in enumerate(points):
+            try:
+                policy = space.policy(point)
+                module = apply_policy(
+                    model, policy, calibration, finetune=None, calibration_batches=len(calibration)
+                ).module
+                export_onnx(module, shape, tmp / f"student{index}.onnx")
+            except Exception as error:  # one student the family cannot build costs that student only
+                log.warning("student %s left out of the timings: %s: %s", point, type(error).__name__, error)
+                continue
+            paths.append(str(tmp / f"student{index}.onnx"))
+            built.append((point, ratio))
+        data = _inputs_of(calibration)
+        inputs = None
+        if data is not None and tuple(data.shape[1:]) == tuple(shape[1:]):
+            inputs = str(tmp / "inputs.npy")
+            np.save(inputs, data)
+        (timing,) = (
+            unwrap(r)
+            for r in run_jobs(
+                [MeasureLatency(paths, target.to_dict(), latency.to_dict(), inputs)],
+                timeout=600,
+                workdir=workdir,
+            )
+        )
+        ratios = timing["ratios_to_first"][1:]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    timings = tuple(StudentTiming(p, r, float(x)) for (p, r), x in zip(built, ratios))
+    _write_json(cache, {"key": key, "timings": [{**dataclasses.asdict(t)} for t in timings]})
+    return timings
+
+
 def _inputs_of(batches: Sequence[Any]) -> np.ndarray | None:
     """The loader batches' inputs as one float32 array (the first of a tuple batch), or None
     when they are not tensors or arrays (a dict of inputs, say)."""
@@ -1741,6 +1857,7 @@ class HardwarePlan:
     trials_seen: int = 0
     seconds: float = 0.0
     timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per step (cached: ~0)
+    students: tuple[StudentTiming, ...] = ()  # the space's students, timed untrained (``time_students``)
 
     @property
     def points(self) -> list[dict[str, Any]]:
@@ -1802,6 +1919,7 @@ class HardwarePlan:
                 "timings": self.timings,
                 "latency_model": {**self.latency_model.to_dict(), "fit_on_profiles": fit.to_dict()},
                 "sensitivities": self.sensitivities.to_dict(),
+                "students": [t.to_dict() for t in self.students],
                 "profiles": [
                     {
                         "name": p.name,
@@ -1832,6 +1950,8 @@ class Recalibration:
         self.prequential: list[tuple[int, float, float]] = []  # (trial number, predicted, measured)
         self.proposed: list[dict[str, Any]] = []
         self.margin = 0.0  # how far the constraint's bound sits above the measured drop (median)
+        self.incumbent: float | None = None  # the fastest feasible trial's measured latency ratio
+        self.student_steps = 0
         self._seen: set[int] = set()
 
     def observe(self, trials: Iterable[Any]) -> None:
@@ -1860,12 +1980,21 @@ class Recalibration:
             for t in trials
         ]
         self.margin = float(statistics.median(margins))
+        feasible = [
+            t.measurements.latency_ratio for t in trials if t.violation is not None and t.violation <= 0
+        ]
+        self.incumbent = min(feasible, default=self.incumbent)
 
-    def next_point(self, tried: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
-        """The fastest predicted point whose drop is predicted within the allowed one less
-        the bound's margin (half that, if that point was tried) and that is not in ``tried``;
-        None when the predictors have nothing new to say."""
+    def next_point(
+        self, tried: Iterable[Mapping[str, Any]], failed: Iterable[Mapping[str, Any]] = ()
+    ) -> dict[str, Any] | None:
+        """The faster of: the fastest predicted point whose drop is predicted within the
+        allowed one less the bound's margin (half that, if that point was tried), and the
+        next step through the timed students (``student_step``); neither in ``tried``. None
+        when neither has anything new to say. ``failed``: tried points that missed the
+        constraint or were stopped for accuracy."""
         tried = [dict(t) for t in tried]
+        step = self.student_step(tried, failed)
         budget = max(self.plan.max_drop - self.margin, 0.25 * self.plan.max_drop)
         proposals = propose(
             self.plan.space,
@@ -1876,10 +2005,37 @@ class Recalibration:
             drop_scale=self.plan.drop_scale,
             exclude=tried + self.proposed,
         )
-        if not proposals:
+        if step is not None and (not proposals or step.latency_ratio < proposals[0].predicted_latency_ratio):
+            self.student_steps += 1
+            point = dict(step.params)
+        elif proposals:
+            point = dict(proposals[0].params)
+        else:
             return None
-        self.proposed.append(dict(proposals[0].params))
-        return dict(proposals[0].params)
+        self.proposed.append(point)
+        return point
+
+    def student_step(
+        self, tried: Sequence[Mapping[str, Any]], failed: Iterable[Mapping[str, Any]] = ()
+    ) -> StudentTiming | None:
+        """The next student to try, a bisection over the timed students by latency (Condensa's
+        level-set search, with measured latency as the level): among those faster than the
+        fastest feasible trial (by ``NO_FASTER``) and slower than the slowest student that
+        failed (anything faster is taken to fail too), untried, the middle one. A student
+        beats the model's own layers where pruning cannot shorten the per-layer cost of small
+        inputs (a shallower net), but the predictors, fitted on the model's layers, cannot
+        price it; its drop is unknown until distilled, hence the bisection."""
+        if not self.plan.students:
+            return None
+        failed = [dict(f) for f in failed]
+        ceiling = (1.0 if self.incumbent is None else self.incumbent) * (1 - NO_FASTER)
+        floor = max((t.latency_ratio for t in self.plan.students if t.params in failed), default=0.0)
+        seen = [*tried, *self.proposed]
+        open_ = sorted(
+            (t for t in self.plan.students if floor < t.latency_ratio < ceiling and t.params not in seen),
+            key=lambda t: -t.latency_ratio,
+        )
+        return open_[len(open_) // 2] if open_ else None
 
     def report(self) -> dict[str, Any]:
         """For result.json: the plan as it ended, and how well the latency model predicted
@@ -1889,6 +2045,7 @@ class Recalibration:
             **self.plan.to_dict(),
             "initial_drop_scale": self.initial.drop_scale,
             "recalibrated_proposals": len(self.proposed),
+            "student_steps": self.student_steps,
             "bound_margin": self.margin,
             "latency_model_prequential": {
                 **_report(errors).to_dict(),
@@ -2019,11 +2176,15 @@ def _plan(
     )
     timings["sensitivities"] = time.perf_counter() - started - sum(timings.values())
     proposals: list[Proposal] = []
+    students: tuple[StudentTiming, ...] = ()
     if has_latency(objectives):
         proposals = propose(fitted, latency_model, sens, max_drop=max_drop, multiples=multiples)
+        timings["proposals"] = time.perf_counter() - started - sum(timings.values())
+        students, said = _timed_students(model, fitted, calibration, example_input, target, workdir, latency)
+        reasons = (*reasons, *said)
+        timings["students"] = time.perf_counter() - started - sum(timings.values())
     else:
         reasons = (*reasons, "no latency objective: no latency-driven proposals")
-    timings["proposals"] = time.perf_counter() - started - sum(timings.values())
     return HardwarePlan(
         space=fitted,
         proposals=tuple(proposals),
@@ -2035,6 +2196,45 @@ def _plan(
         multiples=tuple(multiples),
         seconds=time.perf_counter() - started,
         timings=timings,
+        students=students,
+    )
+
+
+def _timed_students(
+    model: nn.Module,
+    space: SearchSpace,
+    calibration: Sequence[Any],
+    example_input: torch.Tensor,
+    target: Target,
+    workdir: Path,
+    latency: LatencyConfig,
+) -> tuple[tuple[StudentTiming, ...], tuple[str, ...]]:
+    """The space's students timed (``time_students``), and what to say about them; a failure
+    costs the student steps only."""
+    points = student_points(space)
+    if not points:
+        return (), ()
+    try:
+        timed = time_students(
+            model,
+            space,
+            points,
+            calibration=calibration,
+            example_input=example_input,
+            target=target,
+            workdir=workdir,
+            latency=latency,
+        )
+    except Exception as error:
+        return (), (f"students not timed ({type(error).__name__}: {error}): no student steps",)
+    if not timed:
+        return (), ("no student of the space could be built untrained: no student steps",)
+    fastest = min(timed, key=lambda t: t.latency_ratio)
+    slowest = max(timed, key=lambda t: t.latency_ratio)
+    return timed, (
+        f"{len(timed)} students timed untrained on the target, {fastest.latency_ratio:.3f} ({fastest.label}) "
+        f"to {slowest.latency_ratio:.3f} ({slowest.label}) of FP32 latency: the search steps through "
+        "those faster than its best feasible trial",
     )
 
 
