@@ -495,8 +495,8 @@ def test_recalibration_predicts_each_trial_before_it_learns_from_it(hardware):
 
 def test_students_are_timed_and_stepped_through_by_bisection_on_their_latency(hardware):
     """Every offered student shape at each pruning ratio is timed untrained; the search then
-    bisects through those faster than its best feasible trial: a failed student rules out
-    the faster ones, a feasible one moves the bar."""
+    bisects through those faster than its fastest confirmation candidate: a failed student
+    rules out the faster ones, a candidate moves the bar."""
     hardware_plan, _, _ = hardware
     students = hardware_plan.students
     space = hardware_plan.space
@@ -511,7 +511,7 @@ def test_students_are_timed_and_stepped_through_by_bisection_on_their_latency(ha
     assert len(hardware_plan.to_dict()["students"]) == len(students)
 
     recalibration = Recalibration(hardware_plan)
-    bar = ratios[-1]  # a feasible trial as slow as the slowest student
+    bar = ratios[-1]  # a candidate trial as slow as the slowest student
     recalibration.observe([_measured_trial(0, space.start_points[0], drop=0.0, latency_ratio=bar)])
     open_ = [t for t in students if t.latency_ratio < bar * (1 - NO_FASTER)]
     step = recalibration.student_step([space.start_points[0]])
@@ -519,11 +519,23 @@ def test_students_are_timed_and_stepped_through_by_bisection_on_their_latency(ha
     faster = [t for t in open_ if t.latency_ratio < step.latency_ratio]
     slower = [t for t in open_ if t.latency_ratio > step.latency_ratio]
     assert abs(len(faster) - len(slower)) <= 1  # the middle one
-    # It failed: only slower students are left.
-    after_failure = recalibration.student_step([step.params], failed=[step.params])
-    assert after_failure is None or step.latency_ratio < after_failure.latency_ratio < bar
-    # It held: the bar moves to it, and only faster students are left.
+    # Stopped early for accuracy: only slower students are left.
+    after_stop = recalibration.student_step([step.params], stopped=[step.params])
+    assert after_stop is not None and step.latency_ratio < after_stop.latency_ratio < bar
+    # Measured beyond the allowed drop: the same.
+    failed = Recalibration(hardware_plan)
+    failed.observe(
+        [
+            _measured_trial(0, space.start_points[0], drop=0.0, latency_ratio=bar),
+            _measured_trial(1, step.params, drop=0.02, latency_ratio=step.latency_ratio),
+        ]
+    )
+    assert failed.incumbent == bar and failed.failed == [step.params]
+    after_failure = failed.student_step([space.start_points[0], step.params])
+    assert after_failure is not None and step.latency_ratio < after_failure.latency_ratio < bar
+    # Within it: the bar moves to it, and only faster students are left.
     recalibration.observe([_measured_trial(1, step.params, drop=0.0, latency_ratio=step.latency_ratio)])
+    assert recalibration.incumbent == step.latency_ratio and not recalibration.failed
     after_success = recalibration.student_step([step.params])
     assert after_success is None or after_success.latency_ratio < step.latency_ratio * (1 - NO_FASTER)
     # next_point takes a student step when it is faster than the model's own proposal.

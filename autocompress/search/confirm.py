@@ -8,7 +8,7 @@ back from the search), paired with the baseline on the same samples; the first w
 keeps the constraint there (at the search's confidence) is delivered. The candidates are
 the trials whose measured drop on the selection data is within the allowed one (not its
 bound: the confirmation is the guarantee, see ``ranked``; for a student, the lower bound of
-its drop, see ``_selection_drop``). After a candidate
+its drop, see ``selection_drop``). After a candidate
 fails, the next one tried of the same architecture (the model itself, or the same
 student) must have dropped less on the selection data than every failed one: a slower
 candidate that was at least as close to the floor would most likely fail too, and trying
@@ -95,7 +95,7 @@ def ranked(
     (90%, 700 selection images): a distilled student at 10.5x with a 0.57 pt drop (bound
     1.29) never reached the confirmation, while the same policy in another run confirmed at
     -1.67 pt and held on test at 0.20 pt. A student is judged by the lower bound of its drop
-    (``_selection_drop``)."""
+    (``selection_drop``)."""
     sign = 1 if not result.objectives or result.objectives[0]["direction"] == "minimize" else -1
 
     def by_objective(t: TrialRecord) -> tuple[float, int]:
@@ -110,7 +110,7 @@ def ranked(
             (
                 t
                 for t in result.trials
-                if t.state == "COMPLETE" and t.measurements is not None and _selection_drop(t) <= within
+                if t.state == "COMPLETE" and t.measurements is not None and selection_drop(t) <= within
             ),
             key=by_objective,
         )
@@ -126,7 +126,7 @@ def ranked(
     return out
 
 
-def _selection_drop(record: TrialRecord) -> float:
+def selection_drop(record: TrialRecord) -> float:
     """The drop a trial is a confirmation candidate by: measured, or for a student the lower
     bound of its interval. A student's confirmation distils it anew at the final budget
     (3000 steps against the trial's 300), which closes much of its gap: over 19 students
@@ -292,16 +292,16 @@ def confirm_in_order(
     for record in candidates:
         if len(done) == tries:
             break
-        selection_drop = record.measurements.drop.drop if record.measurements else math.inf
+        measured = record.measurements.drop.drop if record.measurements else math.inf
         kind = _architecture(record)
-        if selection_drop >= failed_drop.get(kind, math.inf):
+        if measured >= failed_drop.get(kind, math.inf):
             continue
         confirmation = confirm(record)
         done.append(confirmation)
         if confirmation.passed:
             break
         if confirmation.drop is not None:  # a run that failed to measure says nothing of the others
-            failed_drop[kind] = min(failed_drop.get(kind, math.inf), selection_drop)
+            failed_drop[kind] = min(failed_drop.get(kind, math.inf), measured)
     return done
 
 

@@ -357,12 +357,8 @@ def _propose_next(
             t.state == TrialState.WAITING for t in trials
         ):
             return
-        failed = [  # missed the constraint, or stopped for accuracy (a crash says nothing of it)
-            t.params
-            for t in trials
-            if t.state == TrialState.PRUNED or (t.state == TrialState.COMPLETE and (violation(t) or 0) > 0)
-        ]
-        point = recalibration.next_point((t.params for t in trials if t.params), failed)
+        stopped = [t.params for t in trials if t.state == TrialState.PRUNED]  # for accuracy
+        point = recalibration.next_point((t.params for t in trials if t.params), stopped)
         point = _inside(space, point) if point is not None else None
         if point is not None:
             study.enqueue_trial(point, user_attrs={"proposal": RECALIBRATED}, skip_if_exists=True)

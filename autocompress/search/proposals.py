@@ -72,6 +72,7 @@ from autocompress.export import export_onnx
 from autocompress.graph import COMPRESSIBLE, ModelError, trace
 from autocompress.policies import LayerPolicy, LayerQuant, Policy
 from autocompress.pruning import masked_twin, pruning_groups, removed_channels
+from autocompress.search.confirm import selection_drop
 from autocompress.search_spaces import Dimension, SearchSpace
 from autocompress.search_spaces.knobs import start_point
 
@@ -1950,7 +1951,8 @@ class Recalibration:
         self.prequential: list[tuple[int, float, float]] = []  # (trial number, predicted, measured)
         self.proposed: list[dict[str, Any]] = []
         self.margin = 0.0  # how far the constraint's bound sits above the measured drop (median)
-        self.incumbent: float | None = None  # the fastest feasible trial's measured latency ratio
+        self.incumbent: float | None = None  # the fastest candidate trial's measured latency ratio
+        self.failed: list[dict[str, Any]] = []  # trials that are no candidate (``observe``)
         self.student_steps = 0
         self._seen: set[int] = set()
 
@@ -1980,21 +1982,25 @@ class Recalibration:
             for t in trials
         ]
         self.margin = float(statistics.median(margins))
-        feasible = [
-            t.measurements.latency_ratio for t in trials if t.violation is not None and t.violation <= 0
-        ]
-        self.incumbent = min(feasible, default=self.incumbent)
+        # Candidates as the confirmation takes them (a student by the lower bound of its drop,
+        # which its final distillation closes): the bar a student step must beat, and the
+        # failures that rule out faster students.
+        candidate = {t.number: selection_drop(t) <= self.plan.max_drop + 1e-9 for t in trials}
+        self.incumbent = min(
+            (t.measurements.latency_ratio for t in trials if candidate[t.number]), default=self.incumbent
+        )
+        self.failed = [dict(t.params) for t in trials if not candidate[t.number]]
 
     def next_point(
-        self, tried: Iterable[Mapping[str, Any]], failed: Iterable[Mapping[str, Any]] = ()
+        self, tried: Iterable[Mapping[str, Any]], stopped: Iterable[Mapping[str, Any]] = ()
     ) -> dict[str, Any] | None:
         """The faster of: the fastest predicted point whose drop is predicted within the
         allowed one less the bound's margin (half that, if that point was tried), and the
         next step through the timed students (``student_step``); neither in ``tried``. None
-        when neither has anything new to say. ``failed``: tried points that missed the
-        constraint or were stopped for accuracy."""
+        when neither has anything new to say. ``stopped``: tried points stopped early for
+        accuracy."""
         tried = [dict(t) for t in tried]
-        step = self.student_step(tried, failed)
+        step = self.student_step(tried, stopped)
         budget = max(self.plan.max_drop - self.margin, 0.25 * self.plan.max_drop)
         proposals = propose(
             self.plan.space,
@@ -2016,18 +2022,19 @@ class Recalibration:
         return point
 
     def student_step(
-        self, tried: Sequence[Mapping[str, Any]], failed: Iterable[Mapping[str, Any]] = ()
+        self, tried: Sequence[Mapping[str, Any]], stopped: Iterable[Mapping[str, Any]] = ()
     ) -> StudentTiming | None:
         """The next student to try, a bisection over the timed students by latency (Condensa's
         level-set search, with measured latency as the level): among those faster than the
-        fastest feasible trial (by ``NO_FASTER``) and slower than the slowest student that
-        failed (anything faster is taken to fail too), untried, the middle one. A student
+        fastest confirmation candidate (by ``NO_FASTER``) and slower than the slowest student
+        that failed (no candidate, or ``stopped`` early; anything faster is taken to fail
+        too), untried, the middle one. A student
         beats the model's own layers where pruning cannot shorten the per-layer cost of small
         inputs (a shallower net), but the predictors, fitted on the model's layers, cannot
         price it; its drop is unknown until distilled, hence the bisection."""
         if not self.plan.students:
             return None
-        failed = [dict(f) for f in failed]
+        failed = [*self.failed, *(dict(f) for f in stopped)]
         ceiling = (1.0 if self.incumbent is None else self.incumbent) * (1 - NO_FASTER)
         floor = max((t.latency_ratio for t in self.plan.students if t.params in failed), default=0.0)
         seen = [*tried, *self.proposed]
