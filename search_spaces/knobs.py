@@ -233,9 +233,18 @@ def _if_student(digest: Callable[[str, list[Any], Mapping[str, Any]], str]):
     return part
 
 
+def student_shape(width: float | None, blocks: int | None = None) -> str:
+    """A student's shape as the digests and the hardware plan name it: "w0.5 b2"."""
+    return " ".join(
+        part
+        for part in (f"w{width:g}" if width is not None else "", f"b{blocks}" if blocks is not None else "")
+        if part
+    )
+
+
 @_if_student
 def _student_digest(label: str, values: list[Any], params: Mapping[str, Any]) -> str:
-    return f"{label} w{values[0]:g}" + (f" b{params['student_blocks']}" if "student_blocks" in params else "")
+    return f"{label} {student_shape(values[0], params.get('student_blocks'))}"
 
 
 @_if_student

@@ -74,7 +74,7 @@ from autocompress.policies import LayerPolicy, LayerQuant, Policy
 from autocompress.pruning import masked_twin, pruning_groups, removed_channels
 from autocompress.search.confirm import selection_drop
 from autocompress.search_spaces import Dimension, SearchSpace
-from autocompress.search_spaces.knobs import start_point
+from autocompress.search_spaces.knobs import start_point, student_shape
 
 __all__ = [
     "HardwarePlan",
@@ -674,11 +674,7 @@ def profile_variants(
         # precisions as the converted IRs the trials measure (checked for FP32 and INT8), and
         # conversion would cost 0.5-1.3 s a variant.
         paths = [str(p) for _, p, *_ in exported]
-        data = _inputs_of(calibration)
-        inputs = None  # timed on the data, as the trials are, when it is one array of the exported shape
-        if data is not None and tuple(data.shape[1:]) == tuple(shape[1:]):
-            inputs = str(tmp / "inputs.npy")
-            np.save(inputs, data)
+        inputs = _timing_inputs(calibration, shape, tmp)
         jobs = [ProfileLayers(paths, target.to_dict(), iterations, rounds=3, inputs_npy=inputs)]
         jobs.append(MeasureLatency(paths, target.to_dict(), latency.to_dict(), inputs))
         layer_profiles, timing = (unwrap(r) for r in run_jobs(jobs, timeout=600, workdir=workdir))
@@ -731,7 +727,7 @@ class StudentTiming:
 
     @property
     def label(self) -> str:
-        shape = " ".join(f"{k.split('_')[1][0]}{self.params[k]:g}" for k in STUDENT_KNOBS if k in self.params)
+        shape = student_shape(self.params.get("student_width"), self.params.get("student_blocks"))
         return f"{shape} pruned {self.ratio:g}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -749,8 +745,8 @@ def student_points(
     if start is None:
         return []
     searched = {d.name: d for d in space.searched}
-    shapes = [searched[k].choices for k in STUDENT_KNOBS if k in searched and searched[k].choices]
     names = [k for k in STUDENT_KNOBS if k in searched and searched[k].choices]
+    shapes = [searched[k].choices for k in names]
     ratio_dims = [d for d in space.searched if d.knob == "pruning_ratio" and d.choices is None]
     out: list[tuple[dict[str, Any], float]] = []
     for shape in itertools.product(*shapes):
@@ -809,11 +805,7 @@ def time_students(
                 continue
             paths.append(str(tmp / f"student{index}.onnx"))
             built.append((point, ratio))
-        data = _inputs_of(calibration)
-        inputs = None
-        if data is not None and tuple(data.shape[1:]) == tuple(shape[1:]):
-            inputs = str(tmp / "inputs.npy")
-            np.save(inputs, data)
+        inputs = _timing_inputs(calibration, shape, tmp)
         (timing,) = (
             unwrap(r)
             for r in run_jobs(
@@ -826,8 +818,20 @@ def time_students(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     timings = tuple(StudentTiming(p, r, float(x)) for (p, r), x in zip(built, ratios))
-    _write_json(cache, {"key": key, "timings": [{**dataclasses.asdict(t)} for t in timings]})
+    _write_json(cache, {"key": key, "timings": [dataclasses.asdict(t) for t in timings]})
     return timings
+
+
+def _timing_inputs(calibration: Sequence[Any], shape: tuple[int, ...], directory: Path) -> str | None:
+    """The calibration inputs saved as ``directory``/inputs.npy, so that the target times the
+    models on the data, as the trials are timed; None (random inputs) when they are not one
+    array of the exported shape."""
+    data = _inputs_of(calibration)
+    if data is None or tuple(data.shape[1:]) != tuple(shape[1:]):
+        return None
+    path = str(directory / "inputs.npy")
+    np.save(path, data)
+    return path
 
 
 def _inputs_of(batches: Sequence[Any]) -> np.ndarray | None:
@@ -2028,10 +2032,10 @@ class Recalibration:
         level-set search, with measured latency as the level): among those faster than the
         fastest confirmation candidate (by ``NO_FASTER``) and slower than the slowest student
         that failed (no candidate, or ``stopped`` early; anything faster is taken to fail
-        too), untried, the middle one. A student
-        beats the model's own layers where pruning cannot shorten the per-layer cost of small
-        inputs (a shallower net), but the predictors, fitted on the model's layers, cannot
-        price it; its drop is unknown until distilled, hence the bisection."""
+        too), untried, the middle one. A student beats the model's own layers where pruning
+        cannot shorten the per-layer cost of small inputs (a shallower net), but the
+        predictors, fitted on the model's layers, cannot price it; its drop is unknown until
+        distilled, hence the bisection."""
         if not self.plan.students:
             return None
         failed = [*self.failed, *(dict(f) for f in stopped)]
@@ -2241,7 +2245,7 @@ def _timed_students(
     return timed, (
         f"{len(timed)} students timed untrained on the target, {fastest.latency_ratio:.3f} ({fastest.label}) "
         f"to {slowest.latency_ratio:.3f} ({slowest.label}) of FP32 latency: the search steps through "
-        "those faster than its best feasible trial",
+        "those faster than its fastest confirmation candidate",
     )
 
 
