@@ -12,6 +12,7 @@ deployed IR, latency ratios, and size.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -75,6 +76,16 @@ _NNCF_SCRIPT = textwrap.dedent(
     ov.save_model(quantized, out_xml, compress_to_fp16=False)
     """
 )
+
+
+def require_nncf(leave_out: str = "") -> None:
+    """Stop before any work when NNCF (the benchmarks' optional `bench` dependency) is missing:
+    without this check a run found out only when it reached the NNCF row."""
+    if importlib.util.find_spec("nncf") is None:
+        raise SystemExit(
+            "NNCF is not installed: pip install -c constraints.txt -e '.[bench]'"
+            + (f", or {leave_out}" if leave_out else "")
+        )
 
 
 def nncf_int8(
@@ -183,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nncf-subset", type=int, default=300)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
+    require_nncf()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
         for key in args.models.split(","):

@@ -55,7 +55,7 @@ from autocompress.search_spaces import Dimension, SearchSpace, build_space
 from autocompress.zoo import pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantization import nncf_int8  # noqa: E402  (sibling benchmark script)
+from quantization import nncf_int8, require_nncf  # noqa: E402  (sibling benchmark script)
 from side_by_side import score_and_time  # noqa: E402
 
 MODELS = {
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown or args.trials > 16:
         parser.error(f"methods among {', '.join(METHODS)}; at most 16 trials")
+    if "nncf" in args.methods:
+        require_nncf("leave nncf out of --methods")
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     cpu_name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if "Model name" in line), "?")
     flags = next((line for line in cpu.splitlines() if line.startswith("Flags")), "")
