@@ -198,6 +198,21 @@ def run_model(label: str, args, target: Target, root: Path) -> list[dict]:
     return rows
 
 
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"\n{'model':<14} {'method':<10} {'test speedup':>12} {'vs rule':>8} {'vs bound':>8} {'test drop pt (90% bounds)':>28} "
+        f"{'held':>5} {'to 95%':>6} {'wall s':>7}  policy"
+    )
+    for r in rows:
+        d = r["drop"]
+        print(
+            f"{r['model']:<14} {r['method']:<10} {r['speedup']:>11.2f}x {r['vs_rule']:>7.2f}x {r['vs_bound']:>7.2f}x "
+            f"{f'{100 * d.drop:.2f} ({100 * d.low:.2f}..{100 * d.high:.2f})':>28} {str(r['held']):>5} "
+            f"{r.get('to95') or '-':>6} {r.get('seconds', float('nan')):>7.0f}  {r.get('policy', '')}",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -244,19 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         tmp = args.workdir or tmp
         for label in [m.strip() for m in args.models.split(",") if m.strip()]:
-            rows += run_model(label, args, target, Path(tmp) / label)
+            model_rows = run_model(label, args, target, Path(tmp) / label)
+            print_table(model_rows)  # each model's rows as soon as they are measured: a killed run keeps them
+            rows += model_rows
 
-    print(
-        f"\n{'model':<14} {'method':<10} {'test speedup':>12} {'vs rule':>8} {'vs bound':>8} {'test drop pt (90% bounds)':>28} "
-        f"{'held':>5} {'to 95%':>6} {'wall s':>7}  policy"
-    )
-    for r in rows:
-        d = r["drop"]
-        print(
-            f"{r['model']:<14} {r['method']:<10} {r['speedup']:>11.2f}x {r['vs_rule']:>7.2f}x {r['vs_bound']:>7.2f}x "
-            f"{f'{100 * d.drop:.2f} ({100 * d.low:.2f}..{100 * d.high:.2f})':>28} {str(r['held']):>5} "
-            f"{r.get('to95') or '-':>6} {r.get('seconds', float('nan')):>7.0f}  {r.get('policy', '')}"
-        )
+    print_table(rows)
     for r in rows:
         fit = r.get("latency_model")
         if fit and fit.get("n"):
